@@ -1,0 +1,42 @@
+"""Sample grids: images in [-1, 1] -> one uint8 picture, one row per class, written as PNG."""
+
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+# PNG grids are upscaled (nearest) until each image is at least this many pixels wide.
+MIN_DISPLAY_PIXELS = 64
+
+
+def class_grid_labels(num_classes: int, per_class: int) -> np.ndarray:
+    """int32[num_classes * per_class]: row-major labels, so row c of the grid is class c."""
+    return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+
+
+def make_grid(images: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
+    """float [N, H, W, C] in [-1, 1] -> uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C]."""
+    n, h, w, c = images.shape
+    if n % rows:
+        raise ValueError(f"{n} images do not fill {rows} rows.")
+    cols = n // rows
+    pixels = np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    for i, image in enumerate(pixels.astype(np.uint8)):
+        r, col = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = image
+    return grid
+
+
+def display_scale(image_size: int) -> int:
+    return max(1, MIN_DISPLAY_PIXELS // image_size)
+
+
+def write_png(path: pathlib.Path, grid: np.ndarray, scale: int = 1) -> None:
+    """Writes a uint8 [H, W, C] picture, upscaled `scale`x (nearest) to stay legible."""
+    image = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)

@@ -1,0 +1,90 @@
+"""Where metrics go: metrics.jsonl, TensorBoard (tensorboardX, no TensorFlow), curves.png, and a
+progress bar. Only process 0 writes files; the others only log."""
+
+import json
+import pathlib
+
+import jax
+import matplotlib
+from absl import logging
+
+matplotlib.use("Agg")  # Files only; never a window.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tqdm  # noqa: E402
+from tensorboardX import SummaryWriter  # noqa: E402
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+    """Every row of `workdir/metrics.jsonl`, in order (resumed runs append)."""
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(rows: list[dict], path: pathlib.Path) -> None:
+    """One panel per scalar, against step."""
+    keys = sorted({k for row in rows for k in row if k != "step"})
+    if not keys:
+        return
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        points = [(row["step"], row[key]) for row in rows if key in row]
+        ax.plot(*zip(*points, strict=True))
+        ax.set_ylabel(key, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class MetricWriter:
+    """Scalars to JSONL + TensorBoard + the log; images to TensorBoard; a tqdm bar with ETA."""
+
+    def __init__(self, workdir: pathlib.Path, *, first_step: int, total_steps: int):
+        self.workdir = pathlib.Path(workdir)
+        self.is_writer = jax.process_index() == 0
+        self._tb = SummaryWriter(str(self.workdir / "tensorboard")) if self.is_writer else None
+        self._bar = tqdm.tqdm(
+            initial=first_step,
+            total=total_steps,
+            desc="train",
+            unit="step",
+            disable=not self.is_writer,
+            dynamic_ncols=True,
+        )
+
+    def advance(self) -> None:
+        self._bar.update()
+
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        row = {"step": step, **{k: float(v) for k, v in scalars.items()}}
+        logging.info(
+            "step %d | %s", step, " | ".join(f"{k} {v:.5g}" for k, v in row.items() if k != "step")
+        )
+        if not self.is_writer:
+            return
+        with open(self.workdir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in scalars.items():
+            self._tb.add_scalar(key, value, step)
+        self._bar.set_postfix(loss=f"{row.get('train/loss', float('nan')):.4g}")
+
+    def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+        """uint8 [H, W, C] picture to TensorBoard."""
+        if self.is_writer:
+            self._tb.add_image(name, image, step, dataformats="HWC")
+
+    def write_curves(self) -> None:
+        if self.is_writer:
+            plot_curves(read_metrics(self.workdir), self.workdir / CURVES_FILE)
+
+    def close(self) -> None:
+        self._bar.close()
+        if self._tb is not None:
+            self._tb.close()

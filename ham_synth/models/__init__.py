@@ -1,0 +1,12 @@
+"""Model registry: `get_model(name, **kwargs)`. Models are architecture only; losses live in
+tasks/."""
+
+from ham_synth.models import vae_nets
+
+_MODELS = {"vae": vae_nets.VAE}
+
+
+def get_model(name: str, **kwargs):
+    if name not in _MODELS:
+        raise KeyError(f"Unknown model {name!r}; choose one of {sorted(_MODELS)}.")
+    return _MODELS[name](**kwargs)

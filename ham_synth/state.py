@@ -1,0 +1,21 @@
+"""The train state every family shares: a plain pytree of arrays, so orbax and shardings see
+all of it."""
+
+from typing import Any
+
+import flax
+import jax
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates applied so far.
+    params: Any
+    opt_state: optax.OptState
+    ema_params: Any  # Exponential moving average of params; samples and evals use it.
+
+
+def ema_update(ema_params, params, decay: float):
+    """ema <- decay * ema + (1 - decay) * params."""
+    return optax.incremental_update(params, ema_params, step_size=1.0 - decay)

@@ -1,0 +1,35 @@
+"""Simulates 8 CPU devices (before jax is imported), shares one compilation cache across the
+session's processes, and loads tiny configs."""
+
+import os
+import pathlib
+import tempfile
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+).strip()
+# Subprocess tests inherit this, so a shape compiled once is not compiled again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ham_synth_jax_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+from ham_synth import config_lib  # noqa: E402
+
+# grain workers and absl-flag readers need parsed flags; pytest owns argv.
+flags.FLAGS.mark_as_parsed()
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(spec: str, **overrides):
+    """`load_config("vae.py:smoke", **{"train.total_steps": 3})` from the repo's configs/."""
+    config = config_lib.load_config(str(REPO / "configs" / spec))
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+@pytest.fixture
+def repo() -> pathlib.Path:
+    return REPO

@@ -4,6 +4,7 @@ Parses the verb and the flags, joins a multi-host job when the launcher asks, an
 verb's one function.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -43,6 +44,13 @@ def _initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def _quiet_library_logs() -> None:
+    """orbax narrates every save at INFO; keep its warnings, drop the narration."""
+    logging.get_absl_handler().addFilter(
+        lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    )
+
+
 def _usage() -> str:
     lines = [
         "usage: ham-synth VERB --config=configs/FILE.py[:ARG] --workdir=DIR [--config.x.y=V]",
@@ -57,6 +65,7 @@ def _main(verb: str, argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("Both --config and --workdir are required.\n" + _usage())
+    _quiet_library_logs()
     _initialize_distributed()
     logging.info(
         "JAX %s: process %d of %d, %d local / %d global devices (%s).",

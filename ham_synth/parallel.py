@@ -15,6 +15,8 @@ def make_mesh(num_devices: int = -1) -> Mesh:
     """A 1-D mesh over all devices (every host's), or over the first `num_devices`."""
     devices = jax.devices()
     if num_devices > 0:
+        if jax.process_count() > 1:
+            raise ValueError("train.num_devices must be -1 (all devices) in a multi-host run.")
         if num_devices > len(devices):
             raise ValueError(f"train.num_devices={num_devices} but only {len(devices)} exist.")
         devices = devices[:num_devices]

@@ -10,7 +10,6 @@ import ml_collections
 import numpy as np
 from PIL import Image
 from sklearn import datasets as sk_datasets
-from sklearn import model_selection
 
 from ham_synth.data import ham10000
 
@@ -35,20 +34,24 @@ class ArraySource:
 def stratified_split(
     labels: np.ndarray, split: str, *, val_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
-    """Indices of `split`, stratified by label; the same seed always gives the same membership."""
+    """Sorted indices of `split`; per class, a seeded shuffle gives val and test their fractions
+    (at least one each when the class has three or more members) and train the rest."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
-    indices = np.arange(len(labels))
     if split == "all":
-        return indices
-    held_out = val_fraction + test_fraction
-    train, rest = model_selection.train_test_split(
-        indices, test_size=held_out, stratify=labels, random_state=seed
-    )
-    val, test = model_selection.train_test_split(
-        rest, test_size=test_fraction / held_out, stratify=labels[rest], random_state=seed
-    )
-    return np.sort({"train": train, "val": val, "test": test}[split])
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n = len(members)
+        minimum = 1 if n >= 3 else 0
+        n_val = max(minimum, round(n * val_fraction))
+        n_test = max(minimum, round(n * test_fraction))
+        bounds = {"val": (0, n_val), "test": (n_val, n_val + n_test), "train": (n_val + n_test, n)}
+        start, stop = bounds[split]
+        chosen.append(members[start:stop])
+    return np.sort(np.concatenate(chosen))
 
 
 def imbalance_counts(class_sizes: np.ndarray, shares: np.ndarray) -> np.ndarray:

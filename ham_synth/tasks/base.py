@@ -12,7 +12,8 @@ import optax
 
 from ham_synth import state as state_lib
 
-Batch = Mapping[str, jax.Array]  # {"image": float32[B, H, W, C] in [-1, 1], "label": int32[B]}
+# {"image": float32[B, H, W, C] in [-1, 1], "label": int32[B], "index": int32[B] record ids}
+Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]  # Scalars, keyed `train/<name>`.
 # (params, batch, rng, step) -> (scalar loss, {name: scalar}).
 LossFn = Callable[[Any, Batch, jax.Array, jax.Array], tuple[jax.Array, Metrics]]

@@ -1,0 +1,118 @@
+"""digits: upscaling, splits, the imbalance option and the grain pipeline's order and shards."""
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import load_config
+
+from ham_synth.data import ham10000, pipeline, sources
+
+
+def _data(**overrides):
+    overrides = {f"data.{k}": v for k, v in overrides.items()}
+    return load_config("vae.py:quickstart", **overrides).data
+
+
+def _indices(dataset, num_batches):
+    return np.concatenate([b["index"] for b in itertools.islice(iter(dataset), num_batches)])
+
+
+def test_digits_records_are_rgb_uint8_at_the_configured_size():
+    source = sources.get_source(_data(image_size=16, split="all"))
+    record = source[0]
+    assert len(source) == 1797
+    assert record["image"].shape == (16, 16, 3) and record["image"].dtype == np.uint8
+    assert record["image"].max() > 200 and record["image"].min() == 0
+    np.testing.assert_array_equal(record["image"][..., 0], record["image"][..., 2])
+
+
+def test_splits_are_disjoint_stratified_and_deterministic():
+    splits = {s: sources.get_source(_data(split=s)) for s in ("train", "val", "test")}
+    sizes = {s: len(src) for s, src in splits.items()}
+    assert sum(sizes.values()) == 1797
+    assert abs(sizes["val"] - 180) <= 1 and abs(sizes["test"] - 180) <= 1
+    keys = {
+        s: {src.images[i].tobytes() + bytes([src.labels[i]]) for i in range(len(src))}
+        for s, src in splits.items()
+    }
+    # Digits holds a few exact duplicate images, so allow a handful of cross-split repeats.
+    assert len(keys["train"] & keys["test"]) <= 3
+    for src in splits.values():
+        shares = np.bincount(src.labels, minlength=10) / len(src)
+        np.testing.assert_allclose(shares, 0.1, atol=0.02)
+    again = sources.get_source(_data(split="val"))
+    np.testing.assert_array_equal(again.labels, splits["val"].labels)
+
+
+def test_imbalance_follows_ham10000_class_shares():
+    source = sources.get_source(_data(split="all", imbalance=True, num_classes=7))
+    counts = np.bincount(source.labels, minlength=7)
+    assert len(source.class_names) == 7 and source.class_names[5] == "5:nv"
+    shares = counts / counts.sum()
+    # Each count is the share rounded to a whole image.
+    np.testing.assert_allclose(shares, ham10000.CLASS_SHARES, atol=1.0 / counts.sum())
+    assert counts[5] == counts.max() and counts[3] == counts.min() >= 3
+    # Even df's three images reach every split.
+    for split in ("train", "val", "test"):
+        labels = sources.get_source(_data(split=split, imbalance=True, num_classes=7)).labels
+        assert set(labels) == set(range(7)), split
+
+
+def test_num_classes_mismatch_says_how_to_fix_it():
+    with pytest.raises(ValueError, match="data.num_classes=10.*num_classes=7"):
+        sources.get_source(_data(imbalance=True))
+
+
+def _dataset(seed, shard_index=0, shard_count=1, batch_size=8):
+    source = sources.get_source(_data())
+    return pipeline.make_dataset(
+        source, batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count
+    )
+
+
+def test_same_seed_same_order_other_seed_other_order():
+    first = _indices(_dataset(seed=1), 10)
+    np.testing.assert_array_equal(_indices(_dataset(seed=1), 10), first)
+    assert not np.array_equal(_indices(_dataset(seed=2), 10), first)
+
+
+def test_each_epoch_is_a_new_permutation_of_the_split():
+    source_size = len(sources.get_source(_data()))
+    indices = _indices(_dataset(seed=0, batch_size=1), 2 * source_size)
+    epoch_1, epoch_2 = indices[:source_size], indices[source_size:]
+    assert sorted(epoch_1) == sorted(epoch_2) == list(range(source_size))
+    assert not np.array_equal(epoch_1, epoch_2)
+
+
+def test_process_shards_are_disjoint_and_cover_the_split():
+    source_size = len(sources.get_source(_data()))
+    shard_count = 4
+    shards = []
+    for i in range(shard_count):
+        shard_size = len(range(i, source_size, shard_count))
+        shards.append(set(_indices(_dataset(0, i, shard_count, batch_size=1), shard_size)))
+    for a, b in itertools.combinations(shards, 2):
+        assert not a & b
+    assert set().union(*shards) == set(range(source_size))
+
+
+def test_batches_are_float_images_in_range_with_int_labels():
+    batch = next(iter(_dataset(seed=0)))
+    assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+    assert batch["label"].dtype == np.int32
+    source = sources.get_source(_data())
+    expected = source[int(batch["index"][0])]["image"].astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(batch["image"][0], expected, atol=1e-6)
+
+
+def test_iterator_state_resumes_the_same_batches():
+    iterator = iter(_dataset(seed=3))
+    next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator)["index"] for _ in range(3)]
+    resumed = iter(_dataset(seed=3))
+    resumed.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(resumed)["index"], want)

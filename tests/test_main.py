@@ -1,0 +1,76 @@
+"""The `ham-synth` command line, run as a user would: verbs, config typos, SIGTERM."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from conftest import load_config
+
+from ham_synth import metric_writer, train
+
+
+def _ham_synth(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "ham_synth.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_unknown_verb_lists_the_verbs():
+    out, _ = _ham_synth("trian").communicate(timeout=120)
+    assert "Unknown verb 'trian'" in out and "train" in out.split("verbs:")[1]
+
+
+def test_config_typo_fails_naming_the_field(tmp_path, repo):
+    proc = _ham_synth(
+        "train",
+        f"--config={repo}/configs/vae.py:smoke",
+        f"--workdir={tmp_path}",
+        "--config.train.totl_steps=5",
+        cwd=repo,
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "totl_steps" in out
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sigterm_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, repo):
+    overrides = {
+        "train.total_steps": 100_000,
+        "train.log_every_steps": 1,
+        "train.ckpt_every_steps": 10_000,
+        "train.sample_every_steps": 10_000,
+    }
+    proc = _ham_synth(
+        "train",
+        f"--config={repo}/configs/vae.py:smoke",
+        f"--workdir={tmp_path}",
+        *[f"--config.{k}={v}" for k, v in overrides.items()],
+        cwd=repo,
+    )
+    deadline = time.time() + 180
+    while len(metric_writer.read_metrics(tmp_path)) < 3:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+
+    assert proc.returncode == 0, out
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 10_000, saved
+    assert f"Stopped at step {saved[0]}" in out
+
+    # Running on resumes from that step.
+    config = load_config("vae.py:smoke", **{**overrides, "train.total_steps": saved[0] + 2})
+    state = train.train_and_evaluate(config, tmp_path)
+    assert int(state.step) == saved[0] + 2
+    steps = [row["step"] for row in metric_writer.read_metrics(tmp_path)]
+    assert steps[-2:] == [saved[0] + 1, saved[0] + 2]
+    assert np.isfinite(metric_writer.read_metrics(tmp_path)[-1]["train/loss"])

@@ -1,7 +1,306 @@
-"""HAM10000's label space: class names in label order and their shares in the full dataset."""
+"""HAM10000 from its public download: class names, metadata CSV -> validated records, lesion-grouped
+stratified splits, and the square crop + antialiased downsample every stored image goes through.
+
+Nothing here fetches data: the user downloads HAM10000 (Harvard Dataverse or the ISIC archive).
+"""
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import math
+import pathlib
+
+import numpy as np
+from PIL import Image
 
 # Label order used everywhere (and by MedMNIST's DermaMNIST).
 CLASS_NAMES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
 # Fraction of the 10,015 images in each class (Tschandl et al., Sci. Data 2018), in label order.
 CLASS_SHARES = (0.033, 0.051, 0.110, 0.011, 0.111, 0.669, 0.014)
+
+DOWNLOAD_URL = "https://doi.org/10.7910/DVN/DBW86T"
+METADATA_FILE = "HAM10000_metadata.csv"
+# The Dataverse copy adds a `dataset` column (vidir_modern, rosendahl, ...); extra columns are kept
+# out of the records and ignored.
+COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad input; the message names the file (and row) and says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One metadata row whose image was found. `row` is the CSV line number (header = 1)."""
+
+    image_id: str
+    lesion_id: str
+    dx: str
+    dx_type: str
+    age: float  # NaN where the metadata leaves it empty (57 rows of the full dataset).
+    sex: str
+    localization: str
+    path: pathlib.Path
+    row: int
+
+    @property
+    def label(self) -> int:
+        return CLASS_NAMES.index(self.dx)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One bad row or file, as skipped by `skip_bad` and listed in the skip report."""
+
+    where: str  # "path/HAM10000_metadata.csv, row 12" or an image path.
+    what: str
+    fix: str
+
+    def message(self) -> str:
+        return f"{self.where}: {self.what} {self.fix}"
+
+
+def find_images(manual_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """image_id -> JPEG path, found anywhere under `manual_dir` (HAM10000_images_part_1/, _2/ or
+    any other subfolder). Some mirrors ship each part twice; the first path in sorted order wins."""
+    images = {}
+    for path in sorted(pathlib.Path(manual_dir).rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            images.setdefault(path.stem, path)
+    return images
+
+
+def check_image(path: pathlib.Path) -> str | None:
+    """None if the JPEG decodes to the end, else what is wrong with it. Decodes at 1/8 scale
+    (JPEG's DCT scaling): every byte is still read, so truncation is caught, at half the cost."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f"cannot decode the image ({error})."
+    return None
+
+
+def _parse_age(value: str) -> float:
+    return float(value) if value.strip() else math.nan
+
+
+def load_records(
+    manual_dir: str | pathlib.Path, *, skip_bad: bool = False, check_images: bool = True
+) -> tuple[list[Record], list[Problem]]:
+    """Reads `manual_dir/HAM10000_metadata.csv` and finds and checks every listed image.
+
+    Returns the good records in CSV order and, with `skip_bad`, the problems that were skipped.
+    Without `skip_bad` the first problem raises DataError. A missing file or column always raises.
+    """
+    manual_dir = pathlib.Path(manual_dir)
+    metadata = manual_dir / METADATA_FILE
+    if not metadata.is_file():
+        found = sorted(p.name for p in manual_dir.glob("*.csv")) if manual_dir.is_dir() else []
+        raise DataError(
+            f"No {METADATA_FILE} in {manual_dir}"
+            + (f" (found {found})" if found else "")
+            + f". Download HAM10000 ({DOWNLOAD_URL}) and pass the folder that holds "
+            f"{METADATA_FILE} and the image folders as --manual_dir."
+        )
+    images = find_images(manual_dir)
+    records, problems, seen = [], [], {}
+
+    def problem(where: str, what: str, fix: str) -> None:
+        found = Problem(where, what, fix)
+        if not skip_bad:
+            raise DataError(found.message())
+        problems.append(found)
+
+    with metadata.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise DataError(
+                f"{metadata}: missing column(s) {missing}; the header is {reader.fieldnames}. "
+                f"The metadata CSV needs the columns {list(COLUMNS)} (extra columns are ignored); "
+                "use the file from the HAM10000 download unchanged."
+            )
+        for row_number, row in enumerate(reader, start=2):
+            where = f"{metadata}, row {row_number}"
+            image_id, lesion_id, dx = row["image_id"], row["lesion_id"], row["dx"]
+            if not image_id or not lesion_id:
+                problem(where, "empty image_id or lesion_id.", "Fill it in or delete the row.")
+                continue
+            if dx not in CLASS_NAMES:
+                problem(
+                    where,
+                    f"unknown dx {dx!r} for {image_id}.",
+                    f"dx must be one of {list(CLASS_NAMES)}; correct or delete the row.",
+                )
+                continue
+            if image_id in seen:
+                problem(
+                    where,
+                    f"duplicate image_id {image_id} (first listed in row {seen[image_id]}).",
+                    "Delete one of the two rows.",
+                )
+                continue
+            path = images.get(image_id)
+            if path is None:
+                problem(
+                    where,
+                    f"image {image_id}.jpg is listed but not found under {manual_dir}.",
+                    "Put the image in HAM10000_images_part_1/ or _part_2/, or delete the row.",
+                )
+                continue
+            error = check_image(path) if check_images else None
+            if error:
+                problem(
+                    f"{path} (listed in row {row_number})",
+                    error,
+                    "Download this image again, or delete its row from the metadata CSV.",
+                )
+                continue
+            try:
+                age = _parse_age(row["age"])
+            except ValueError:
+                problem(where, f"age {row['age']!r} is not a number.", "Correct or empty it.")
+                continue
+            seen[image_id] = row_number
+            records.append(
+                Record(
+                    image_id=image_id,
+                    lesion_id=lesion_id,
+                    dx=dx,
+                    dx_type=row["dx_type"],
+                    age=age,
+                    sex=row["sex"],
+                    localization=row["localization"],
+                    path=path,
+                    row=row_number,
+                )
+            )
+    if not records:
+        raise DataError(f"{metadata}: no usable rows; see the problems above.")
+    return records, problems
+
+
+def write_problems(path: pathlib.Path, problems: list[Problem]) -> None:
+    """The skip report: one CSV row per skipped row or file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["where", "problem", "fix"])
+        writer.writerows([p.where, p.what, p.fix] for p in problems)
+
+
+# --- Splits ---
+
+
+def split_fractions(val_fraction: float, test_fraction: float) -> dict[str, float]:
+    """{"train": ..., "val": ..., "test": ...} without the splits whose fraction is 0."""
+    train_fraction = 1.0 - val_fraction - test_fraction
+    if min(val_fraction, test_fraction) < 0 or train_fraction <= 0:
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and leave "
+            "a positive train fraction."
+        )
+    fractions = {"train": train_fraction, "val": val_fraction, "test": test_fraction}
+    return {name: f for name, f in fractions.items() if f > 0}
+
+
+def _class_rng(seed: int, dx: str) -> np.random.Generator:
+    # Seeded per class, so adding rows of one class never reshuffles the others.
+    digest = hashlib.sha256(f"{seed}:{dx}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def split_by_lesion(
+    records: list[Record], *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, str]:
+    """image_id -> split name. Every lesion's images land in one split; within each class the
+    splits get their fraction of the images, and each split at least one lesion.
+
+    Per class, lesions are ordered largest first (ties in a seeded random order); the smallest
+    lesions seed one split each, then each lesion, largest first, goes to the split furthest below
+    its image target.
+    """
+    fractions = split_fractions(val_fraction, test_fraction)
+    lesions: dict[str, list[Record]] = collections.defaultdict(list)
+    for record in records:
+        lesions[record.lesion_id].append(record)
+    by_class: dict[str, list[str]] = collections.defaultdict(list)
+    for lesion_id, members in lesions.items():
+        classes = sorted({r.dx for r in members})
+        if len(classes) > 1:
+            rows = ", ".join(f"row {r.row} ({r.dx})" for r in members)
+            raise DataError(
+                f"Lesion {lesion_id} has images of several classes {classes}: {rows}. A lesion has "
+                "one diagnosis; correct the dx of these rows."
+            )
+        by_class[classes[0]].append(lesion_id)
+
+    assignment = {}
+    for dx in sorted(by_class):
+        lesion_ids = sorted(by_class[dx])
+        if len(lesion_ids) < len(fractions):
+            raise DataError(
+                f"Class {dx} has {len(lesion_ids)} lesion(s) ({lesion_ids}), fewer than the "
+                f"{len(fractions)} splits {list(fractions)}, so it cannot appear in every split. "
+                "Add images of more lesions of this class, or set a split fraction to 0."
+            )
+        order = _class_rng(seed, dx).permutation(len(lesion_ids))
+        lesion_ids = sorted(
+            (lesion_ids[i] for i in order), key=lambda lid: len(lesions[lid]), reverse=True
+        )
+        total = sum(len(lesions[lid]) for lid in lesion_ids)
+        counts = dict.fromkeys(fractions, 0)
+        # Smallest split gets the smallest lesion; the rest in order, each to the neediest split.
+        seeds = [(lesion_ids.pop(), name) for name in sorted(fractions, key=fractions.get)]
+        for lesion_id, seed_split in [*seeds, *((lid, None) for lid in lesion_ids)]:
+            name = seed_split or max(counts, key=lambda s: fractions[s] * total - counts[s])
+            counts[name] += len(lesions[lesion_id])
+            assignment.update({r.image_id: name for r in lesions[lesion_id]})
+    return assignment
+
+
+def write_split_membership(
+    path: pathlib.Path, records: list[Record], assignment: dict[str, str]
+) -> None:
+    """One row per image: image_id, lesion_id, dx, split."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "lesion_id", "dx", "split"])
+        writer.writerows([r.image_id, r.lesion_id, r.dx, assignment[r.image_id]] for r in records)
+
+
+# --- Images ---
+
+
+def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
+    """The central square (side = the shorter edge), downsampled to `size` x `size` with Lanczos.
+
+    Why: HAM10000 images are 600x450 with the lesion centred, so the crop drops 75 px of
+    surrounding skin on each side and keeps the lesion's shape (a squash to square would distort
+    it). PIL's Lanczos widens its kernel by the scale factor, so the 450 -> 64 downsample is
+    antialiased (no moire from hair and pigment network).
+    """
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.convert("RGB").resize(
+        (size, size), Image.LANCZOS, box=(left, top, left + side, top + side)
+    )
+
+
+def load_square(path: pathlib.Path, size: int) -> Image.Image:
+    """The image at `path`, center-cropped and downsampled to `size` (see center_crop_resize)."""
+    try:
+        with Image.open(path) as image:
+            return center_crop_resize(image, size)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(
+            f"{path}: cannot decode the image ({error}). Download it again, or delete its row from "
+            f"the metadata CSV (or pass --skip_bad)."
+        ) from error

@@ -1,30 +1,116 @@
 """config.data -> a per-process, seeded, checkpointable grain iterator of host-local batches.
 
-source -> this process's shard -> per-epoch shuffle -> repeat -> transforms -> batch.
+source -> this process's shard -> per-epoch shuffle -> repeat (or class-balanced draws) ->
+augmentation ops -> float conversion -> batch.
 The iterator's `get_state()` is saved in every checkpoint, so a resumed run sees the same data.
 """
 
 import grain
 import jax
 import ml_collections
+import numpy as np
+from absl import logging
 
 from ham_synth.data import sources, transforms
 
+# Tags that keep the balanced draws' and each augment op's random streams apart.
+_BALANCE_STREAM = 0
+_AUGMENT_STREAM = 1
+
+
+def derive_seed(seed: int, shard_index: int, stream: int, position: int = 0) -> int:
+    """A uint32 seed for one random stage of one process's pipeline (grain takes 0..2**32-1)."""
+    entropy = [seed, shard_index, stream, position]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
+
+
+def source_labels(source) -> np.ndarray:
+    """int32[N]: every record's label; read from `source.labels` when the source holds them,
+    else by reading each record (decodes images, once)."""
+    labels = getattr(source, "labels", None)
+    if labels is None:
+        labels = [source[i]["label"] for i in range(len(source))]
+    return np.asarray(labels, np.int32)
+
+
+def balanced_probabilities(labels: np.ndarray, alpha: float) -> np.ndarray:
+    """float64[N]: each record's draw probability, proportional to 1 / class_count**alpha, so a
+    class's share is proportional to class_count**(1 - alpha): 0 natural, 1 equal."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -alpha
+    return weights / weights.sum()
+
+
+class WeightedDraws(grain.transforms.DatasetSelectionMap):
+    """Stream position i -> (0, a record index drawn with `probabilities`), for an endless stream.
+
+    Each draw uses its own counter-based rng, `default_rng((seed, i))`, so the map is stateless:
+    any position is drawn alike in any process, order or restart, and grain's iterator state (the
+    position) is all a checkpoint needs.
+    """
+
+    def __init__(self, probabilities: np.ndarray, seed: int):
+        self._cdf = np.cumsum(probabilities)
+        self._seed = seed
+
+    def __len__(self) -> int:
+        return np.iinfo(np.int64).max
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        u = np.random.default_rng((self._seed, index)).random() * self._cdf[-1]
+        return 0, min(int(np.searchsorted(self._cdf, u, side="right")), len(self._cdf) - 1)
+
 
 def make_dataset(
-    source, *, batch_size: int, seed: int, shard_index: int, shard_count: int
+    source,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+    augment: str = "",
+    balance_alpha: float = 0.0,
 ) -> grain.IterDataset:
-    """Infinite stream of `batch_size` batches from shard `shard_index` of `shard_count`."""
-    if len(source) < shard_count * batch_size:
+    """Infinite stream of `batch_size` batches from shard `shard_index` of `shard_count`.
+
+    `augment`: an op string for `transforms.parse_ops`, applied to the uint8 image.
+    `balance_alpha` > 0: draw records with replacement, weight 1 / class_count**alpha with the
+    counts of this shard, instead of shuffled epochs.
+    """
+    ops = transforms.parse_ops(augment)  # Fails on a typo before any data is read.
+    if not 0 <= balance_alpha <= 1:
+        raise ValueError(f"data.balance_alpha={balance_alpha}; use 0 (off) to 1 (equal shares).")
+    shard_size = len(range(shard_index, len(source), shard_count))
+    if shard_size == 0:
         raise ValueError(
-            f"The dataset has {len(source)} records, fewer than one global batch "
-            f"({shard_count} processes x {batch_size}); lower train.batch_size."
+            f"The dataset has {len(source)} records, so process {shard_index} of {shard_count} "
+            "gets none; use more data or fewer processes."
+        )
+    if shard_size < batch_size:
+        # Batching follows `repeat`, so a batch spans epochs; it still works (e.g. on a sample).
+        logging.warning(
+            "This process's shard has %d records, fewer than a batch of %d: batches repeat "
+            "records. Lower train.batch_size to avoid that.",
+            shard_size,
+            batch_size,
+        )
+    shard = grain.MapDataset.source(source)[shard_index::shard_count]
+    if balance_alpha:
+        labels = source_labels(source)[shard_index::shard_count]
+        draws = WeightedDraws(
+            balanced_probabilities(labels, balance_alpha),
+            derive_seed(seed, shard_index, _BALANCE_STREAM),
+        )
+        records = grain.MapDataset.select_from_datasets([shard], draws)
+    else:
+        records = shard.shuffle(seed).repeat()  # Reseeded every epoch by `repeat`.
+    for position, op in enumerate(ops):
+        # grain seeds each record's rng from this seed and the stream position.
+        records = records.random_map(
+            op, seed=derive_seed(seed, shard_index, _AUGMENT_STREAM, position)
         )
     return (
-        grain.MapDataset.source(source)[shard_index::shard_count]
-        .shuffle(seed)  # Reseeded every epoch by `repeat`.
-        .repeat()
-        .map(transforms.ToModelInputs())
+        records.map(transforms.ToModelInputs())
         .batch(batch_size, drop_remainder=True)
         .to_iter_dataset()
     )
@@ -47,5 +133,8 @@ def make_train_dataset(
         seed=config.seed,
         shard_index=jax.process_index(),
         shard_count=process_count,
+        # Training only; .get keeps configs saved before these fields existed loadable.
+        augment=config.data.get("augment", ""),
+        balance_alpha=config.data.get("balance_alpha", 0.0),
     )
     return dataset, source.class_names

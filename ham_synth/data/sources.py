@@ -1,10 +1,12 @@
 """Random-access data sources: records `{"image": uint8[H, W, 3], "label": int32, "index": int}`.
 
 A source has `len`, `__getitem__` and `class_names`, so grain can shard and shuffle it by index.
-`get_source(config.data)` picks one by `data.name`.
+`get_source(config.data)` picks one by `data.name`: digits (embedded), ham10000 (prepared by
+`ham-synth prepare`), dermamnist (a MedMNIST npz) or folder (root/<class_name>/*.png|jpg).
 """
 
 import dataclasses
+import pathlib
 
 import ml_collections
 import numpy as np
@@ -109,10 +111,194 @@ def make_digits(data: ml_collections.ConfigDict) -> ArraySource:
     return ArraySource(images[keep], labels[keep], class_names)
 
 
-_SOURCES = {"digits": make_digits}
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8[H, W, 3] -> uint8[size, size, 3]: center crop to square, antialiased resize."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(ham10000.center_crop_resize(Image.fromarray(image), size))
 
 
-def get_source(data: ml_collections.ConfigDict) -> ArraySource:
+# --- ham10000: the TFDS dataset that `ham-synth prepare --source=ham10000` builds ---
+
+
+@dataclasses.dataclass(frozen=True)
+class Ham10000Source:
+    """A prepared split read through `tfds.data_source` (array_record, random access, no TF)."""
+
+    records: object  # tfds ArrayRecordDataSource: decoded dicts with bytes for text fields.
+    class_names: tuple[str, ...] = ham10000.CLASS_NAMES
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        return {
+            "image": record["image"],
+            "label": np.int32(record["label"]),
+            "index": index,
+            "image_id": record["image_id"].decode(),
+            "lesion_id": record["lesion_id"].decode(),
+        }
+
+
+def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
+    """`ham10000/<data.image_size>` from `data.data_dir` (TFDS's default when empty)."""
+    from ham_synth.data import ham10000_tfds  # Imports TFDS only when this source is used.
+
+    if data.image_size not in ham10000_tfds.IMAGE_SIZES:
+        raise ValueError(
+            f"data.image_size={data.image_size}; HAM10000 is prepared at "
+            f"{ham10000_tfds.IMAGE_SIZES}."
+        )
+    builder = ham10000_tfds.Ham10000(config=str(data.image_size), data_dir=data.data_dir or None)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"No prepared ham10000/{data.image_size} in {builder.data_dir}. Run `ham-synth prepare "
+            f"--source=ham10000 --manual_dir=DOWNLOAD --data_dir={data.data_dir or 'D'} "
+            f"--image_size={data.image_size}` and set --config.data.data_dir to that data_dir."
+        )
+    prepared = list(builder.info.splits)
+    if data.split not in (*prepared, "all"):
+        raise ValueError(f"data.split={data.split!r}; {builder.data_dir} has splits {prepared}.")
+    split = "+".join(prepared) if data.split == "all" else data.split
+    return Ham10000Source(builder.as_data_source(split))
+
+
+# --- dermamnist: MedMNIST's npz ---
+
+
+def load_dermamnist(path: str | pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8[N, H, W, 3], int32[N]) of `split` (or all three) from a MedMNIST npz, checked."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No DermaMNIST file at {path!r}; download dermamnist.npz (medmnist.com) and set "
+            "--config.data.path to it."
+        )
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
+    names = ["train", "val", "test"] if split == "all" else [split]
+    with np.load(path) as npz:
+        keys = [f"{s}_{kind}" for s in names for kind in ("images", "labels")]
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            raise ValueError(
+                f"{path}: missing key(s) {missing}; it has {sorted(npz.files)}. A MedMNIST npz "
+                "holds train_images, train_labels, val_images, val_labels, test_images and "
+                "test_labels; use the dermamnist file from medmnist.com unchanged."
+            )
+        images, labels = [], []
+        for s in names:
+            x, y = npz[f"{s}_images"], npz[f"{s}_labels"]
+            if x.ndim == 3:  # Grayscale MedMNIST sets store [N, H, W].
+                x = np.repeat(x[..., None], 3, axis=-1)
+            y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+            if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
+                raise ValueError(
+                    f"{path}: {s}_images has shape {x.shape} and dtype {x.dtype}; expected uint8 "
+                    "[N, H, W, 3] (or [N, H, W])."
+                )
+            if y.ndim != 1 or len(y) != len(x):
+                raise ValueError(
+                    f"{path}: {s}_labels has shape {npz[f'{s}_labels'].shape}; expected [N] or "
+                    f"[N, 1] with N = {len(x)} (the number of {s}_images)."
+                )
+            if len(y) and (y.min() < 0 or y.max() >= len(ham10000.CLASS_NAMES)):
+                raise ValueError(
+                    f"{path}: {s}_labels range over [{y.min()}, {y.max()}]; DermaMNIST labels are "
+                    f"0..{len(ham10000.CLASS_NAMES) - 1} ({', '.join(ham10000.CLASS_NAMES)})."
+                )
+            images.append(x)
+            labels.append(y.astype(np.int32))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def make_dermamnist(data: ml_collections.ConfigDict) -> ArraySource:
+    """MedMNIST's DermaMNIST (HAM10000 at 28, 64, 128 or 224 px) from `data.path`, resized to
+    `data.image_size` if needed; its labels already follow ham10000.CLASS_NAMES."""
+    images, labels = load_dermamnist(data.path, data.split)
+    images = np.stack([resize_square(image, data.image_size) for image in images])
+    return ArraySource(images, labels, ham10000.CLASS_NAMES)
+
+
+# --- folder: root/<class_name>/*.png|jpg, e.g. the synthetic sets `ham-synth sample` writes ---
+
+FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSource:
+    """Image files decoded on access, center-cropped and resized to `image_size` if needed."""
+
+    paths: tuple[pathlib.Path, ...]
+    labels: np.ndarray  # int32[N]
+    class_names: tuple[str, ...]
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ham10000.DataError(
+                f"{path}: cannot decode the image ({error}); delete or replace it."
+            ) from error
+        return {
+            "image": resize_square(pixels, self.image_size),
+            "label": self.labels[index],
+            "index": index,
+        }
+
+
+def make_folder(data: ml_collections.ConfigDict) -> FolderSource:
+    """Every image under `data.path`/<class_name>/; labels follow `data.class_names` (comma
+    separated) when given, else the sorted folder names. `data.split` other than `all` takes a
+    stratified share as digits does (`data.val_fraction`, `data.test_fraction`)."""
+    root = pathlib.Path(data.path)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"No folder at data.path={data.path!r}; point it at root/<class_name>/*.png|jpg."
+        )
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    class_names = tuple(filter(None, data.class_names.split(","))) or tuple(folders)
+    unknown = sorted(set(folders) - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"{root} has folders {unknown} that are not in data.class_names={class_names}; add "
+            "them there or move them out."
+        )
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in FOLDER_SUFFIXES)
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise FileNotFoundError(f"No .png or .jpg images in {root}/<class_name>/.")
+    labels = np.asarray(labels, np.int32)
+    keep = stratified_split(
+        labels,
+        data.split,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=data.split_seed,
+    )
+    return FolderSource(tuple(paths[i] for i in keep), labels[keep], class_names, data.image_size)
+
+
+_SOURCES = {
+    "digits": make_digits,
+    "ham10000": make_ham10000,
+    "dermamnist": make_dermamnist,
+    "folder": make_folder,
+}
+
+
+def get_source(data: ml_collections.ConfigDict):
     """The source named by `data.name`, checked against `data.num_classes`."""
     if data.name not in _SOURCES:
         raise ValueError(f"Unknown data.name {data.name!r}; choose one of {sorted(_SOURCES)}.")

@@ -1,12 +1,16 @@
-"""digits: upscaling, splits, the imbalance option and the grain pipeline's order and shards."""
+"""digits: upscaling, splits, the imbalance option and the grain pipeline's order, shards,
+augmentation and class-balanced sampling."""
 
 import itertools
 
+import grain
 import numpy as np
 import pytest
 from conftest import load_config
 
-from ham_synth.data import ham10000, pipeline, sources
+from ham_synth.data import ham10000, pipeline, sources, transforms
+
+ALL_OPS = "flip_lr|flip_ud|rotate(30)|zoom(0.8,1.25)|color_jitter(0.3,0.3,0.3)"
 
 
 def _data(**overrides):
@@ -116,3 +120,142 @@ def test_iterator_state_resumes_the_same_batches():
     resumed.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(resumed)["index"], want)
+
+
+# --- Augmentation and class-balanced sampling ---
+
+
+def _imbalanced(split="all"):
+    return sources.get_source(_data(split=split, imbalance=True, num_classes=7))
+
+
+def _grain_rng(seed, position):
+    """The generator grain's `random_map(seed=seed)` hands the record at `position`, read back
+    through grain's public API."""
+    probe = grain.MapDataset.range(position + 1).random_map(
+        lambda _, rng: rng.bit_generator.state, seed=seed
+    )
+    rng = np.random.Generator(np.random.Philox())
+    rng.bit_generator.state = probe[position]
+    return rng
+
+
+def test_an_augment_op_inside_the_pipeline_equals_the_op_called_directly():
+    source = sources.get_source(_data())
+    op = transforms.Rotate(30.0)
+    dataset = pipeline.make_dataset(
+        source, batch_size=4, seed=3, shard_index=1, shard_count=2, augment="rotate(30)"
+    )
+    op_seed = pipeline.derive_seed(3, 1, pipeline._AUGMENT_STREAM, 0)
+    for b, batch in enumerate(itertools.islice(iter(dataset), 2)):
+        for j, index in enumerate(batch["index"]):
+            record = op.random_map(source[int(index)], _grain_rng(op_seed, 4 * b + j))
+            expected = transforms.ToModelInputs().map(record)["image"]
+            np.testing.assert_array_equal(batch["image"][j], expected)
+
+
+def test_augment_changes_images_not_order_and_only_when_configured():
+    plain = next(iter(_dataset(seed=0)))
+    source = sources.get_source(_data())
+    augmented = next(
+        iter(
+            pipeline.make_dataset(
+                source, batch_size=8, seed=0, shard_index=0, shard_count=1, augment=ALL_OPS
+            )
+        )
+    )
+    np.testing.assert_array_equal(augmented["index"], plain["index"])
+    assert not np.array_equal(augmented["image"], plain["image"])
+    assert augmented["image"].min() >= -1.0 and augmented["image"].max() <= 1.0
+
+
+def test_train_dataset_reads_augment_and_balance_from_config():
+    base = {"data.imbalance": True, "data.num_classes": 7, "train.batch_size": 256}
+    plain = load_config("vae.py:quickstart", **base)
+    tuned = load_config(
+        "vae.py:quickstart", **base, **{"data.augment": "flip_lr", "data.balance_alpha": 1.0}
+    )
+    plain_batch = next(iter(pipeline.make_train_dataset(plain)[0]))
+    tuned_batch = next(iter(pipeline.make_train_dataset(tuned)[0]))
+    # Balanced: digit 5 (nv) falls from ~2/3 of a batch to ~1/7.
+    assert (plain_batch["label"] == 5).mean() > 0.5 > 0.3 > (tuned_batch["label"] == 5).mean()
+
+
+def test_unknown_augment_op_or_bad_alpha_fails_naming_the_fix():
+    source = sources.get_source(_data())
+    with pytest.raises(ValueError, match="Unknown augment op 'flip'.*flip_lr"):
+        pipeline.make_dataset(
+            source, batch_size=8, seed=0, shard_index=0, shard_count=1, augment="flip"
+        )
+    with pytest.raises(ValueError, match="balance_alpha=1.5"):
+        pipeline.make_dataset(
+            source, batch_size=8, seed=0, shard_index=0, shard_count=1, balance_alpha=1.5
+        )
+
+
+def _label_shares(source, alpha, num_draws=4000, shard_index=0, shard_count=1):
+    dataset = pipeline.make_dataset(
+        source,
+        batch_size=250,
+        seed=0,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        balance_alpha=alpha,
+    )
+    batches = list(itertools.islice(iter(dataset), num_draws // 250))
+    labels = np.concatenate([b["label"] for b in batches])
+    indices = np.concatenate([b["index"] for b in batches])
+    return np.bincount(labels, minlength=7) / len(labels), indices
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_balanced_sampling_class_shares_follow_count_to_the_one_minus_alpha(alpha):
+    source = _imbalanced()
+    counts = np.bincount(source.labels, minlength=7)
+    target = counts ** (1.0 - alpha) / (counts ** (1.0 - alpha)).sum()
+    shares, _ = _label_shares(source, alpha)
+    # 4,000 draws: a share's standard error is at most 0.008.
+    np.testing.assert_allclose(shares, target, atol=0.03)
+    if alpha == 1.0:
+        np.testing.assert_allclose(shares, 1 / 7, atol=0.03)
+
+
+def test_balanced_probabilities_match_the_formula():
+    labels = np.asarray([0, 0, 0, 1, 2, 2])
+    np.testing.assert_allclose(pipeline.balanced_probabilities(labels, 0.0), 1 / 6)
+    per_class = np.bincount(labels, weights=pipeline.balanced_probabilities(labels, 1.0))
+    np.testing.assert_allclose(per_class, 1 / 3)
+
+
+def test_balanced_shards_draw_only_their_own_records():
+    source = _imbalanced()
+    for shard_index in range(2):
+        shares, indices = _label_shares(source, 1.0, 1000, shard_index, shard_count=2)
+        assert set(indices % 2) == {shard_index}
+        assert shares.min() > 0.05
+
+
+def test_augmented_balanced_iterator_resumes_the_same_batches():
+    source = _imbalanced("train")
+
+    def make():
+        return pipeline.make_dataset(
+            source,
+            batch_size=8,
+            seed=5,
+            shard_index=0,
+            shard_count=1,
+            augment=ALL_OPS,
+            balance_alpha=1.0,
+        )
+
+    iterator = iter(make())
+    next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(3)]
+    resumed = iter(make())
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["index"], want["index"])
+        np.testing.assert_array_equal(got["image"], want["image"])

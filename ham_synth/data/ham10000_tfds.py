@@ -1,0 +1,130 @@
+"""The TFDS builder `ham10000`: the user's HAM10000 download -> array_record splits, one config
+per resolution (`ham10000/64`, `/128`, `/256`). Built and read without TensorFlow.
+
+    ham-synth prepare --source=ham10000 --manual_dir=DIR --data_dir=D --image_size=64
+"""
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from ham_synth.data import ham10000
+
+NAME = "ham10000"
+IMAGE_SIZES = (64, 128, 256)
+SPLIT_MEMBERSHIP_FILE = "split_membership.csv"
+SKIP_REPORT_FILE = "skipped.csv"
+
+_CITATION = """@article{tschandl2018ham10000,
+  title={The HAM10000 dataset, a large collection of multi-source dermatoscopic images of
+         common pigmented skin lesions},
+  author={Tschandl, Philipp and Rosendahl, Cliff and Kittler, Harald},
+  journal={Scientific Data}, volume={5}, pages={180161}, year={2018}}"""
+
+
+class Ham10000Config(tfds.core.BuilderConfig):
+    """One stored resolution; images are center-cropped to square, then downsampled."""
+
+    def __init__(self, *, image_size: int):
+        super().__init__(
+            name=str(image_size),
+            description=f"{image_size}x{image_size} center crops, Lanczos-downsampled, PNG.",
+        )
+        self.image_size = image_size
+
+
+class Ham10000(tfds.core.GeneratorBasedBuilder):
+    """HAM10000 with train/val/test grouped by lesion_id and stratified by dx."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Lesion-grouped, dx-stratified train/val/test."}
+    BUILDER_CONFIGS = [Ham10000Config(image_size=s) for s in IMAGE_SIZES]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    HAM10000 is not downloaded automatically (licence CC BY-NC 4.0). Download it from the Harvard
+    Dataverse ({ham10000.DOWNLOAD_URL}) or Kaggle's "skin-cancer-mnist-ham10000", unzip it, and
+    pass the folder that holds {ham10000.METADATA_FILE} and the image folders
+    (HAM10000_images_part_1/, HAM10000_images_part_2/; any subfolder works) as --manual_dir.
+    """
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS 4.9.10 finds a packaged builder's file through `importlib_resources`, which
+        # etils >= 1.15 no longer installs; the module's own path is what it would return.
+        return epath.Path(__file__)
+
+    def __init__(
+        self,
+        *,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        skip_bad: bool = False,
+        **kwargs,
+    ):
+        """The split and skip options only matter when building; a reader ignores them."""
+        self._split_options = dict(
+            val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
+        )
+        self._skip_bad = skip_bad
+        self.records: list[ham10000.Record] = []
+        self.problems: list[ham10000.Problem] = []
+        self.assignment: dict[str, str] = {}
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.image_size
+        text = tfds.features.Text()
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Dermoscopic images of pigmented skin lesions, 7 diagnoses.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=ham10000.CLASS_NAMES),
+                    "image_id": text,
+                    "lesion_id": text,
+                    "dx_type": text,
+                    "age": tfds.features.Scalar(dtype=np.float32),  # NaN when unknown.
+                    "sex": text,
+                    "localization": text,
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage=ham10000.DOWNLOAD_URL,
+            citation=_CITATION,
+            metadata=tfds.core.MetadataDict(split_options=self._split_options),
+        )
+
+    def _split_generators(self, dl_manager):
+        self.records, self.problems = ham10000.load_records(
+            dl_manager.manual_dir, skip_bad=self._skip_bad
+        )
+        self.assignment = ham10000.split_by_lesion(self.records, **self._split_options)
+        names = ham10000.split_fractions(
+            self._split_options["val_fraction"], self._split_options["test_fraction"]
+        )
+        return {
+            name: self._generate_examples(
+                [r for r in self.records if self.assignment[r.image_id] == name]
+            )
+            for name in names
+        }
+
+    def _generate_examples(self, records):
+        size = self.builder_config.image_size
+        for record in records:
+            yield (
+                record.image_id,
+                {
+                    # A PIL image: TFDS encodes it with PIL (a numpy array would need TensorFlow).
+                    "image": ham10000.load_square(record.path, size),
+                    "label": record.label,
+                    "image_id": record.image_id,
+                    "lesion_id": record.lesion_id,
+                    "dx_type": record.dx_type,
+                    "age": np.float32(record.age),
+                    "sex": record.sex,
+                    "localization": record.localization,
+                },
+            )

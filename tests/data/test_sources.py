@@ -1,0 +1,169 @@
+"""Sources behind `get_source(config.data)`: ham10000 (prepared), dermamnist (npz), folder."""
+
+import fake_ham10000
+import numpy as np
+import pytest
+from conftest import load_config
+from PIL import Image
+
+from ham_synth import train
+from ham_synth.data import ham10000, pipeline, prepare, sources
+
+
+def _data(**overrides):
+    overrides = {f"data.{k}": v for k, v in overrides.items()}
+    return load_config("vae.py:smoke", **overrides).data
+
+
+# --- ham10000 ---
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ham10000")
+    fake_ham10000.make_download(root / "download")
+    prepare.prepare_ham10000(manual_dir=str(root / "download"), data_dir=str(root / "tfds"))
+    return root / "tfds"
+
+
+def test_ham10000_source_yields_model_records(prepared):
+    data = _data(name="ham10000", data_dir=str(prepared), image_size=64, num_classes=7)
+    source = sources.get_source(data)
+    record = source[2]
+    assert record["image"].shape == (64, 64, 3) and record["image"].dtype == np.uint8
+    assert record["label"].dtype == np.int32 and record["index"] == 2
+    assert record["lesion_id"].startswith("HAM_")
+    assert source.class_names == ham10000.CLASS_NAMES
+    total = sum(
+        len(sources.get_source(_data(**{**data.to_dict(), "split": s})))
+        for s in ("train", "val", "test")
+    )
+    assert len(sources.get_source(_data(**{**data.to_dict(), "split": "all"}))) == total == 39
+
+
+def test_ham10000_source_says_how_to_prepare_it(tmp_path):
+    data = _data(name="ham10000", data_dir=str(tmp_path), image_size=64, num_classes=7)
+    with pytest.raises(FileNotFoundError, match="ham-synth prepare --source=ham10000"):
+        sources.get_source(data)
+    with pytest.raises(ValueError, match=r"\(64, 128, 256\)"):
+        sources.get_source(_data(name="ham10000", data_dir=str(tmp_path), num_classes=7))
+
+
+@pytest.mark.slow
+def test_a_training_config_runs_unchanged_on_ham10000(prepared, tmp_path):
+    config = load_config(
+        "vae.py:smoke",
+        **{
+            "data.name": "ham10000",
+            "data.data_dir": str(prepared),
+            "data.image_size": 64,
+            "data.num_classes": 7,
+            "train.total_steps": 3,
+            "train.batch_size": 4,
+            "train.num_devices": 1,  # One device compiles fastest; the mesh has its own tests.
+        },
+    )
+    state = train.train_and_evaluate(config, tmp_path)
+    assert int(state.step) == 3
+    assert (tmp_path / "samples" / "step_0000003.png").is_file()
+
+
+# --- dermamnist ---
+
+
+def _write_npz(path, sizes=None, image_shape=(28, 28, 3), **replace):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (sizes or {"train": 14, "val": 7, "test": 7}).items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, *image_shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 7).reshape(n, 1).astype(np.uint8)
+    arrays.update(replace)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_dermamnist_reads_each_split_resized_with_ham10000_label_order(tmp_path):
+    arrays = _write_npz(tmp_path / "dermamnist.npz")
+    data = _data(name="dermamnist", path=str(tmp_path / "dermamnist.npz"), num_classes=7)
+    val = sources.get_source(_data(**{**data.to_dict(), "split": "val", "image_size": 28}))
+    np.testing.assert_array_equal(val.images, arrays["val_images"])
+    np.testing.assert_array_equal(val.labels, arrays["val_labels"][:, 0])
+    assert val.class_names == ham10000.CLASS_NAMES and val.labels.dtype == np.int32
+    train = sources.get_source(data)  # image_size 8 in smoke: resized.
+    assert train.images.shape == (14, 8, 8, 3) and train[0]["label"] == 0
+    assert len(sources.get_source(_data(**{**data.to_dict(), "split": "all"}))) == 28
+
+
+@pytest.mark.parametrize(
+    ("replace", "pattern"),
+    [
+        ({"val_labels": None}, r"missing key\(s\) \['val_labels'\]"),
+        ({"train_images": np.zeros((14, 28, 28, 4), np.uint8)}, r"train_images has shape"),
+        ({"train_labels": np.zeros((13, 1), np.uint8)}, r"train_labels has shape \(13, 1\)"),
+        ({"train_labels": np.full((14, 1), 9, np.uint8)}, r"range over \[9, 9\]"),
+    ],
+)
+def test_dermamnist_bad_npz_names_the_key_and_the_fix(tmp_path, replace, pattern):
+    _write_npz(tmp_path / "bad.npz", **replace)
+    data = _data(name="dermamnist", path=str(tmp_path / "bad.npz"), num_classes=7, split="all")
+    with pytest.raises(ValueError, match=pattern):
+        sources.get_source(data)
+
+
+def test_dermamnist_missing_file_says_where_to_get_it(tmp_path):
+    data = _data(name="dermamnist", path=str(tmp_path / "nope.npz"), num_classes=7)
+    with pytest.raises(FileNotFoundError, match="medmnist"):
+        sources.get_source(data)
+
+
+# --- folder ---
+
+
+def _write_folder(root, counts, size=(12, 10)):
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            colour = (10 * i, 100, 200 if name == "vasc" else 0)
+            suffix = ".png" if i % 2 else ".jpg"
+            Image.new("RGB", size, colour).save(root / name / f"{i:03d}{suffix}")
+
+
+def test_folder_labels_follow_sorted_folder_names_and_images_are_resized(tmp_path):
+    _write_folder(tmp_path, {"vasc": 3, "akiec": 4, "df": 2})
+    source = sources.get_source(
+        _data(name="folder", path=str(tmp_path), split="all", num_classes=3)
+    )
+    assert source.class_names == ("akiec", "df", "vasc") and len(source) == 9
+    np.testing.assert_array_equal(source.labels, [0, 0, 0, 0, 1, 1, 2, 2, 2])
+    record = source[8]
+    assert record["image"].shape == (8, 8, 3) and record["image"].dtype == np.uint8
+    assert record["label"] == 2 and record["image"][..., 2].mean() > 190
+
+
+def test_folder_follows_the_configured_class_list(tmp_path):
+    # A synthetic set for the minority classes only: the label space is still HAM10000's.
+    _write_folder(tmp_path, {"df": 2, "vasc": 1})
+    data = _data(
+        name="folder",
+        path=str(tmp_path),
+        split="all",
+        num_classes=7,
+        class_names=",".join(ham10000.CLASS_NAMES),
+    )
+    source = sources.get_source(data)
+    assert source.class_names == ham10000.CLASS_NAMES
+    np.testing.assert_array_equal(source.labels, [3, 3, 6])
+    with pytest.raises(ValueError, match=r"folders \['vasc'\] that are not in data.class_names"):
+        sources.get_source(_data(**{**data.to_dict(), "class_names": "df", "num_classes": 1}))
+
+
+def test_folder_source_feeds_the_pipeline(tmp_path):
+    _write_folder(tmp_path, {"a": 5, "b": 5})
+    source = sources.get_source(
+        _data(name="folder", path=str(tmp_path), split="all", num_classes=2)
+    )
+    dataset = pipeline.make_dataset(source, batch_size=4, seed=0, shard_index=0, shard_count=1)
+    batch = next(iter(dataset))
+    assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.float32
+    assert set(batch["label"]) <= {0, 1}

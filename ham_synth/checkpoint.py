@@ -63,6 +63,26 @@ class Checkpointer:
         self._manager.close()
 
 
+def restore_latest_state(directory: pathlib.Path, abstract_state):
+    """(state, step) from the newest checkpoint in `directory`, without the data iterator."""
+    manager = ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    )
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {directory}; train one first with `ham-synth train`."
+            )
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+    finally:
+        manager.close()
+    return restored["state"], step
+
+
 def abstract_with_sharding(abstract_tree, sharding):
     """ShapeDtypeStructs (from jax.eval_shape) that carry `sharding`, as orbax restore needs."""
     return jax.tree.map(

@@ -4,6 +4,7 @@ Every number the code uses is a field here or in a family's config file; duratio
 """
 
 import importlib.util
+import json
 import pathlib
 
 import ml_collections
@@ -41,16 +42,33 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.name = ""
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "digits"  # The embedded default: scikit-learn's handwritten digits.
-    config.data.image_size = 16
-    config.data.num_classes = 10
+    # digits (embedded scikit-learn digits) | ham10000 (built by `ham-synth prepare`, read from
+    # data_dir) | dermamnist (MedMNIST npz at data.path) | folder (data.path/<class_name>/*.png).
+    config.data.name = "digits"
+    config.data.image_size = 16  # ham10000: 64, 128 or 256 (one prepared dataset each).
+    config.data.num_classes = 10  # Must match the source: 7 for ham10000 and dermamnist.
     config.data.path = ""  # A file or folder, for sources that read one.
-    config.data.data_dir = ""  # Where prepared datasets live, for sources that need one.
+    config.data.data_dir = ""  # Where prepared datasets live; empty: TFDS's default.
     config.data.split = "train"  # train | val | test | all
+    # digits and folder split here, per class; ham10000's split is fixed by `ham-synth prepare`
+    # (its --val_fraction, --test_fraction, --split_seed) and dermamnist's by MedMNIST.
     config.data.split_seed = 0  # Fixes split membership, independently of `seed`.
     config.data.val_fraction = 0.1
     config.data.test_fraction = 0.1
+    config.data.class_names = ""  # folder: comma-separated label order; empty: sorted folders.
     config.data.imbalance = False  # digits: keep 7 classes, subsampled to HAM10000's shares.
+    # Training-only augmentation (make_train_dataset; evaluation never augments): ops applied in
+    # order to the uint8 image, each with its own grain-seeded rng per stream position, so a
+    # resumed run redraws the same ones. Ops: flip_lr | flip_ud (each p=1/2) | rotate(max_degrees)
+    # (uniform angle) | zoom(min_scale,max_scale) (log-uniform, >1 magnifies) |
+    # color_jitter(brightness,contrast,saturation) (factors uniform in 1 +- x). rotate and zoom-out
+    # fill the uncovered margin with a mirror reflection of the image, not black.
+    # E.g. "flip_lr|flip_ud|rotate(15)|zoom(0.9,1.1)"; empty: none.
+    config.data.augment = ""
+    # Class-balanced sampling: records drawn with replacement, weight 1/class_count**alpha (counts
+    # in this process's shard), so class shares follow class_count**(1-alpha). 0: off (shuffled
+    # epochs, each record once per epoch); 1: every class equally often.
+    config.data.balance_alpha = 0.0
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64  # Global, over all devices and hosts.
@@ -85,5 +103,17 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     config = module.get_config(arg or None)
+    config.lock()
+    return config
+
+
+def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a training run wrote to `workdir/config.json`, locked."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No {path}: is {workdir} the --workdir of a `ham-synth train` run?"
+        )
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
     config.lock()
     return config

@@ -1,18 +1,22 @@
 """The `ham-synth` command: `ham-synth VERB --config=configs/FILE.py:ARG --workdir=DIR [...]`.
 
 Parses the verb and the flags, joins a multi-host job when the launcher asks, and calls the
-verb's one function.
+verb's one function with the flags it declares.
 """
 
 import logging as std_logging
 import os
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ham_synth import train
+from ham_synth import evaluate, synthesize, train
+from ham_synth.data import prepare
+from ham_synth.evaluators import convert_inception
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -22,11 +26,46 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
 
-# verb -> (what it does, function of (config, workdir)).
+
+class Verb(NamedTuple):
+    """What a verb does, its function, and the flags passed to it as keyword arguments (a verb's
+    own flags are defined in its module)."""
+
+    help: str
+    run: Callable[..., object]
+    required: tuple[str, ...] = ("config", "workdir")
+    optional: tuple[str, ...] = ()
+
+
+# A plain (help, function of (config, workdir)) tuple is a Verb with the default flags.
 VERBS = {
-    "train": (
+    "train": Verb(
         "train a model family; resumes from the workdir's checkpoint",
         train.train_and_evaluate,
+    ),
+    "sample": Verb(
+        "class-conditional PNGs + manifest.csv from a generator workdir -> WORKDIR/synthetic",
+        synthesize.run,
+        required=("workdir", "num_per_class"),
+        optional=synthesize.OPTIONAL_FLAGS,
+    ),
+    "convert-inception": Verb(
+        "pytorch-fid's Inception weights -> ~/.cache/ham_synth (--download or --torch_weights)",
+        convert_inception.run,
+        required=(),
+        optional=convert_inception.OPTIONAL_FLAGS,
+    ),
+    "evaluate": Verb(
+        "FID, KID, precision/recall of --fake_dir against config.data -> WORKDIR/eval",
+        evaluate.evaluate,
+        required=("config", "workdir", "fake_dir"),
+        optional=evaluate.OPTIONAL_FLAGS,
+    ),
+    "prepare": Verb(
+        "a manual download -> a prepared dataset; prints split counts, writes an example grid",
+        prepare.run,
+        required=("source", "manual_dir"),
+        optional=prepare.OPTIONAL_FLAGS,
     ),
 }
 
@@ -52,19 +91,22 @@ def _quiet_library_logs() -> None:
 
 
 def _usage() -> str:
-    lines = [
-        "usage: ham-synth VERB --config=configs/FILE.py[:ARG] --workdir=DIR [--config.x.y=V]",
-        "verbs:",
-    ]
-    lines += [f"  {verb:10s} {help_text}" for verb, (help_text, _) in VERBS.items()]
+    lines = ["usage: ham-synth VERB --FLAG=VALUE ... [--config.x.y=V]", "verbs:"]
+    for name, entry in VERBS.items():
+        verb = Verb(*entry)
+        flag_list = [f"--{f}" for f in verb.required] + [f"[--{f}]" for f in verb.optional]
+        lines.append(f"  {name:18s} {verb.help}")
+        lines += [f"  {'':18s} {' '.join(flag_list)}"] if flag_list else []
     return "\n".join(lines)
 
 
 def _main(verb: str, argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("Both --config and --workdir are required.\n" + _usage())
+    verb = Verb(*VERBS[verb])
+    missing = [f"--{name}" for name in verb.required if flags.FLAGS[name].value is None]
+    if missing:
+        raise app.UsageError(f"{' and '.join(missing)} required.\n" + _usage())
     _quiet_library_logs()
     _initialize_distributed()
     logging.info(
@@ -76,7 +118,7 @@ def _main(verb: str, argv) -> None:
         jax.device_count(),
         jax.default_backend(),
     )
-    VERBS[verb][1](_CONFIG.value, _WORKDIR.value)
+    verb.run(**{name: flags.FLAGS[name].value for name in verb.required + verb.optional})
 
 
 def run() -> None:

@@ -3,6 +3,7 @@ progress bar. Only process 0 writes files; the others only log."""
 
 import json
 import pathlib
+import sys
 
 import jax
 import matplotlib
@@ -57,6 +58,7 @@ class MetricWriter:
             unit="step",
             disable=not self.is_writer,
             dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 60.0,  # Keep log files readable.
         )
 
     def advance(self) -> None:

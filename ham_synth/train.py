@@ -82,15 +82,6 @@ def _non_finite_error(value, step, last_good_step, ckpt) -> NonFiniteLossError:
     )
 
 
-def _write_samples(workdir, writer, sample_fn, params, labels, rng, num_classes, step):
-    images = np.asarray(jax.device_get(sample_fn(params, labels, rng)))
-    grid = samples.make_grid(images, rows=num_classes)
-    if writer.is_writer:
-        scale = samples.display_scale(images.shape[1])
-        samples.write_png(workdir / "samples" / f"step_{step:07d}.png", grid, scale=scale)
-    writer.write_image(step, "samples", grid)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     """Trains `config.task` to `config.train.total_steps`, resuming from `workdir` if it holds a
     checkpoint. Returns the final TrainState."""
@@ -147,6 +138,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     sample_labels = samples.class_grid_labels(num_classes, config.train.samples_per_class)
     sample_fn = jax.jit(task.sample, out_shardings=replicated) if task.sample else None
 
+    def write_samples(params, step):
+        """A grid from fixed noise, so grids from different steps compare directly."""
+        images = np.asarray(jax.device_get(sample_fn(params, sample_labels, sample_rng)))
+        grid = samples.make_grid(images, rows=num_classes)
+        if jax.process_index() == 0:
+            path = workdir / "samples" / f"step_{step:07d}.png"
+            samples.write_png(path, grid, scale=samples.display_scale(images.shape[1]))
+        writer.write_image(step, "samples", grid)
+
     # --- Loop ---
     writer = metric_writer_lib.MetricWriter(workdir, first_step=first_step, total_steps=total_steps)
     window, window_steps = None, 0  # On-device sum of metrics since the last log step.
@@ -181,16 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     ckpt.save(step, state, train_iter)
                     saved_step = step
                 if sample_fn and (step % config.train.sample_every_steps == 0 or is_last):
-                    _write_samples(
-                        workdir,
-                        writer,
-                        sample_fn,
-                        state.ema_params,
-                        sample_labels,
-                        sample_rng,
-                        num_classes,
-                        step,
-                    )
+                    write_samples(state.ema_params, step)
                     writer.write_curves()
                 if is_last:
                     break

@@ -1,9 +1,9 @@
 """Model registry: `get_model(name, **kwargs)`. Models are architecture only; losses live in
 tasks/."""
 
-from ham_synth.models import vae_nets
+from ham_synth.models import unet, vae_nets
 
-_MODELS = {"vae": vae_nets.VAE}
+_MODELS = {"unet": unet.UNet, "vae": vae_nets.VAE}
 
 
 def get_model(name: str, **kwargs):

@@ -1,0 +1,84 @@
+"""Class-conditional DDPM task: ε- (or v-) prediction MSE with label dropout for classifier-free
+guidance, and sampling with any sampler in diffusion/samplers.py."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ham_synth import models, optim
+from ham_synth.diffusion import samplers, schedule
+from ham_synth.tasks import base
+
+
+def make_alphas_cumprod(diffusion: ml_collections.ConfigDict) -> np.ndarray:
+    betas = schedule.make_betas(
+        diffusion.schedule, diffusion.num_train_steps, diffusion.beta_start, diffusion.beta_end
+    )
+    return schedule.alphas_cumprod(betas)
+
+
+def make_task(config: ml_collections.ConfigDict) -> base.Task:
+    num_classes = config.data.num_classes
+    model = models.get_model(
+        config.model.name,
+        num_classes=num_classes,
+        channels=config.model.channels,
+        channel_mults=tuple(config.model.channel_mults),
+        num_res_blocks=config.model.num_res_blocks,
+        attention_resolutions=tuple(config.model.attention_resolutions),
+        num_heads=config.model.num_heads,
+        dropout=config.model.dropout,
+    )
+    tx = optim.make_optimizer(config.optim, config.train.total_steps)
+    diffusion = config.diffusion
+    if diffusion.prediction not in schedule.PREDICTIONS:
+        raise ValueError(
+            f"diffusion.prediction={diffusion.prediction!r}; choose one of {schedule.PREDICTIONS}."
+        )
+    alphas_cumprod = make_alphas_cumprod(diffusion)
+    alphas_cumprod_f32 = jnp.asarray(alphas_cumprod, jnp.float32)
+
+    def init_params(rng, batch):
+        t = jnp.zeros(batch["label"].shape, jnp.int32)
+        return model.init(rng, batch["image"], t, batch["label"])["params"]
+
+    def loss_fn(params, batch, rng, step):
+        del step
+        x0, labels = batch["image"], batch["label"]
+        t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
+        t = jax.random.randint(t_rng, labels.shape, 0, diffusion.num_train_steps)
+        noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+        a = alphas_cumprod_f32[t]
+        x_t = schedule.q_sample(x0, a, noise)
+        # Label dropout trains the unconditional (null-class) model used by guidance.
+        dropped = jax.random.bernoulli(drop_rng, diffusion.p_uncond, labels.shape)
+        labels = jnp.where(dropped, num_classes, labels)
+        pred = model.apply(
+            {"params": params}, x_t, t, labels, train=True, rngs={"dropout": dropout_rng}
+        )
+        target = noise if diffusion.prediction == "eps" else schedule.v_target(x0, a, noise)
+        return jnp.mean((pred - target) ** 2), {}
+
+    def sample(params, labels, rng):
+        model_fn = functools.partial(model.apply, {"params": params})
+        return samplers.sample(
+            samplers.guided(model_fn, config.sample.guidance, null_label=num_classes),
+            labels,
+            rng,
+            shape=(config.data.image_size, config.data.image_size, 3),
+            alphas_cumprod=alphas_cumprod,
+            prediction=diffusion.prediction,
+            sampler=config.sample.sampler,
+            num_steps=config.sample.steps,
+            eta=config.sample.eta,
+            clip_denoised=config.sample.clip_denoised,
+        )
+
+    return base.Task(
+        init=base.make_init(init_params, tx),
+        train_step=base.make_simple_step(loss_fn, tx, ema_decay=config.optim.ema_decay),
+        sample=sample,
+    )

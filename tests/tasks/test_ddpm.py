@@ -1,0 +1,78 @@
+"""The DDPM task and its UNet: shapes, the loss of a zero predictor, overfitting, sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from conftest import load_config
+
+from ham_synth import models
+from ham_synth.data import pipeline
+from ham_synth.tasks import ddpm
+
+
+def _setup(**overrides):
+    config = load_config("ddpm.py:smoke", **overrides)
+    dataset, _ = pipeline.make_train_dataset(config)
+    batch = {k: jnp.asarray(v) for k, v in next(iter(dataset)).items()}
+    task = ddpm.make_task(config)
+    return config, task, batch, jax.jit(task.init)(jax.random.key(0), batch)
+
+
+def test_unet_keeps_the_image_shape_and_scales_to_the_ham64_recipe():
+    model = models.get_model(
+        "unet",
+        num_classes=7,
+        channels=8,
+        channel_mults=(1, 2),
+        attention_resolutions=(4,),
+        num_heads=2,
+    )
+    x = jnp.zeros((2, 8, 8, 3))
+    t, labels = jnp.array([0, 999]), jnp.array([0, 7])  # 7 is the null class.
+    params = jax.jit(model.init)(jax.random.key(0), x, t, labels)
+    assert model.apply(params, x, t, labels).shape == (2, 8, 8, 3)
+
+    config = load_config("ddpm.py:ham64")
+    big = models.get_model(
+        "unet",
+        num_classes=7,
+        channels=config.model.channels,
+        channel_mults=config.model.channel_mults,
+        num_res_blocks=config.model.num_res_blocks,
+        attention_resolutions=config.model.attention_resolutions,
+    )
+    shapes = jax.eval_shape(
+        big.init,
+        jax.random.key(0),
+        jnp.zeros((1, 64, 64, 3)),
+        jnp.zeros((1,), jnp.int32),
+        jnp.zeros((1,), jnp.int32),
+    )
+    assert 30e6 < sum(x.size for x in jax.tree.leaves(shapes)) < 45e6
+
+
+def test_zero_predictor_has_eps_loss_one():
+    # The UNet's output conv starts at zero, so at init it predicts ε = 0 and the MSE is E[ε²].
+    _, task, batch, state = _setup(**{"diffusion.prediction": "eps", "train.batch_size": 64})
+    _, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1))
+    np.testing.assert_allclose(float(metrics["train/loss"]), 1.0, atol=0.05)
+
+
+def test_tiny_unet_overfits_one_batch_and_then_depends_on_the_label():
+    config, task, batch, state = _setup(**{"train.total_steps": 80, "optim.lr": 3e-3})
+    step = jax.jit(task.train_step)
+    rng = jax.random.key(3)  # One rng: the same t and noise each step, a fixed target.
+    losses = []
+    for _ in range(80):
+        state, metrics = step(state, batch, rng)
+        losses.append(float(metrics["train/loss"]))
+    assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+
+    sample = jax.jit(task.sample)
+    labels = jnp.zeros(4, jnp.int32)
+    images = sample(state.params, labels, jax.random.key(0))
+    size = config.data.image_size
+    assert images.shape == (4, size, size, 3) and float(jnp.abs(images).max()) <= 1.0
+    np.testing.assert_array_equal(sample(state.params, labels, jax.random.key(0)), images)
+    other = sample(state.params, labels + 1, jax.random.key(0))
+    assert float(jnp.abs(other - images).mean()) > 1e-3

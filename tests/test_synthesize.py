@@ -1,0 +1,86 @@
+"""`ham-synth sample`: PNGs per class, the manifest, and the folder source reading them back."""
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import load_config
+from PIL import Image
+
+from ham_synth import synthesize, train
+from ham_synth.data import sources
+
+
+@pytest.fixture(scope="module")
+def ddpm_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ddpm")
+    train.train_and_evaluate(load_config("ddpm.py:smoke"), workdir)
+    return workdir
+
+
+def test_ddpm_samples_land_per_class_with_a_manifest(ddpm_workdir):
+    out = synthesize.run(
+        str(ddpm_workdir),
+        num_per_class=3,
+        sampler="dpmpp_2m",
+        steps=4,
+        guidance=1.5,
+        classes="3,7",
+        seed=5,
+        sample_batch_size=4,
+    )
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["3", "7"]
+    with open(out / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert {r["class"] for r in rows} == {"3", "7"}
+    row = rows[0]
+    assert (row["family"], row["checkpoint_step"], row["sampler"], row["steps"]) == (
+        "ddpm",
+        "6",
+        "dpmpp_2m",
+        "4",
+    )
+    assert (row["guidance"], row["seed"], row["synthetic"]) == ("1.5", "5", "true")
+    image = Image.open(out / row["file"])
+    assert image.size == (8, 8) and image.mode == "RGB"
+
+    # The output is a `folder` data source, with labels by class name.
+    data = load_config(
+        "ddpm.py:smoke",
+        **{
+            "data.name": "folder",
+            "data.path": str(out),
+            "data.split": "all",
+            "data.num_classes": 2,
+        },
+    ).data
+    source = sources.get_source(data)
+    assert len(source) == 6 and source.class_names == ("3", "7")
+    np.testing.assert_array_equal(source[0]["image"], np.asarray(image))
+
+
+def test_same_seed_same_images_and_existing_output_is_kept(ddpm_workdir, tmp_path):
+    kwargs = dict(num_per_class=1, steps=3, classes="0", sample_batch_size=8)
+    first = synthesize.run(str(ddpm_workdir), out_dir=str(tmp_path / "a"), **kwargs)
+    second = synthesize.run(str(ddpm_workdir), out_dir=str(tmp_path / "b"), **kwargs)
+    a, b = (np.asarray(Image.open(d / "0" / "0_000000.png")) for d in (first, second))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileExistsError, match="not empty"):
+        synthesize.run(str(ddpm_workdir), out_dir=str(first), **kwargs)
+    with pytest.raises(ValueError, match="Unknown classes"):
+        synthesize.run(
+            str(ddpm_workdir), out_dir=str(tmp_path / "c"), num_per_class=1, classes="nv"
+        )
+
+
+def test_vae_samples_through_the_same_contract(tmp_path):
+    workdir = tmp_path / "vae"
+    train.train_and_evaluate(load_config("vae.py:smoke"), workdir)
+    out = synthesize.run(str(workdir), num_per_class=2)
+    assert len(list(out.glob("*/*.png"))) == 20
+    with open(out / "manifest.csv") as f:
+        row = next(csv.DictReader(f))
+    assert (row["family"], row["sampler"]) == ("vae", "prior")
+    with pytest.raises(ValueError, match="no sampler settings"):
+        synthesize.run(str(workdir), num_per_class=1, sampler="ddim", out_dir=str(tmp_path / "x"))

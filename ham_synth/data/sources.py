@@ -56,6 +56,17 @@ def stratified_split(
     return np.sort(np.concatenate(chosen))
 
 
+def split_from_config(labels: np.ndarray, data: ml_collections.ConfigDict) -> np.ndarray:
+    """`stratified_split` with `data.split` and its fractions and seed."""
+    return stratified_split(
+        labels,
+        data.split,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=data.split_seed,
+    )
+
+
 def imbalance_counts(class_sizes: np.ndarray, shares: np.ndarray) -> np.ndarray:
     """Largest per-class counts <= `class_sizes` whose proportions are `shares` (rounded)."""
     total = np.min(class_sizes / shares)
@@ -96,13 +107,7 @@ def load_digits(image_size: int, imbalance: bool, seed: int) -> tuple[np.ndarray
 def make_digits(data: ml_collections.ConfigDict) -> ArraySource:
     """The embedded default dataset (ships with scikit-learn), split as `data.split`."""
     images, labels = load_digits(data.image_size, data.imbalance, data.split_seed)
-    keep = stratified_split(
-        labels,
-        data.split,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        seed=data.split_seed,
-    )
+    keep = split_from_config(labels, data)
     class_names = (
         tuple(f"{d}:{name}" for d, name in enumerate(ham10000.CLASS_NAMES))
         if data.imbalance
@@ -280,13 +285,7 @@ def make_folder(data: ml_collections.ConfigDict) -> FolderSource:
     if not paths:
         raise FileNotFoundError(f"No .png or .jpg images in {root}/<class_name>/.")
     labels = np.asarray(labels, np.int32)
-    keep = stratified_split(
-        labels,
-        data.split,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        seed=data.split_seed,
-    )
+    keep = split_from_config(labels, data)
     return FolderSource(tuple(paths[i] for i in keep), labels[keep], class_names, data.image_size)
 
 

@@ -73,7 +73,6 @@ def get_config(arg: str | None = None):
     if arg.ham64:
         config.data.name = "ham10000"
         config.data.image_size = 64
-        config.data.num_classes = 7
         config.model.channels = 128
         config.model.channel_mults = (1, 2, 2, 2)
         config.model.num_res_blocks = 2

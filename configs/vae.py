@@ -9,7 +9,6 @@ Variants combine: `configs/vae.py:quickstart,imbalance`.
 """
 
 from ham_synth import config_lib
-from ham_synth.data import ham10000
 
 
 def get_config(arg: str | None = None):
@@ -28,8 +27,6 @@ def get_config(arg: str | None = None):
     )
 
     config.data.imbalance = arg.imbalance
-    if arg.imbalance:
-        config.data.num_classes = len(ham10000.CLASS_NAMES)
 
     config.train.total_steps = 2000
     config.optim.lr = 2e-3

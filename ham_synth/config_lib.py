@@ -46,7 +46,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # data_dir) | dermamnist (MedMNIST npz at data.path) | folder (data.path/<class_name>/*.png).
     config.data.name = "digits"
     config.data.image_size = 16  # ham10000: 64, 128 or 256 (one prepared dataset each).
-    config.data.num_classes = 10  # Must match the source: 7 for ham10000 and dermamnist.
+    # 0: the source's own count (digits 10, imbalanced digits, ham10000 and dermamnist 7, folder
+    # its class folders), filled in by the trainer; > 0: checked against the source.
+    config.data.num_classes = 0
     config.data.path = ""  # A file or folder, for sources that read one.
     config.data.data_dir = ""  # Where prepared datasets live; empty: TFDS's default.
     config.data.split = "train"  # train | val | test | all
@@ -91,6 +93,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optim.grad_clip = 1.0  # Global-norm clipping; 0 disables it.
     config.optim.ema_decay = 0.999
     return config
+
+
+def with_values(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+    """A copy of `config` with `{"a.b": value}` fields set; the copy stays locked if `config` was,
+    so only existing fields can be set."""
+    updated = config.copy_and_resolve_references()
+    updated.update_from_flattened_dict(values)
+    return updated
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

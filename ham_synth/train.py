@@ -95,13 +95,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     logging.info(
         "Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count()
     )
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     # One root rng; fold_in(step) below makes a resumed run draw the same noise.
     init_rng, sample_rng, loop_rng = jax.random.split(jax.random.key(config.seed), 3)
 
     # --- Data ---
-    dataset, class_names = pipeline.make_train_dataset(config)
+    # The data fills in data.num_classes; config.json records it, so `sample` rebuilds this task.
+    dataset, config = pipeline.make_train_dataset(config)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     train_iter = iter(dataset)
     example_batch = jax.tree.map(lambda x: x[:1], next(iter(dataset)))
 
@@ -134,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     )
 
     # --- Samples ---
-    num_classes = len(class_names)
+    num_classes = config.data.num_classes
     sample_labels = samples.class_grid_labels(num_classes, config.train.samples_per_class)
     sample_fn = jax.jit(task.sample, out_shardings=replicated) if task.sample else None
 

@@ -51,7 +51,7 @@ def main(argv) -> None:
     replicated = parallel.replicated(mesh)
     init_rng, _, loop_rng = jax.random.split(jax.random.key(config.seed), 3)
 
-    dataset, _ = pipeline.make_train_dataset(config)
+    dataset, config = pipeline.make_train_dataset(config)
     data_iter = iter(dataset)
     host_batches = [next(data_iter) for _ in range(_BATCHES.value)]
     batches = [parallel.to_global_batch(b, mesh) for b in host_batches]

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from ham_synth import config_lib
 from ham_synth.data import sources, transforms
 
 # Tags that keep the balanced draws' and each augment op's random streams apart.
@@ -118,8 +119,9 @@ def make_dataset(
 
 def make_train_dataset(
     config: ml_collections.ConfigDict,
-) -> tuple[grain.IterDataset, tuple[str, ...]]:
-    """This process's training stream and the class names, from config.data and config.train."""
+) -> tuple[grain.IterDataset, ml_collections.ConfigDict]:
+    """This process's training stream, from config.data and config.train, and `config` with
+    `data.num_classes` set to the source's class count (the models are sized by it)."""
     process_count = jax.process_count()
     if config.train.batch_size % process_count:
         raise ValueError(
@@ -137,4 +139,4 @@ def make_train_dataset(
         augment=config.data.get("augment", ""),
         balance_alpha=config.data.get("balance_alpha", 0.0),
     )
-    return dataset, source.class_names
+    return dataset, config_lib.with_values(config, {"data.num_classes": len(source.class_names)})

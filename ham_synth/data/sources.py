@@ -298,14 +298,15 @@ _SOURCES = {
 
 
 def get_source(data: ml_collections.ConfigDict):
-    """The source named by `data.name`, checked against `data.num_classes`."""
+    """The source named by `data.name`, checked against `data.num_classes` when that is set."""
     if data.name not in _SOURCES:
         raise ValueError(f"Unknown data.name {data.name!r}; choose one of {sorted(_SOURCES)}.")
     source = _SOURCES[data.name](data)
-    if len(source.class_names) != data.num_classes:
+    if data.num_classes and len(source.class_names) != data.num_classes:
         raise ValueError(
             f"data.num_classes={data.num_classes} but {data.name!r} has "
             f"{len(source.class_names)} classes {source.class_names}; "
-            f"set --config.data.num_classes={len(source.class_names)}."
+            f"set --config.data.num_classes={len(source.class_names)}, or 0 to take it from the "
+            "data."
         )
     return source

@@ -63,9 +63,11 @@ def test_imbalance_follows_ham10000_class_shares():
         assert set(labels) == set(range(7)), split
 
 
-def test_num_classes_mismatch_says_how_to_fix_it():
-    with pytest.raises(ValueError, match="data.num_classes=10.*num_classes=7"):
-        sources.get_source(_data(imbalance=True))
+def test_num_classes_comes_from_the_data_or_a_mismatch_says_how_to_fix_it():
+    config = load_config("vae.py:smoke", **{"data.imbalance": True})
+    assert pipeline.make_train_dataset(config)[1].data.num_classes == 7
+    with pytest.raises(ValueError, match="data.num_classes=10.*num_classes=7, or 0"):
+        sources.get_source(_data(imbalance=True, num_classes=10))
 
 
 def _dataset(seed, shard_index=0, shard_count=1, batch_size=8):

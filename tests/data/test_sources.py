@@ -6,7 +6,7 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from ham_synth import train
+from ham_synth import config_lib, train
 from ham_synth.data import ham10000, pipeline, prepare, sources
 
 
@@ -57,15 +57,17 @@ def test_a_training_config_runs_unchanged_on_ham10000(prepared, tmp_path):
             "data.name": "ham10000",
             "data.data_dir": str(prepared),
             "data.image_size": 64,
-            "data.num_classes": 7,
             "train.total_steps": 3,
             "train.batch_size": 4,
             "train.num_devices": 1,  # One device compiles fastest; the mesh has its own tests.
         },
     )
+    assert config.data.num_classes == 0  # The data says how many classes there are.
     state = train.train_and_evaluate(config, tmp_path)
     assert int(state.step) == 3
     assert (tmp_path / "samples" / "step_0000003.png").is_file()
+    saved = config_lib.load_workdir_config(tmp_path)
+    assert saved.data.num_classes == len(ham10000.CLASS_NAMES)
 
 
 # --- dermamnist ---

@@ -12,7 +12,7 @@ from ham_synth.tasks import ddpm
 
 def _setup(**overrides):
     config = load_config("ddpm.py:smoke", **overrides)
-    dataset, _ = pipeline.make_train_dataset(config)
+    dataset, config = pipeline.make_train_dataset(config)
     batch = {k: jnp.asarray(v) for k, v in next(iter(dataset)).items()}
     task = ddpm.make_task(config)
     return config, task, batch, jax.jit(task.init)(jax.random.key(0), batch)

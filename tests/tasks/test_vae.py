@@ -26,7 +26,7 @@ def test_kl_weight_ramps_linearly_to_beta():
 
 def _task_and_batch(**overrides):
     config = load_config("vae.py:smoke", **overrides)
-    dataset, _ = pipeline.make_train_dataset(config)
+    dataset, config = pipeline.make_train_dataset(config)
     batch = {k: jnp.asarray(v) for k, v in next(iter(dataset)).items()}
     return config, vae.make_task(config), batch
 

@@ -1,7 +1,9 @@
-"""`ham-synth evaluate`: FID, KID and precision/recall of a folder of images against a dataset
-split, overall and per class; writes WORKDIR/eval/metrics.json and prints a table.
+"""`ham-synth evaluate`: FID, KID and precision/recall of generated images against a dataset split,
+overall and per class; writes WORKDIR/eval/metrics.json and prints a table.
 
 The real set is `config.data` (any source, `--config.data.split=test`); its features are cached.
+The fake set is a folder of images (`--fake_dir`), or a generator's workdir to sample from first
+(`--generator_workdir --num_per_class`, into WORKDIR/eval/synthetic).
 """
 
 import hashlib
@@ -9,17 +11,33 @@ import json
 import pathlib
 import warnings
 
+import jax
 import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from ham_synth import parallel
-from ham_synth.data import sources
+from ham_synth import parallel, synthesize
+from ham_synth.data import pipeline, sources
 from ham_synth.evaluators import fid, inception
 
-OPTIONAL_FLAGS = ("fid_batch_size", "inception_weights")
+# Sampling flags (defined by `sample`) that evaluate forwards to synthesize.run.
+SAMPLE_FLAGS = ("sampler", "steps", "guidance", "seed", "sample_batch_size")
+OPTIONAL_FLAGS = (
+    "fake_dir",
+    "generator_workdir",
+    "num_per_class",
+    *SAMPLE_FLAGS,
+    "fid_batch_size",
+    "inception_weights",
+)
 flags.DEFINE_string(
     "fake_dir", None, "Images to score: FAKE_DIR/<class_name>/*.png|jpg, class names as the data's."
+)
+flags.DEFINE_string(
+    "generator_workdir",
+    None,
+    "Instead of --fake_dir: a `ham-synth train` workdir to sample --num_per_class images per class "
+    "from (into WORKDIR/eval/synthetic) and score.",
 )
 flags.DEFINE_integer(
     "fid_batch_size", 64, "Images per Inception batch (rounded up to a multiple of the devices)."
@@ -29,14 +47,15 @@ flags.DEFINE_string(
 )
 
 
-def source_features(feature_fn, source, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float32[N, 2048] pool features, int32[N] labels) of every record of `source`."""
-    labels = np.asarray([source[i]["label"] for i in range(len(source))], np.int32)
-    batches = (
-        np.stack([source[i]["image"] for i in range(start, min(start + batch_size, len(source)))])
-        for start in range(0, len(source), batch_size)
-    )
-    return inception.extract_features(feature_fn, batches, batch_size), labels
+def source_features(feature_fn, source, batch_size: int, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """(float32[N, 2048] pool features, int32[N] labels) of every record of `source`; each
+    process decodes only its share of the images."""
+
+    def read_images(indices):
+        return np.stack([source[int(i)]["image"] for i in indices])
+
+    features = inception.extract_features(feature_fn, read_images, len(source), batch_size, mesh)
+    return features, pipeline.source_labels(source)
 
 
 def reference_cache_path(data: ml_collections.ConfigDict, weights: pathlib.Path) -> pathlib.Path:
@@ -49,7 +68,7 @@ def reference_cache_path(data: ml_collections.ConfigDict, weights: pathlib.Path)
     )
 
 
-def real_features(feature_fn, data, weights: pathlib.Path, batch_size: int):
+def real_features(feature_fn, data, weights: pathlib.Path, batch_size: int, mesh):
     """The real split's (features, labels, class_names), from the cache when present."""
     path = reference_cache_path(data, weights)
     source = sources.get_source(data)
@@ -57,10 +76,25 @@ def real_features(feature_fn, data, weights: pathlib.Path, batch_size: int):
         logging.info("Reference features from %s", path)
         with np.load(path, allow_pickle=False) as cached:
             return cached["features"], cached["labels"], source.class_names
-    features, labels = source_features(feature_fn, source, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, features=features, labels=labels)
+    features, labels = source_features(feature_fn, source, batch_size, mesh)
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, features=features, labels=labels)
+        tmp.replace(path)  # Never a half-written cache, even if killed here.
     return features, labels, source.class_names
+
+
+def sample_fake_dir(generator_workdir: str, num_per_class, out: pathlib.Path, **options) -> str:
+    """Samples `num_per_class` images per class from a generator workdir into `out`."""
+    if not num_per_class:
+        raise ValueError("--generator_workdir needs --num_per_class: how many images per class.")
+    try:
+        return str(synthesize.run(generator_workdir, num_per_class, out_dir=str(out), **options))
+    except FileExistsError as error:
+        raise FileExistsError(
+            f"{error} Or score the images there with --fake_dir={out}."
+        ) from error
 
 
 def fake_data_config(data: ml_collections.ConfigDict, fake_dir: str, class_names):
@@ -86,20 +120,36 @@ def format_table(metrics: dict) -> str:
 def evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
-    fake_dir: str,
+    fake_dir: str | None = None,
+    generator_workdir: str | None = None,
+    num_per_class: int | None = None,
     fid_batch_size: int = 64,
     inception_weights: str | None = None,
+    **sample_options,
 ) -> dict:
-    """The `evaluate` verb: scores `fake_dir` against `config.data`; returns the metrics."""
+    """The `evaluate` verb: scores `fake_dir`, or samples from `generator_workdir` and scores
+    that, against `config.data`; returns the metrics. `sample_options` go to synthesize.run."""
+    if (fake_dir is None) == (generator_workdir is None):
+        raise ValueError(
+            "Pass one of --fake_dir (a folder of images) or --generator_workdir (a trained "
+            "generator to sample from)."
+        )
     weights = pathlib.Path(inception_weights or inception.default_weights_path())
     variables = inception.load_variables(weights)  # says how to convert when missing
+    out = pathlib.Path(workdir) / "eval"
+    if generator_workdir:
+        fake_dir = sample_fake_dir(
+            generator_workdir, num_per_class, out / "synthetic", **sample_options
+        )
     mesh = parallel.make_mesh()
     batch_size = -(-fid_batch_size // mesh.size) * mesh.size
     feature_fn = inception.make_feature_fn(variables, mesh)
 
-    real, real_labels, class_names = real_features(feature_fn, config.data, weights, batch_size)
+    real, real_labels, class_names = real_features(
+        feature_fn, config.data, weights, batch_size, mesh
+    )
     fake_source = sources.get_source(fake_data_config(config.data, fake_dir, class_names))
-    fake, fake_labels = source_features(feature_fn, fake_source, batch_size)
+    fake, fake_labels = source_features(feature_fn, fake_source, batch_size, mesh)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -111,18 +161,23 @@ def evaluate(
         }
     metrics["warnings"] = sorted({str(w.message) for w in caught})
     metrics["real"] = {"data": config.data.to_dict()}
-    metrics["fake"] = {"dir": fake_dir}
+    metrics["fake"] = {"dir": fake_dir, "generator_workdir": generator_workdir}
+    if generator_workdir:
+        metrics["fake"]["sampling"] = {"num_per_class": num_per_class, **sample_options}
+    if jax.process_index() == 0:
+        write_outputs(out, metrics, real, fake)
+    return metrics
 
-    out = pathlib.Path(workdir) / "eval"
+
+def write_outputs(out: pathlib.Path, metrics: dict, real: np.ndarray, fake: np.ndarray) -> None:
+    """metrics.json, both sides' FID statistics (which pytorch-fid reads), and a printed table."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    # Statistics files any pytorch-fid can read (`python -m pytorch_fid a.npz b.npz`).
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # The small-sample warning is already in metrics.
         fid.save_statistics(out / "real_stats.npz", *fid.compute_statistics(real))
         fid.save_statistics(out / "fake_stats.npz", *fid.compute_statistics(fake))
     for message in metrics["warnings"]:
         logging.warning("%s", message)
     print(format_table(metrics))
     print(f"Wrote {out / 'metrics.json'}")
-    return metrics

@@ -56,9 +56,10 @@ VERBS = {
         optional=convert_inception.OPTIONAL_FLAGS,
     ),
     "evaluate": Verb(
-        "FID, KID, precision/recall of --fake_dir against config.data -> WORKDIR/eval",
+        "FID, KID, precision/recall of --fake_dir (or samples of --generator_workdir) against "
+        "config.data -> WORKDIR/eval",
         evaluate.evaluate,
-        required=("config", "workdir", "fake_dir"),
+        required=("config", "workdir"),
         optional=evaluate.OPTIONAL_FLAGS,
     ),
     "prepare": Verb(

@@ -154,6 +154,8 @@ def run(
                         "synthetic": "true",
                     }
                 )
+    if jax.process_count() > 1:  # Others may read the folder next (evaluate does).
+        multihost_utils.sync_global_devices("synthesize: images written")
     logging.info("Wrote %d images and manifest.csv to %s.", len(rows), out_dir)
     return out_dir
 

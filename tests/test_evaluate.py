@@ -1,14 +1,18 @@
 """`ham-synth evaluate` on tiny image folders with random (unconverted) Inception weights."""
 
 import json
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import REPO, load_config
 from flax import traverse_util
 from PIL import Image
 
-from ham_synth import evaluate
+from ham_synth import config_lib, evaluate, train
+from ham_synth.data import sources
 from ham_synth.evaluators import fid, inception
 
 
@@ -45,15 +49,15 @@ def symmetric_sqrtm(a):
     return (vectors * np.sqrt(np.maximum(eigenvalues, 0))) @ vectors.T
 
 
-def folder_config(path):
-    overrides = {
+def folder_config(path, **overrides):
+    data = {
         "data.name": "folder",
         "data.path": str(path),
         "data.split": "all",
         "data.num_classes": 2,
         "data.image_size": 16,
     }
-    return load_config("vae.py:smoke", **overrides)
+    return load_config("vae.py:smoke", **data, **overrides)
 
 
 @pytest.mark.slow
@@ -83,7 +87,9 @@ def test_evaluate_scores_a_folder_and_caches_the_reference(tmp_path, random_weig
 
     cached = evaluate.reference_cache_path(config.data, random_weights)
     assert cached.exists()
-    features, labels, class_names = evaluate.real_features(None, config.data, random_weights, 8)
+    features, labels, class_names = evaluate.real_features(
+        None, config.data, random_weights, 8, mesh=None
+    )
     assert features.shape == (8, inception.FEATURE_DIM) and class_names == ("a", "b")
     np.testing.assert_array_equal(labels, [0, 0, 0, 0, 1, 1, 1, 1])
 
@@ -94,3 +100,81 @@ def test_evaluate_without_weights_names_the_convert_command(tmp_path):
         evaluate.evaluate(
             config, str(tmp_path), str(tmp_path), inception_weights=tmp_path / "absent.npz"
         )
+
+
+@pytest.mark.slow
+def test_evaluate_samples_a_generator_workdir_then_scores_it(tmp_path, random_weights, monkeypatch):
+    monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / "cache"))
+    # A stand-in for the 2048-d sqrtm, which is slow here; FID's value is tested in test_fid.
+    monkeypatch.setattr(fid.linalg, "sqrtm", symmetric_sqrtm)
+    config = folder_config(write_folder(tmp_path / "real", images_per_class=4, seed=0))
+    generator = tmp_path / "vae"
+    train.train_and_evaluate(folder_config(config.data.path, **{"train.num_devices": 1}), generator)
+
+    metrics = evaluate.evaluate(
+        config,
+        str(tmp_path / "w"),
+        generator_workdir=str(generator),
+        num_per_class=5,
+        fid_batch_size=8,
+        inception_weights=random_weights,
+        seed=3,
+    )
+    samples = tmp_path / "w" / "eval" / "synthetic"
+    assert sorted(p.name for p in samples.iterdir()) == ["a", "b", "manifest.csv"]
+    assert len(list(samples.glob("*/*.png"))) == 10
+    assert (metrics["overall"]["n_real"], metrics["overall"]["n_fake"]) == (8, 10)
+    assert [metrics["per_class"][c]["n_fake"] for c in ("a", "b")] == [5, 5]
+    assert np.isfinite(metrics["overall"]["fid"]) and 0 <= metrics["overall"]["precision"] <= 1
+    assert metrics["fake"]["sampling"] == {"num_per_class": 5, "seed": 3}
+    written = json.loads((tmp_path / "w" / "eval" / "metrics.json").read_text())
+    assert written["fake"]["dir"] == str(samples)
+
+    # Samples already there are kept, and the error says how to score them.
+    with pytest.raises(FileExistsError, match=f"--fake_dir={samples}"):
+        evaluate.evaluate(
+            config,
+            str(tmp_path / "w"),
+            generator_workdir=str(generator),
+            num_per_class=5,
+            inception_weights=random_weights,
+        )
+
+
+def test_evaluate_takes_exactly_one_fake_set(tmp_path, random_weights):
+    config = folder_config(tmp_path)
+    for fakes in ({}, {"fake_dir": "x", "generator_workdir": "y"}):
+        with pytest.raises(ValueError, match="one of --fake_dir .* or --generator_workdir"):
+            evaluate.evaluate(config, str(tmp_path), inception_weights=random_weights, **fakes)
+    with pytest.raises(ValueError, match="needs --num_per_class"):
+        evaluate.evaluate(
+            config, str(tmp_path), generator_workdir="y", inception_weights=random_weights
+        )
+
+
+@pytest.mark.slow
+def test_two_processes_each_read_their_share_and_get_every_feature_in_order(tmp_path):
+    """The multi-host path: 2 CPU processes x 2 devices, joined by jax.distributed."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    worker = REPO / "tests" / "features_worker.py"
+    outs = [tmp_path / f"process_{i}.npz" for i in range(2)]
+    jobs = [
+        subprocess.Popen([sys.executable, str(worker), str(i), str(port), str(out)])
+        for i, out in enumerate(outs)
+    ]
+    assert [job.wait(timeout=300) for job in jobs] == [0, 0]
+
+    data = config_lib.get_base_config().data
+    data.update({"split": "test", "image_size": 8})
+    source = sources.get_source(data)
+    expected = source.images.reshape(len(source), -1)
+    results = [np.load(out) for out in outs]
+    for result in results:
+        np.testing.assert_array_equal(result["features"], expected)
+        np.testing.assert_array_equal(result["labels"], source.labels)
+    # Each record was decoded by one process; only the last batch's padding repeats one.
+    read = [set(result["read"].tolist()) for result in results]
+    assert read[0] | read[1] == set(range(len(source)))
+    assert read[0] & read[1] <= {len(source) - 1}

@@ -6,13 +6,14 @@ Module names follow torchvision's (`Mixed_5b/branch1x1/conv`), so weights conver
 
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from ham_synth import parallel
@@ -290,11 +291,9 @@ def check_variables(variables: dict, source: str) -> None:
 # --- Feature extraction over the mesh ---
 
 
-def make_feature_fn(variables: dict, mesh: Mesh) -> Callable[[np.ndarray], jax.Array]:
-    """A jitted images -> float32[B, 2048] with the batch split over `data`, weights replicated.
-
-    B must divide over the mesh; `extract_features` pads to that.
-    """
+def make_feature_fn(variables: dict, mesh: Mesh) -> Callable[[jax.Array], jax.Array]:
+    """A jitted images [B, H, W, 3] -> float32[B, 2048], batch split over `data`, weights
+    replicated. B must divide over the mesh; `extract_features` pads to that."""
     variables = jax.device_put(variables, parallel.replicated(mesh))
     apply = jax.jit(
         InceptionV3().apply,
@@ -304,34 +303,35 @@ def make_feature_fn(variables: dict, mesh: Mesh) -> Callable[[np.ndarray], jax.A
     return lambda images: apply(variables, images)
 
 
-def batches_of(images: Sequence[np.ndarray] | np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
-    """Consecutive stacks of `batch_size` images (the last may be shorter)."""
-    for start in range(0, len(images), batch_size):
-        yield np.stack(images[start : start + batch_size])
-
-
 def extract_features(
-    feature_fn: Callable[[np.ndarray], jax.Array], batches: Iterable[np.ndarray], batch_size: int
+    feature_fn: Callable[[jax.Array], jax.Array],
+    read_images: Callable[[np.ndarray], np.ndarray],
+    num_images: int,
+    batch_size: int,
+    mesh: Mesh,
 ) -> np.ndarray:
-    """float32[N, 2048] for a stream of image batches of at most `batch_size` (all one H, W).
+    """float32[num_images, D]: `feature_fn` of images 0..num_images-1, the same on every process.
 
-    Short batches are padded by repeating their last image, so one shape compiles once; the
-    padding's features are dropped.
+    `read_images(indices)` -> [len(indices), H, W, 3] images. Each process reads only its rows of
+    each global batch (`parallel.local_rows`); the features are gathered back to every process.
+    The last batch is padded by repeating the last image, so one shape compiles once.
     """
+    rows = parallel.local_rows(mesh, batch_size)
     features, pending = [], None
-    for batch in batches:
-        n = len(batch)
-        if n > batch_size:
-            raise ValueError(f"A batch of {n} images exceeds batch_size={batch_size}.")
-        if n < batch_size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
-        # Fetch the previous batch only after dispatching this one, so the device never idles.
-        running = (feature_fn(batch), n)
+    for start in range(0, num_images, batch_size):
+        local = read_images(np.minimum(start + rows, num_images - 1))
+        # Gather the previous batch only after dispatching this one, so the devices never idle.
+        running = (feature_fn(parallel.to_global_batch(local, mesh)), num_images - start)
         if pending is not None:
-            features.append(np.asarray(pending[0])[: pending[1]])
+            features.append(_gather(*pending))
         pending = running
     if pending is not None:
-        features.append(np.asarray(pending[0])[: pending[1]])
+        features.append(_gather(*pending))
     if not features:
         return np.zeros((0, FEATURE_DIM), np.float32)
     return np.concatenate(features)
+
+
+def _gather(features: jax.Array, count: int) -> np.ndarray:
+    """The first `count` rows of a batch-sharded global array, as numpy on every process."""
+    return np.asarray(multihost_utils.process_allgather(features, tiled=True))[:count]

@@ -104,7 +104,7 @@ def test_sharded_batched_extraction_equals_one_call(jax_run, images):
     """2 devices, batch 2: the last batch is padded and its padding dropped."""
     mesh = parallel.make_mesh(num_devices=2)
     feature_fn = inception.make_feature_fn(jax_run[0], mesh)
-    features = inception.extract_features(feature_fn, inception.batches_of(images, 2), 2)
+    features = inception.extract_features(feature_fn, images.__getitem__, len(images), 2, mesh)
     assert features.shape == (3, inception.FEATURE_DIM)
     assert relative_error(features, jax_run[1]) <= 1e-5
 

@@ -51,7 +51,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.num_classes = 0
     config.data.path = ""  # A file or folder, for sources that read one.
     config.data.data_dir = ""  # Where prepared datasets live; empty: TFDS's default.
-    config.data.split = "train"  # train | val | test | all
+    # train | val | test | all; ham10000 also isic2018_test when prepared with it (not in "all").
+    config.data.split = "train"
     # digits and folder split here, per class; ham10000's split is fixed by `ham-synth prepare`
     # (its --val_fraction, --test_fraction, --split_seed) and dermamnist's by MedMNIST.
     config.data.split_seed = 0  # Fixes split membership, independently of `seed`.

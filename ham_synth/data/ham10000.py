@@ -22,11 +22,17 @@ CLASS_SHARES = (0.033, 0.051, 0.110, 0.011, 0.111, 0.669, 0.014)
 
 DOWNLOAD_URL = "https://doi.org/10.7910/DVN/DBW86T"
 METADATA_FILE = "HAM10000_metadata.csv"
+# Harvard Dataverse serves the same table tab-separated, as `HAM10000_metadata.tab` or without a
+# suffix, depending on the download button; any of these names is read, comma or tab separated.
+METADATA_NAMES = (METADATA_FILE, "HAM10000_metadata.tab", "HAM10000_metadata")
 # The Dataverse copy adds a `dataset` column (vidir_modern, rosendahl, ...); extra columns are kept
 # out of the records and ignored.
 COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 SPLIT_NAMES = ("train", "val", "test")
+# The official ISIC 2018 Task 3 test set, an optional extra split (`prepare --isic2018_test_dir`).
+ISIC2018_TEST_SPLIT = "isic2018_test"
+ISIC2018_TEST_CSV = "ISIC2018_Task3_Test_GroundTruth.csv"
 
 
 class DataError(ValueError):
@@ -90,6 +96,34 @@ def _parse_age(value: str) -> float:
     return float(value) if value.strip() else math.nan
 
 
+# The ISIC 2018 Task 3 challenge's ground truth: `image` and one-hot class columns (MEL, NV, ...).
+CHALLENGE_COLUMNS = ("image", *(dx.upper() for dx in CLASS_NAMES))
+
+
+def _metadata_fields(row: dict) -> tuple[dict | None, tuple[str, str] | None]:
+    """A HAM10000 metadata row -> (Record fields but path and row, None)."""
+    return {c: row[c] for c in COLUMNS}, None
+
+
+def _challenge_fields(row: dict) -> tuple[dict | None, tuple[str, str] | None]:
+    """A challenge ground-truth row -> (fields, None), or (None, (what, fix)). The challenge
+    CSV names no lesions, so each image stands for its own lesion."""
+    try:
+        hot = [dx for dx in CLASS_NAMES if float(row[dx.upper()]) == 1.0]
+    except ValueError:
+        values = {dx.upper(): row[dx.upper()] for dx in CLASS_NAMES}
+        return None, (f"class columns {values} are not numbers.", "Correct or delete the row.")
+    if len(hot) != 1:
+        return None, (
+            f"{len(hot)} of the class columns {list(CHALLENGE_COLUMNS[1:])} are 1 for "
+            f"{row['image']}; exactly one must be.",
+            "Correct or delete the row.",
+        )
+    fields = dict.fromkeys(COLUMNS, "")
+    fields.update(image_id=row["image"], lesion_id=row["image"], dx=hot[0])
+    return fields, None
+
+
 def load_records(
     manual_dir: str | pathlib.Path, *, skip_bad: bool = False, check_images: bool = True
 ) -> tuple[list[Record], list[Problem]]:
@@ -99,7 +133,10 @@ def load_records(
     Without `skip_bad` the first problem raises DataError. A missing file or column always raises.
     """
     manual_dir = pathlib.Path(manual_dir)
-    metadata = manual_dir / METADATA_FILE
+    metadata = next(
+        (manual_dir / n for n in METADATA_NAMES if (manual_dir / n).is_file()),
+        manual_dir / METADATA_FILE,
+    )
     if not metadata.is_file():
         found = sorted(p.name for p in manual_dir.glob("*.csv")) if manual_dir.is_dir() else []
         raise DataError(
@@ -108,7 +145,32 @@ def load_records(
             + f". Download HAM10000 ({DOWNLOAD_URL}) and pass the folder that holds "
             f"{METADATA_FILE} and the image folders as --manual_dir."
         )
-    images = find_images(manual_dir)
+    return read_labelled_images(metadata, manual_dir, skip_bad=skip_bad, check_images=check_images)
+
+
+def load_isic2018_test(
+    test_dir: str | pathlib.Path, *, skip_bad: bool = False, check_images: bool = True
+) -> tuple[list[Record], list[Problem]]:
+    """The official ISIC 2018 Task 3 test set (1,512 images): ISIC2018_Task3_Test_GroundTruth.csv
+    anywhere under `test_dir`, in the challenge's one-hot layout or the Dataverse copy's HAM10000
+    metadata layout, and its images anywhere under `test_dir`. As `load_records` otherwise."""
+    test_dir = pathlib.Path(test_dir)
+    found = sorted(test_dir.rglob(ISIC2018_TEST_CSV)) if test_dir.is_dir() else []
+    if not found:
+        raise DataError(
+            f"No {ISIC2018_TEST_CSV} under {test_dir}. Download the ISIC 2018 Task 3 test images "
+            f"and ground truth ({DOWNLOAD_URL} has both) and pass their folder as "
+            "--isic2018_test_dir."
+        )
+    return read_labelled_images(found[0], test_dir, skip_bad=skip_bad, check_images=check_images)
+
+
+def read_labelled_images(
+    csv_path: pathlib.Path, image_dir: pathlib.Path, *, skip_bad: bool, check_images: bool
+) -> tuple[list[Record], list[Problem]]:
+    """Records of the rows of `csv_path` (HAM10000 metadata or challenge ground-truth layout)
+    whose images are found under `image_dir` and decode; see `load_records`."""
+    images = find_images(image_dir)
     records, problems, seen = [], [], {}
 
     def problem(where: str, what: str, fix: str) -> None:
@@ -117,18 +179,30 @@ def load_records(
             raise DataError(found.message())
         problems.append(found)
 
-    with metadata.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise DataError(
-                f"{metadata}: missing column(s) {missing}; the header is {reader.fieldnames}. "
-                f"The metadata CSV needs the columns {list(COLUMNS)} (extra columns are ignored); "
-                "use the file from the HAM10000 download unchanged."
-            )
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        delimiter = "\t" if "\t" in f.readline() else ","
+        f.seek(0)
+        reader = csv.DictReader(f, delimiter=delimiter)
+        header = reader.fieldnames or ()
+        if set(CHALLENGE_COLUMNS) <= set(header) and "image_id" not in header:
+            row_fields = _challenge_fields
+        else:
+            row_fields = _metadata_fields
+            missing = [c for c in COLUMNS if c not in header]
+            if missing:
+                raise DataError(
+                    f"{csv_path}: missing column(s) {missing}; the header is {reader.fieldnames}. "
+                    f"The CSV needs the columns {list(COLUMNS)} (extra columns are ignored), or "
+                    f"the ISIC challenge's {list(CHALLENGE_COLUMNS)}; use the downloaded file "
+                    "unchanged."
+                )
         for row_number, row in enumerate(reader, start=2):
-            where = f"{metadata}, row {row_number}"
-            image_id, lesion_id, dx = row["image_id"], row["lesion_id"], row["dx"]
+            where = f"{csv_path}, row {row_number}"
+            fields, bad = row_fields(row)
+            if bad:
+                problem(where, *bad)
+                continue
+            image_id, lesion_id, dx = fields["image_id"], fields["lesion_id"], fields["dx"]
             if not image_id or not lesion_id:
                 problem(where, "empty image_id or lesion_id.", "Fill it in or delete the row.")
                 continue
@@ -150,8 +224,8 @@ def load_records(
             if path is None:
                 problem(
                     where,
-                    f"image {image_id}.jpg is listed but not found under {manual_dir}.",
-                    "Put the image in HAM10000_images_part_1/ or _part_2/, or delete the row.",
+                    f"image {image_id}.jpg is listed but not found under {image_dir}.",
+                    "Put the image in that folder (any subfolder works), or delete the row.",
                 )
                 continue
             error = check_image(path) if check_images else None
@@ -159,31 +233,37 @@ def load_records(
                 problem(
                     f"{path} (listed in row {row_number})",
                     error,
-                    "Download this image again, or delete its row from the metadata CSV.",
+                    "Download this image again, or delete its row from the CSV.",
                 )
                 continue
             try:
-                age = _parse_age(row["age"])
+                age = _parse_age(fields["age"])
             except ValueError:
-                problem(where, f"age {row['age']!r} is not a number.", "Correct or empty it.")
+                problem(where, f"age {fields['age']!r} is not a number.", "Correct or empty it.")
                 continue
             seen[image_id] = row_number
             records.append(
                 Record(
-                    image_id=image_id,
-                    lesion_id=lesion_id,
-                    dx=dx,
-                    dx_type=row["dx_type"],
-                    age=age,
-                    sex=row["sex"],
-                    localization=row["localization"],
+                    **{**fields, "age": age},
                     path=path,
                     row=row_number,
                 )
             )
     if not records:
-        raise DataError(f"{metadata}: no usable rows; see the problems above.")
+        raise DataError(f"{csv_path}: no usable rows; see the problems above.")
     return records, problems
+
+
+def check_held_out(records: list[Record], held_out: list[Record]) -> set[str]:
+    """Raises if a held-out image is also a dataset image; returns the lesion ids both share
+    (the same lesion photographed again would leak between training and a held-out test)."""
+    shared = {r.image_id for r in records} & {r.image_id for r in held_out}
+    if shared:
+        raise DataError(
+            f"{len(shared)} image(s) such as {sorted(shared)[:3]} are both in HAM10000 and in the "
+            "held-out test set; pass the ISIC 2018 test folder, not the HAM10000 one."
+        )
+    return {r.lesion_id for r in records} & {r.lesion_id for r in held_out}
 
 
 def write_problems(path: pathlib.Path, problems: list[Problem]) -> None:

@@ -6,6 +6,7 @@ per resolution (`ham10000/64`, `/128`, `/256`). Built and read without TensorFlo
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
 from ham_synth.data import ham10000
@@ -60,13 +61,16 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
         test_fraction: float = 0.2,
         split_seed: int = 0,
         skip_bad: bool = False,
+        isic2018_test_dir: str = "",
         **kwargs,
     ):
-        """The split and skip options only matter when building; a reader ignores them."""
+        """The split, skip and test-set options only matter when building; a reader ignores
+        them. `isic2018_test_dir` adds the official ISIC 2018 test set as split isic2018_test."""
         self._split_options = dict(
             val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
         )
         self._skip_bad = skip_bad
+        self._isic2018_test_dir = isic2018_test_dir
         self.records: list[ham10000.Record] = []
         self.problems: list[ham10000.Problem] = []
         self.assignment: dict[str, str] = {}
@@ -101,9 +105,27 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
             dl_manager.manual_dir, skip_bad=self._skip_bad
         )
         self.assignment = ham10000.split_by_lesion(self.records, **self._split_options)
-        names = ham10000.split_fractions(
-            self._split_options["val_fraction"], self._split_options["test_fraction"]
+        names = list(
+            ham10000.split_fractions(
+                self._split_options["val_fraction"], self._split_options["test_fraction"]
+            )
         )
+        if self._isic2018_test_dir:
+            held_out, problems = ham10000.load_isic2018_test(
+                self._isic2018_test_dir, skip_bad=self._skip_bad
+            )
+            shared = ham10000.check_held_out(self.records, held_out)
+            if shared:
+                logging.warning(
+                    "%d lesion(s) of %s, such as %s, are also in HAM10000's splits.",
+                    len(shared),
+                    ham10000.ISIC2018_TEST_SPLIT,
+                    sorted(shared)[:3],
+                )
+            self.records += held_out
+            self.problems += problems
+            self.assignment.update({r.image_id: ham10000.ISIC2018_TEST_SPLIT for r in held_out})
+            names.append(ham10000.ISIC2018_TEST_SPLIT)
         return {
             name: self._generate_examples(
                 [r for r in self.records if self.assignment[r.image_id] == name]

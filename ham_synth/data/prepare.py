@@ -25,6 +25,12 @@ flags.DEFINE_bool("skip_bad", False, "Skip bad rows and images; list them in ski
 flags.DEFINE_float("val_fraction", 0.1, "Share of each class's images in val (0: no val).")
 flags.DEFINE_float("test_fraction", 0.2, "Share of each class's images in test.")
 flags.DEFINE_integer("split_seed", 0, "Fixes which lesions go to which split.")
+flags.DEFINE_string(
+    "isic2018_test_dir",
+    "",
+    "Optional: the ISIC 2018 Task 3 test images and ISIC2018_Task3_Test_GroundTruth.csv, added "
+    "as split isic2018_test.",
+)
 # The flags `run` takes besides --source and --manual_dir.
 OPTIONAL_FLAGS = (
     "data_dir",
@@ -33,6 +39,7 @@ OPTIONAL_FLAGS = (
     "val_fraction",
     "test_fraction",
     "split_seed",
+    "isic2018_test_dir",
 )
 
 
@@ -52,6 +59,7 @@ def prepare_ham10000(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    isic2018_test_dir: str = "",
 ) -> pathlib.Path:
     """Builds `ham10000/<image_size>` under `data_dir` (TFDS's default when empty) and returns the
     dataset's folder. A build that fails leaves no complete-looking dataset: TFDS writes into a
@@ -68,6 +76,7 @@ def prepare_ham10000(
         test_fraction=test_fraction,
         split_seed=split_seed,
         skip_bad=skip_bad,
+        isic2018_test_dir=isic2018_test_dir,
     )
     if builder.is_prepared():
         stored = dict(builder.info.metadata.get("split_options", {}))
@@ -75,6 +84,11 @@ def prepare_ham10000(
             raise FileExistsError(
                 f"{builder.data_dir} was prepared with splits {stored}, not {split_options}. "
                 "Delete that folder to rebuild it, or pass a different --data_dir."
+            )
+        if isic2018_test_dir and ham10000.ISIC2018_TEST_SPLIT not in builder.info.splits:
+            raise FileExistsError(
+                f"{builder.data_dir} was prepared without {ham10000.ISIC2018_TEST_SPLIT}. Delete "
+                "that folder to rebuild it with the test set, or pass a different --data_dir."
             )
         logging.info("%s is already prepared; delete it to rebuild.", builder.data_dir)
     else:
@@ -117,20 +131,21 @@ def split_counts(rows: list[dict]) -> dict[str, dict[str, tuple[int, int]]]:
     lesions = collections.Counter(
         (split, dx) for split, dx, _ in {(r["split"], r["dx"], r["lesion_id"]) for r in rows}
     )
-    splits = [s for s in ham10000.SPLIT_NAMES if any(r["split"] == s for r in rows)]
+    names = (*ham10000.SPLIT_NAMES, ham10000.ISIC2018_TEST_SPLIT)
+    splits = [s for s in names if any(r["split"] == s for r in rows)]
     return {s: {dx: (images[s, dx], lesions[s, dx]) for dx in ham10000.CLASS_NAMES} for s in splits}
 
 
 def format_split_stats(rows: list[dict]) -> str:
     """A table: one line per split, `images/lesions` per class and in total."""
     counts = split_counts(rows)
-    header = f"{'split':6s}" + "".join(f"{dx:>12s}" for dx in (*ham10000.CLASS_NAMES, "total"))
+    header = f"{'split':14s}" + "".join(f"{dx:>12s}" for dx in (*ham10000.CLASS_NAMES, "total"))
     lines = ["images/lesions per split and class", header]
     for split, per_class in counts.items():
         total_images = sum(n for n, _ in per_class.values())
         total_lesions = sum(n for _, n in per_class.values())
         cells = [f"{n}/{m}" for n, m in per_class.values()] + [f"{total_images}/{total_lesions}"]
-        lines.append(f"{split:6s}" + "".join(f"{c:>12s}" for c in cells))
+        lines.append(f"{split:14s}" + "".join(f"{c:>12s}" for c in cells))
     return "\n".join(lines)
 
 

@@ -166,7 +166,9 @@ def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
     prepared = list(builder.info.splits)
     if data.split not in (*prepared, "all"):
         raise ValueError(f"data.split={data.split!r}; {builder.data_dir} has splits {prepared}.")
-    split = "+".join(prepared) if data.split == "all" else data.split
+    # "all" is HAM10000's own images; the external isic2018_test set stays held out.
+    own = [s for s in prepared if s in ham10000.SPLIT_NAMES]
+    split = "+".join(own) if data.split == "all" else data.split
     return Ham10000Source(builder.as_data_source(split))
 
 

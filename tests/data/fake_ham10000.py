@@ -71,3 +71,24 @@ def make_download(directory: pathlib.Path, rows: list[dict] | None = None) -> li
 
 def image_path(directory: pathlib.Path, image_id: str) -> pathlib.Path:
     return next(directory.rglob(f"{image_id}.jpg"))
+
+
+def make_isic2018_test(directory: pathlib.Path, layout: str = "challenge") -> list[dict]:
+    """One image per class (ISIC 2018 test-set ids) and ISIC2018_Task3_Test_GroundTruth.csv, in
+    the challenge's one-hot layout or the Dataverse copy's HAM10000 metadata layout."""
+    rows = []
+    for label, dx in enumerate(ham10000.CLASS_NAMES):
+        image_id = f"ISIC_{34524 + label:07d}"
+        write_jpeg(directory / "ISIC2018_Task3_Test_Input" / f"{image_id}.jpg", label)
+        if layout == "challenge":
+            one_hot = {c.upper(): "1.0" if c == dx else "0.0" for c in ham10000.CLASS_NAMES}
+            rows.append({"image": image_id, **one_hot})
+        else:
+            rows.append({**make_rows()[0], "lesion_id": f"HAM_9{label:03d}", "image_id": image_id})
+            rows[-1]["dx"] = dx
+    columns = ham10000.CHALLENGE_COLUMNS if layout == "challenge" else COLUMNS
+    with (directory / ham10000.ISIC2018_TEST_CSV).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows

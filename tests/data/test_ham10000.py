@@ -11,9 +11,9 @@ import fake_ham10000
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import REPO
+from conftest import REPO, load_config
 
-from ham_synth.data import ham10000, ham10000_tfds, prepare
+from ham_synth.data import ham10000, ham10000_tfds, prepare, sources
 
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "ham10000_sample"
 
@@ -58,6 +58,12 @@ def test_dataverse_variant_with_a_dataset_column_and_other_subfolders(tmp_path):
     fake_ham10000.write_metadata(tmp_path, rows, columns=("dataset", *fake_ham10000.COLUMNS))
     records, _ = ham10000.load_records(tmp_path)
     assert len(records) == len(rows)
+    # Dataverse's tab-separated `HAM10000_metadata.tab` reads the same.
+    text = (tmp_path / ham10000.METADATA_FILE).read_text()
+    (tmp_path / ham10000.METADATA_FILE).unlink()
+    (tmp_path / "HAM10000_metadata.tab").write_text(text.replace(",", "\t"))
+    tabbed, _ = ham10000.load_records(tmp_path)
+    assert tabbed == records
 
 
 def _break(directory, rows, how):
@@ -284,6 +290,69 @@ def test_eighty_twenty_has_no_val_split(download, tmp_path):
     builder = ham10000_tfds.Ham10000(config="64", data_dir=str(tmp_path / "tfds"))
     assert set(builder.info.splits) == {"train", "test"}
     assert "val" not in (dataset_dir / prepare.STATS_FILE).read_text()
+
+
+# --- The optional ISIC 2018 Task 3 test set ---
+
+
+@pytest.mark.parametrize("layout", ["challenge", "ham10000"])
+def test_isic2018_test_set_becomes_a_held_out_split(download, tmp_path, layout):
+    directory, rows = download
+    test_rows = fake_ham10000.make_isic2018_test(tmp_path / "isic", layout=layout)
+    dataset_dir = _prepare(directory, tmp_path / "tfds", isic2018_test_dir=str(tmp_path / "isic"))
+
+    records = _read_split(tmp_path / "tfds", ham10000.ISIC2018_TEST_SPLIT)
+    assert len(records) == len(test_rows) == 7
+    for record in records:
+        # The label came from the CSV; the stored image has that class's colour.
+        colour = fake_ham10000.class_colour(record["label"])
+        np.testing.assert_allclose(record["image"][16:48, 16:48].mean(axis=(0, 1)), colour, atol=6)
+        # The challenge CSV names no lesions, so each image is its own; Dataverse's names them.
+        named = f"HAM_9{record['label']:03d}"
+        expected = record["image_id"].decode() if layout == "challenge" else named
+        assert record["lesion_id"].decode() == expected
+    membership = prepare.read_split_membership(dataset_dir)
+    held_out = [r for r in membership if r["split"] == ham10000.ISIC2018_TEST_SPLIT]
+    assert len(held_out) == 7 and len(membership) == len(rows) + 7
+    assert ham10000.ISIC2018_TEST_SPLIT in (dataset_dir / prepare.STATS_FILE).read_text()
+    # `all` is HAM10000's own images; the held-out set stays out of it.
+    data = {
+        "name": "ham10000",
+        "image_size": 64,
+        "data_dir": str(tmp_path / "tfds"),
+        "split": "all",
+    }
+    data = load_config("vae.py:smoke", **{f"data.{k}": v for k, v in data.items()}).data
+    assert len(sources.get_source(data)) == len(rows)
+
+
+def test_isic2018_test_set_bad_rows_and_overlap_are_errors(download, tmp_path):
+    directory, rows = download
+    isic = tmp_path / "isic"
+    with pytest.raises(ham10000.DataError, match=r"No ISIC2018_Task3_Test_GroundTruth.csv under"):
+        ham10000.load_isic2018_test(isic)
+    test_rows = fake_ham10000.make_isic2018_test(isic)
+    csv_path = isic / ham10000.ISIC2018_TEST_CSV
+    text = csv_path.read_text().splitlines()
+    text[3] = text[3].replace("0.0", "1.0", 1)  # Row 4 now has two classes.
+    csv_path.write_text("\n".join(text) + "\n")
+    with pytest.raises(ham10000.DataError, match=r"row 4: 2 of the class columns .* exactly one"):
+        ham10000.load_isic2018_test(isic)
+    records, problems = ham10000.load_isic2018_test(isic, skip_bad=True)
+    assert len(records) == len(test_rows) - 1 and len(problems) == 1
+
+    ham_records, _ = ham10000.load_records(directory)
+    with pytest.raises(ham10000.DataError, match="both in HAM10000 and in the held-out"):
+        ham10000.check_held_out(ham_records, ham_records[:2])
+    assert ham10000.check_held_out(ham_records, records) == set()
+
+
+def test_asking_for_the_test_set_on_a_dataset_prepared_without_it_fails(download, tmp_path):
+    directory, _ = download
+    _prepare(directory, tmp_path / "tfds")
+    fake_ham10000.make_isic2018_test(tmp_path / "isic")
+    with pytest.raises(FileExistsError, match="prepared without isic2018_test"):
+        _prepare(directory, tmp_path / "tfds", isic2018_test_dir=str(tmp_path / "isic"))
 
 
 @pytest.mark.slow

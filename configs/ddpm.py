@@ -63,13 +63,7 @@ def get_config(arg: str | None = None):
         config.model.num_heads = 2
         config.diffusion.num_train_steps = 50
         config.sample.steps = 5
-        config.train.batch_size = 16
-        config.train.total_steps = 6
-        config.train.log_every_steps = 2
-        config.train.ckpt_every_steps = 3
-        config.train.sample_every_steps = 3
-        config.train.samples_per_class = 2
-        config.optim.warmup_steps = 2
+        config_lib.apply_smoke_schedule(config)
     if arg.ham64:
         config.data.name = "ham10000"
         config.data.image_size = 64

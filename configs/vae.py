@@ -38,11 +38,5 @@ def get_config(arg: str | None = None):
         config.model.latent_dim = 4
         config.model.class_embed_dim = 4
         config.loss.kl_warmup_steps = 2
-        config.train.batch_size = 16
-        config.train.total_steps = 6
-        config.train.log_every_steps = 2
-        config.train.ckpt_every_steps = 3
-        config.train.sample_every_steps = 3
-        config.train.samples_per_class = 2
-        config.optim.warmup_steps = 2
+        config_lib.apply_smoke_schedule(config)
     return config

@@ -96,6 +96,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def apply_smoke_schedule(config: ml_collections.ConfigDict) -> None:
+    """The `smoke` variants' schedule: 6 steps of 16 images that log, checkpoint and sample every
+    few steps, so a test passes through every branch of the trainer in seconds."""
+    config.train.batch_size = 16
+    config.train.total_steps = 6
+    config.train.log_every_steps = 2
+    config.train.ckpt_every_steps = 3
+    config.train.sample_every_steps = 3
+    config.train.samples_per_class = 2
+    config.optim.warmup_steps = 2
+
+
 def with_values(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
     """A copy of `config` with `{"a.b": value}` fields set; the copy stays locked if `config` was,
     so only existing fields can be set."""

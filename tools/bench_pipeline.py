@@ -2,11 +2,11 @@
 that the CPU data path keeps ahead of the train step.
 
     python tools/bench_pipeline.py --out=bench_pipeline.json
-    python tools/bench_pipeline.py --data_dir=D --step_json=bench_step.json
+    python tools/bench_pipeline.py --data_dir=D --step_json=step_64.json,step_128.json
 
 Sources: `folder` over generated 600x450 JPEGs (HAM10000's original size, decoded and resized on
 every access), the embedded digits, and a prepared ham10000 when --data_dir is given. With
---step_json (from tools/bench_step.py) the table ends with the step's consumption rate.
+--step_json (from tools/bench_step.py) the table ends with the steps' consumption rates.
 """
 
 import datetime
@@ -33,7 +33,9 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per batch.")
 _BATCHES = flags.DEFINE_integer("batches", 24, "Timed batches per case, from the iterator's start.")
 _NUM_JPEGS = flags.DEFINE_integer("num_jpegs", 200, "Generated JPEGs for the folder source.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "A prepared ham10000 (`ham-synth prepare`).")
-_STEP_JSON = flags.DEFINE_string("step_json", "", "tools/bench_step.py's JSON, to compare.")
+_STEP_JSON = flags.DEFINE_list(
+    "step_json", [], "tools/bench_step.py JSON files (comma separated), to compare with."
+)
 _OUT = flags.DEFINE_string("out", "bench_pipeline.json", "Where the JSON results go.")
 
 
@@ -73,12 +75,10 @@ def images_per_sec(source, augment: str, batch_size: int, num_batches: int) -> f
     return batch_size * num_batches / (time.perf_counter() - start)
 
 
-def step_rate(path: str) -> dict | None:
-    """The train step's consumption rate from a bench_step.py JSON, or None."""
-    if not path:
-        return None
+def step_rate(path: str) -> dict:
+    """A train step's consumption rate, from a bench_step.py JSON."""
     results = json.loads(pathlib.Path(path).read_text())
-    keys = ("config", "image_size", "global_batch", "images_per_sec", "device_kind")
+    keys = ("config", "overrides", "image_size", "global_batch", "images_per_sec", "device_kind")
     return {k: results.get(k) for k in keys}
 
 
@@ -113,8 +113,8 @@ def main(argv) -> None:
                     print(
                         f"{name:24s} {size:4d}px  {augment or '(none)':34s} {rate:8,.0f} images/s"
                     )
-    step = step_rate(_STEP_JSON.value)
-    if step:
+    steps = [step_rate(path) for path in _STEP_JSON.value]
+    for step in steps:
         print(
             f"train step ({step['config']}, batch {step['global_batch']} at "
             f"{step['image_size']}px on {step['device_kind']}): "
@@ -131,7 +131,7 @@ def main(argv) -> None:
         "batch_size": _BATCH_SIZE.value,
         "timed_batches": _BATCHES.value,
         "results": results,
-        "train_step": step,
+        "train_steps": steps,
     }
     with open(_OUT.value, "w") as f:
         json.dump(report, f, indent=2)

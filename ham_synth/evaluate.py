@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags, logging
+from jax.experimental import multihost_utils
 
 from ham_synth import parallel, synthesize
 from ham_synth.data import pipeline, sources
@@ -72,7 +73,10 @@ def real_features(feature_fn, data, weights: pathlib.Path, batch_size: int, mesh
     """The real split's (features, labels, class_names), from the cache when present."""
     path = reference_cache_path(data, weights)
     source = sources.get_source(data)
-    if path.exists():
+    cached = path.exists()
+    if jax.process_count() > 1:  # Extraction is collective: all read the cache, or none does.
+        cached = bool(multihost_utils.process_allgather(np.asarray(cached)).all())
+    if cached:
         logging.info("Reference features from %s", path)
         with np.load(path, allow_pickle=False) as cached:
             return cached["features"], cached["labels"], source.class_names
@@ -89,12 +93,12 @@ def sample_fake_dir(generator_workdir: str, num_per_class, out: pathlib.Path, **
     """Samples `num_per_class` images per class from a generator workdir into `out`."""
     if not num_per_class:
         raise ValueError("--generator_workdir needs --num_per_class: how many images per class.")
-    try:
-        return str(synthesize.run(generator_workdir, num_per_class, out_dir=str(out), **options))
-    except FileExistsError as error:
+    if out.exists() and any(out.iterdir()):
         raise FileExistsError(
-            f"{error} Or score the images there with --fake_dir={out}."
-        ) from error
+            f"{out} already holds samples: score them with --fake_dir={out}, or move the folder "
+            "away (or use another --workdir) to sample again."
+        )
+    return str(synthesize.run(generator_workdir, num_per_class, out_dir=str(out), **options))
 
 
 def fake_data_config(data: ml_collections.ConfigDict, fake_dir: str, class_names):
@@ -134,6 +138,9 @@ def evaluate(
             "Pass one of --fake_dir (a folder of images) or --generator_workdir (a trained "
             "generator to sample from)."
         )
+    sampler_flags = [f"--{k}" for k in ("sampler", "steps", "guidance") if sample_options.get(k)]
+    if fake_dir and sampler_flags:
+        raise ValueError(f"{', '.join(sampler_flags)} only apply with --generator_workdir.")
     weights = pathlib.Path(inception_weights or inception.default_weights_path())
     variables = inception.load_variables(weights)  # says how to convert when missing
     out = pathlib.Path(workdir) / "eval"

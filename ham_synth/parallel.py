@@ -43,16 +43,3 @@ def to_global_batch(local_batch, mesh: Mesh):
     """Each process's numpy batch -> one global jax.Array per field, sharded over `data`."""
     sharding = batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
-
-
-def local_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
-    """The rows of a global batch that this process supplies to `to_global_batch`, in the order
-    its local batch fills them, so a process reads only its own share of an ordered dataset."""
-    index_map = batch_sharded(mesh).devices_indices_map((global_batch_size,))
-    rows = np.arange(global_batch_size)
-    local = [
-        rows[index[0]]
-        for device, index in index_map.items()
-        if device.process_index == jax.process_index()
-    ]
-    return np.unique(np.concatenate(local))

@@ -1,22 +1,29 @@
-"""One process of a 2-process CPU job (2 devices each) that extracts features of the digits test
-split through `evaluate.source_features`; run by test_evaluate.py, not by pytest.
+"""One process of a 2-process CPU job that extracts features of the digits test split through
+`evaluate.source_features` and `evaluate.real_features`; test_evaluate.py runs two, with
+JAX_PLATFORMS=cpu and 2 devices each in XLA_FLAGS.
 
-    python tests/features_worker.py PROCESS_ID PORT OUT.npz
+    python tests/features_worker.py PROCESS_ID PORT OUT.npz CACHE_DIR WEIGHTS
 """
 
 import os
+import pathlib
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ham_synth import config_lib, evaluate, parallel  # noqa: E402
-from ham_synth.data import sources  # noqa: E402
+from ham_synth import config_lib, evaluate, parallel
+from ham_synth.data import sources
+from ham_synth.evaluators import inception
 
 BATCH_SIZE = 8  # 2 rows per device; 180 test images leave a padded last batch.
+
+
+def digits_test_data():
+    data = config_lib.get_base_config().data
+    data.update({"split": "test", "image_size": 8})
+    return data
 
 
 class RecordingSource:
@@ -42,15 +49,16 @@ def pixel_features(mesh):
     return lambda images: flatten(images)
 
 
-def main(process_id: int, port: int, out: str) -> None:
+def main(process_id: int, port: int, out: str, cache_dir: str, weights: pathlib.Path) -> None:
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
-    data = config_lib.get_base_config().data
-    data.update({"split": "test", "image_size": 8})
-    source = RecordingSource(sources.get_source(data))
+    os.environ[inception.CACHE_ENV] = cache_dir  # Each process has its own, as hosts would.
+    source = RecordingSource(sources.get_source(digits_test_data()))
     mesh = parallel.make_mesh()
-    features, labels = evaluate.source_features(pixel_features(mesh), source, BATCH_SIZE, mesh)
-    np.savez(out, features=features, labels=labels, read=np.asarray(source.read))
+    feature_fn = pixel_features(mesh)
+    features, labels = evaluate.source_features(feature_fn, source, BATCH_SIZE, mesh)
+    real, _, _ = evaluate.real_features(feature_fn, digits_test_data(), weights, BATCH_SIZE, mesh)
+    np.savez(out, features=features, labels=labels, read=np.asarray(source.read), real=real)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], pathlib.Path(sys.argv[5]))

@@ -1,17 +1,19 @@
 """`ham-synth evaluate` on tiny image folders with random (unconverted) Inception weights."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
 
+import features_worker
 import numpy as np
 import pytest
-from conftest import REPO, load_config
+from conftest import load_config
 from flax import traverse_util
 from PIL import Image
 
-from ham_synth import config_lib, evaluate, train
+from ham_synth import evaluate, train
 from ham_synth.data import sources
 from ham_synth.evaluators import fid, inception
 
@@ -146,6 +148,10 @@ def test_evaluate_takes_exactly_one_fake_set(tmp_path, random_weights):
     for fakes in ({}, {"fake_dir": "x", "generator_workdir": "y"}):
         with pytest.raises(ValueError, match="one of --fake_dir .* or --generator_workdir"):
             evaluate.evaluate(config, str(tmp_path), inception_weights=random_weights, **fakes)
+    with pytest.raises(ValueError, match="--steps only apply with --generator_workdir"):
+        evaluate.evaluate(
+            config, str(tmp_path), fake_dir="x", inception_weights=random_weights, steps=10
+        )
     with pytest.raises(ValueError, match="needs --num_per_class"):
         evaluate.evaluate(
             config, str(tmp_path), generator_workdir="y", inception_weights=random_weights
@@ -153,28 +159,50 @@ def test_evaluate_takes_exactly_one_fake_set(tmp_path, random_weights):
 
 
 @pytest.mark.slow
-def test_two_processes_each_read_their_share_and_get_every_feature_in_order(tmp_path):
-    """The multi-host path: 2 CPU processes x 2 devices, joined by jax.distributed."""
+def test_two_processes_each_read_their_share_and_get_every_feature_in_order(tmp_path, monkeypatch):
+    """The multi-host path: 2 CPU processes x 2 devices, joined by jax.distributed. Process 0
+    alone has a (wrong) cached reference, as one host might: both must extract instead."""
+    weights = tmp_path / "weights.npz"
+    weights.write_bytes(b"stands in for converted weights; only its path and stat are read")
+    monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / "cache_0"))
+    data = features_worker.digits_test_data()
+    source = sources.get_source(data)
+    stale = evaluate.reference_cache_path(data, weights)
+    stale.parent.mkdir(parents=True)
+    np.savez(stale, features=np.zeros((len(source), 1)), labels=source.labels)
+
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    worker = REPO / "tests" / "features_worker.py"
     outs = [tmp_path / f"process_{i}.npz" for i in range(2)]
+    # CPU only, so two processes never share one GPU where there is one.
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
     jobs = [
-        subprocess.Popen([sys.executable, str(worker), str(i), str(port), str(out)])
+        subprocess.Popen(
+            [sys.executable, features_worker.__file__, str(i), str(port), str(out)]
+            + [str(tmp_path / f"cache_{i}"), str(weights)],
+            env=env,
+        )
         for i, out in enumerate(outs)
     ]
-    assert [job.wait(timeout=300) for job in jobs] == [0, 0]
+    try:
+        assert [job.wait(timeout=300) for job in jobs] == [0, 0]
+    finally:
+        for job in jobs:
+            job.kill()
 
-    data = config_lib.get_base_config().data
-    data.update({"split": "test", "image_size": 8})
-    source = sources.get_source(data)
     expected = source.images.reshape(len(source), -1)
     results = [np.load(out) for out in outs]
     for result in results:
         np.testing.assert_array_equal(result["features"], expected)
         np.testing.assert_array_equal(result["labels"], source.labels)
-    # Each record was decoded by one process; only the last batch's padding repeats one.
+        np.testing.assert_array_equal(result["real"], expected)
+    # Each record was decoded by one process; every process also reads record 0 for the image
+    # shape, and the last batch's padding repeats the last record.
     read = [set(result["read"].tolist()) for result in results]
     assert read[0] | read[1] == set(range(len(source)))
-    assert read[0] & read[1] <= {len(source) - 1}
+    assert read[0] & read[1] <= {0, len(source) - 1}

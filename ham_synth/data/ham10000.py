@@ -33,6 +33,12 @@ SPLIT_NAMES = ("train", "val", "test")
 # The official ISIC 2018 Task 3 test set, an optional extra split (`prepare --isic2018_test_dir`).
 ISIC2018_TEST_SPLIT = "isic2018_test"
 ISIC2018_TEST_CSV = "ISIC2018_Task3_Test_GroundTruth.csv"
+# As with the metadata, Dataverse may serve it tab-separated, as .tab or without a suffix.
+ISIC2018_TEST_NAMES = (
+    ISIC2018_TEST_CSV,
+    "ISIC2018_Task3_Test_GroundTruth.tab",
+    "ISIC2018_Task3_Test_GroundTruth",
+)
 
 
 class DataError(ValueError):
@@ -110,7 +116,7 @@ def _challenge_fields(row: dict) -> tuple[dict | None, tuple[str, str] | None]:
     CSV names no lesions, so each image stands for its own lesion."""
     try:
         hot = [dx for dx in CLASS_NAMES if float(row[dx.upper()]) == 1.0]
-    except ValueError:
+    except (TypeError, ValueError):  # A short row reads as None.
         values = {dx.upper(): row[dx.upper()] for dx in CLASS_NAMES}
         return None, (f"class columns {values} are not numbers.", "Correct or delete the row.")
     if len(hot) != 1:
@@ -140,7 +146,7 @@ def load_records(
     if not metadata.is_file():
         found = sorted(p.name for p in manual_dir.glob("*.csv")) if manual_dir.is_dir() else []
         raise DataError(
-            f"No {METADATA_FILE} in {manual_dir}"
+            f"No {METADATA_FILE} (or {', '.join(METADATA_NAMES[1:])}) in {manual_dir}"
             + (f" (found {found})" if found else "")
             + f". Download HAM10000 ({DOWNLOAD_URL}) and pass the folder that holds "
             f"{METADATA_FILE} and the image folders as --manual_dir."
@@ -155,12 +161,18 @@ def load_isic2018_test(
     anywhere under `test_dir`, in the challenge's one-hot layout or the Dataverse copy's HAM10000
     metadata layout, and its images anywhere under `test_dir`. As `load_records` otherwise."""
     test_dir = pathlib.Path(test_dir)
-    found = sorted(test_dir.rglob(ISIC2018_TEST_CSV)) if test_dir.is_dir() else []
-    if not found:
+    found = sorted(
+        path
+        for name in ISIC2018_TEST_NAMES
+        for path in (test_dir.rglob(name) if test_dir.is_dir() else [])
+        if path.is_file()
+    )
+    if len(found) != 1:
         raise DataError(
-            f"No {ISIC2018_TEST_CSV} under {test_dir}. Download the ISIC 2018 Task 3 test images "
-            f"and ground truth ({DOWNLOAD_URL} has both) and pass their folder as "
-            "--isic2018_test_dir."
+            f"{'Several' if found else 'No'} {ISIC2018_TEST_CSV} (or .tab) under {test_dir}"
+            + (f": {[str(p) for p in found]}. Keep one." if found else ". ")
+            + f"Download the ISIC 2018 Task 3 test images and ground truth ({DOWNLOAD_URL} has "
+            "both) and pass their folder as --isic2018_test_dir."
         )
     return read_labelled_images(found[0], test_dir, skip_bad=skip_bad, check_images=check_images)
 

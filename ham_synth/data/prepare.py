@@ -90,7 +90,11 @@ def prepare_ham10000(
                 f"{builder.data_dir} was prepared without {ham10000.ISIC2018_TEST_SPLIT}. Delete "
                 "that folder to rebuild it with the test set, or pass a different --data_dir."
             )
-        logging.info("%s is already prepared; delete it to rebuild.", builder.data_dir)
+        logging.info(
+            "%s is already prepared (splits %s); delete it to rebuild.",
+            builder.data_dir,
+            list(builder.info.splits),
+        )
     else:
         builder.download_and_prepare(
             file_format="array_record",

@@ -131,6 +131,7 @@ class Ham10000Source:
     """A prepared split read through `tfds.data_source` (array_record, random access, no TF)."""
 
     records: object  # tfds ArrayRecordDataSource: decoded dicts with bytes for text fields.
+    labels: np.ndarray  # int32[N], read without decoding the images.
     class_names: tuple[str, ...] = ham10000.CLASS_NAMES
 
     def __len__(self) -> int:
@@ -149,7 +150,9 @@ class Ham10000Source:
 
 def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
     """`ham10000/<data.image_size>` from `data.data_dir` (TFDS's default when empty)."""
-    from ham_synth.data import ham10000_tfds  # Imports TFDS only when this source is used.
+    import tensorflow_datasets as tfds  # Imported only when this source is used.
+
+    from ham_synth.data import ham10000_tfds
 
     if data.image_size not in ham10000_tfds.IMAGE_SIZES:
         raise ValueError(
@@ -169,7 +172,9 @@ def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
     # "all" is HAM10000's own images; the external isic2018_test set stays held out.
     own = [s for s in prepared if s in ham10000.SPLIT_NAMES]
     split = "+".join(own) if data.split == "all" else data.split
-    return Ham10000Source(builder.as_data_source(split))
+    undecoded = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    labels = np.fromiter((undecoded[i]["label"] for i in range(len(undecoded))), np.int32)
+    return Ham10000Source(builder.as_data_source(split), labels)
 
 
 # --- dermamnist: MedMNIST's npz ---

@@ -293,7 +293,7 @@ def check_variables(variables: dict, source: str) -> None:
 
 def make_feature_fn(variables: dict, mesh: Mesh) -> Callable[[jax.Array], jax.Array]:
     """A jitted images [B, H, W, 3] -> float32[B, 2048], batch split over `data`, weights
-    replicated. B must divide over the mesh; `extract_features` pads to that."""
+    replicated. B must divide over the mesh (`evaluate` rounds --fid_batch_size up to that)."""
     variables = jax.device_put(variables, parallel.replicated(mesh))
     apply = jax.jit(
         InceptionV3().apply,
@@ -312,23 +312,30 @@ def extract_features(
 ) -> np.ndarray:
     """float32[num_images, D]: `feature_fn` of images 0..num_images-1, the same on every process.
 
-    `read_images(indices)` -> [len(indices), H, W, 3] images. Each process reads only its rows of
-    each global batch (`parallel.local_rows`); the features are gathered back to every process.
-    The last batch is padded by repeating the last image, so one shape compiles once.
+    `read_images(indices)` -> [len(indices), H, W, 3] images. Each global batch is assembled on
+    the mesh shard by shard, so every process reads only the rows of its own devices; the features
+    are gathered back to every process. The last batch is padded by repeating the last image, so
+    one shape compiles once.
     """
-    rows = parallel.local_rows(mesh, batch_size)
+    if batch_size % mesh.size:
+        raise ValueError(f"batch_size={batch_size} must divide evenly over {mesh.size} devices.")
+    if num_images == 0:
+        return np.zeros((0, FEATURE_DIM), np.float32)
+    example = read_images(np.zeros(1, np.int64))
+    shape = (batch_size, *example.shape[1:])
+    sharding = parallel.batch_sharded(mesh)
     features, pending = [], None
     for start in range(0, num_images, batch_size):
-        local = read_images(np.minimum(start + rows, num_images - 1))
+        indices = np.minimum(np.arange(start, start + batch_size), num_images - 1)
+        images = jax.make_array_from_callback(
+            shape, sharding, lambda rows, indices=indices: read_images(indices[rows[0]])
+        )
         # Gather the previous batch only after dispatching this one, so the devices never idle.
-        running = (feature_fn(parallel.to_global_batch(local, mesh)), num_images - start)
+        running = (feature_fn(images), num_images - start)
         if pending is not None:
             features.append(_gather(*pending))
         pending = running
-    if pending is not None:
-        features.append(_gather(*pending))
-    if not features:
-        return np.zeros((0, FEATURE_DIM), np.float32)
+    features.append(_gather(*pending))
     return np.concatenate(features)
 
 

@@ -31,6 +31,17 @@ class Task:
     predict_fns: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
 
 
+def num_classes(config) -> int:
+    """config.data.num_classes, which sizes the class embeddings; 0 means the data has not been
+    read yet (`pipeline.make_train_dataset` fills it in)."""
+    if config.data.num_classes < 1:
+        raise ValueError(
+            f"data.num_classes={config.data.num_classes}: build the task from the config that "
+            "pipeline.make_train_dataset returns, or set --config.data.num_classes."
+        )
+    return config.data.num_classes
+
+
 def make_init(
     init_params: Callable[[jax.Array, Batch], Any], tx: optax.GradientTransformation
 ) -> Callable[[jax.Array, Batch], state_lib.TrainState]:

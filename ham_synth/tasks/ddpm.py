@@ -21,7 +21,7 @@ def make_alphas_cumprod(diffusion: ml_collections.ConfigDict) -> np.ndarray:
 
 
 def make_task(config: ml_collections.ConfigDict) -> base.Task:
-    num_classes = config.data.num_classes
+    num_classes = base.num_classes(config)
     model = models.get_model(
         config.model.name,
         num_classes=num_classes,

@@ -23,7 +23,7 @@ def kl_weight(step: jax.Array, beta: float, warmup_steps: int) -> jax.Array:
 def make_task(config: ml_collections.ConfigDict) -> base.Task:
     model = models.get_model(
         config.model.name,
-        num_classes=config.data.num_classes,
+        num_classes=base.num_classes(config),
         image_size=config.data.image_size,
         channels=tuple(config.model.channels),
         latent_dim=config.model.latent_dim,

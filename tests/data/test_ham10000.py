@@ -70,7 +70,7 @@ def _break(directory, rows, how):
     """Applies one kind of damage to the download; returns the text the error must contain."""
     if how == "missing_metadata":
         (directory / ham10000.METADATA_FILE).unlink()
-        return rf"No {ham10000.METADATA_FILE} in .*--manual_dir"
+        return rf"No {ham10000.METADATA_FILE} \(or HAM10000_metadata.tab, .*\) in .*--manual_dir"
     if how == "missing_column":
         columns = [c for c in fake_ham10000.COLUMNS if c != "lesion_id"]
         fake_ham10000.write_metadata(directory, rows, columns=columns)
@@ -329,10 +329,15 @@ def test_isic2018_test_set_becomes_a_held_out_split(download, tmp_path, layout):
 def test_isic2018_test_set_bad_rows_and_overlap_are_errors(download, tmp_path):
     directory, rows = download
     isic = tmp_path / "isic"
-    with pytest.raises(ham10000.DataError, match=r"No ISIC2018_Task3_Test_GroundTruth.csv under"):
+    with pytest.raises(ham10000.DataError, match=r"No ISIC2018_Task3_Test_GroundTruth.csv .*under"):
         ham10000.load_isic2018_test(isic)
     test_rows = fake_ham10000.make_isic2018_test(isic)
     csv_path = isic / ham10000.ISIC2018_TEST_CSV
+    (isic / "copy").mkdir()
+    (isic / "copy" / "ISIC2018_Task3_Test_GroundTruth.tab").write_text(csv_path.read_text())
+    with pytest.raises(ham10000.DataError, match=r"Several .* Keep one"):
+        ham10000.load_isic2018_test(isic)
+    (isic / "copy" / "ISIC2018_Task3_Test_GroundTruth.tab").unlink()
     text = csv_path.read_text().splitlines()
     text[3] = text[3].replace("0.0", "1.0", 1)  # Row 4 now has two classes.
     csv_path.write_text("\n".join(text) + "\n")

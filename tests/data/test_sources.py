@@ -34,6 +34,8 @@ def test_ham10000_source_yields_model_records(prepared):
     assert record["label"].dtype == np.int32 and record["index"] == 2
     assert record["lesion_id"].startswith("HAM_")
     assert source.class_names == ham10000.CLASS_NAMES
+    # Labels come without decoding images, and match the records'.
+    np.testing.assert_array_equal(source.labels, [source[i]["label"] for i in range(len(source))])
     total = sum(
         len(sources.get_source(_data(**{**data.to_dict(), "split": s})))
         for s in ("train", "val", "test")

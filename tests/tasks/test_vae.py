@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import load_config
 
 from ham_synth.data import pipeline
@@ -59,3 +60,10 @@ def test_samples_have_the_image_shape_and_depend_on_the_label():
     assert float(jnp.abs(images - other).mean()) > 0.1 * float(jnp.abs(images).mean()) > 0
     # And the same rng and labels reproduce the samples exactly.
     np.testing.assert_array_equal(task.sample(state.params, labels, rng), images)
+
+
+def test_a_task_refuses_an_unresolved_class_count():
+    config = load_config("vae.py:smoke")
+    assert config.data.num_classes == 0  # Filled in by make_train_dataset.
+    with pytest.raises(ValueError, match="data.num_classes=0: build the task from the config"):
+        vae.make_task(config)

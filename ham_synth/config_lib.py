@@ -58,7 +58,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.split_seed = 0  # Fixes split membership, independently of `seed`.
     config.data.val_fraction = 0.1
     config.data.test_fraction = 0.1
-    config.data.class_names = ""  # folder: comma-separated label order; empty: sorted folders.
+    # folder: comma-separated label order; empty: sorted folders. The trainer records every
+    # source's names here (config.json), as it does num_classes.
+    config.data.class_names = ""
     config.data.imbalance = False  # digits: keep 7 classes, subsampled to HAM10000's shares.
     # Training-only augmentation (make_train_dataset; evaluation never augments): ops applied in
     # order to the uint8 image, each with its own grain-seeded rng per stream position, so a

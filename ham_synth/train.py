@@ -99,7 +99,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     init_rng, sample_rng, loop_rng = jax.random.split(jax.random.key(config.seed), 3)
 
     # --- Data ---
-    # The data fills in data.num_classes; config.json records it, so `sample` rebuilds this task.
+    # The data fills in data.num_classes and class_names; config.json records them, so `sample`
+    # rebuilds this task.
     dataset, config = pipeline.make_train_dataset(config)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -135,7 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     )
 
     # --- Samples ---
-    num_classes = config.data.num_classes
+    class_names = config.data.class_names.split(",")
+    num_classes = len(class_names)
     sample_labels = samples.class_grid_labels(num_classes, config.train.samples_per_class)
     sample_fn = jax.jit(task.sample, out_shardings=replicated) if task.sample else None
 
@@ -145,7 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         grid = samples.make_grid(images, rows=num_classes)
         if jax.process_index() == 0:
             path = workdir / "samples" / f"step_{step:07d}.png"
-            samples.write_png(path, grid, scale=samples.display_scale(images.shape[1]))
+            scale = samples.display_scale(images.shape[1])
+            samples.write_png(path, grid, scale=scale, row_labels=class_names)
         writer.write_image(step, "samples", grid)
 
     # --- Loop ---

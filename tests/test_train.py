@@ -68,8 +68,13 @@ def test_workdir_holds_config_metrics_samples_events_and_checkpoints(tmp_path):
     for key in ("train/loss", "train/reconstruction", "train/kl", "steps_per_sec"):
         assert all(np.isfinite(r[key]) for r in rows), key
     grid = Image.open(tmp_path / "samples" / "step_0000006.png")
-    # One row per class, `samples_per_class` columns of 8x8 images with 1px padding, upscaled 8x.
-    assert grid.size == ((2 * 9 + 1) * 8, (10 * 9 + 1) * 8)
+    # One row per class, `samples_per_class` columns of 8x8 images with 1px padding, upscaled 8x,
+    # after a margin that names the classes.
+    width, height = grid.size
+    assert height == (10 * 9 + 1) * 8 and width > (2 * 9 + 1) * 8
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["class_names"] == ",".join(
+        str(d) for d in range(10)
+    )
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(

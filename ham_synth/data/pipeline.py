@@ -121,7 +121,8 @@ def make_train_dataset(
     config: ml_collections.ConfigDict,
 ) -> tuple[grain.IterDataset, ml_collections.ConfigDict]:
     """This process's training stream, from config.data and config.train, and `config` with
-    `data.num_classes` set to the source's class count (the models are sized by it)."""
+    `data.num_classes` and `data.class_names` set from the source (the models are sized by the
+    count; sample grids name their rows)."""
     process_count = jax.process_count()
     if config.train.batch_size % process_count:
         raise ValueError(
@@ -139,4 +140,6 @@ def make_train_dataset(
         augment=config.data.get("augment", ""),
         balance_alpha=config.data.get("balance_alpha", 0.0),
     )
-    return dataset, config_lib.with_values(config, {"data.num_classes": len(source.class_names)})
+    names = {"data.num_classes": len(source.class_names)}
+    names["data.class_names"] = ",".join(source.class_names)
+    return dataset, config_lib.with_values(config, names)

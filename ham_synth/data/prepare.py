@@ -170,4 +170,6 @@ def write_examples(builder, path: pathlib.Path, per_class: int = EXAMPLES_PER_CL
     images = [image for r in rows for image in r + [blank] * (per_class - len(r))]
     pixels = np.stack(images).astype(np.float32) / 127.5 - 1.0
     grid = samples.make_grid(pixels, rows=num_classes)
-    samples.write_png(path, grid, scale=samples.display_scale(size))
+    samples.write_png(
+        path, grid, scale=samples.display_scale(size), row_labels=ham10000.CLASS_NAMES
+    )

@@ -1,12 +1,15 @@
 """Sample grids: images in [-1, 1] -> one uint8 picture, one row per class, written as PNG."""
 
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # PNG grids are upscaled (nearest) until each image is at least this many pixels wide.
 MIN_DISPLAY_PIXELS = 64
+LABEL_FONT_SIZE = 14  # Pixels; row labels in a left margin, LABEL_PADDING from its edges.
+LABEL_PADDING = 4
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> np.ndarray:
@@ -33,10 +36,29 @@ def display_scale(image_size: int) -> int:
     return max(1, MIN_DISPLAY_PIXELS // image_size)
 
 
-def write_png(path: pathlib.Path, grid: np.ndarray, scale: int = 1) -> None:
-    """Writes a uint8 [H, W, C] picture, upscaled `scale`x (nearest) to stay legible."""
+def label_rows(image: Image.Image, labels: Sequence[str]) -> Image.Image:
+    """`image` with a white margin on its left that names each of its len(labels) equal rows."""
+    font = ImageFont.load_default(size=LABEL_FONT_SIZE)
+    margin = int(max(font.getlength(label) for label in labels)) + 2 * LABEL_PADDING
+    labelled = Image.new(image.mode, (margin + image.width, image.height), "white")
+    labelled.paste(image, (margin, 0))
+    draw = ImageDraw.Draw(labelled)
+    row_height = image.height / len(labels)
+    for row, label in enumerate(labels):
+        y = (row + 0.5) * row_height
+        draw.text((LABEL_PADDING, y), label, fill="black", font=font, anchor="lm")
+    return labelled
+
+
+def write_png(
+    path: pathlib.Path, grid: np.ndarray, scale: int = 1, row_labels: Sequence[str] = ()
+) -> None:
+    """Writes a uint8 [H, W, C] picture, upscaled `scale`x (nearest) to stay legible, with each
+    row named by `row_labels` (e.g. the class names) when given."""
     image = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    if row_labels:
+        image = label_rows(image, row_labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

@@ -31,3 +31,16 @@ def test_png_is_upscaled_for_display(tmp_path):
     grid = np.zeros((10, 20, 3), np.uint8)
     samples.write_png(tmp_path / "g.png", grid, scale=samples.display_scale(16))
     assert Image.open(tmp_path / "g.png").size == (80, 40)
+
+
+def test_row_labels_add_a_left_margin_and_keep_the_grid(tmp_path):
+    grid = np.full((3 * 5 + 1, 2 * 5 + 1, 3), 200, np.uint8)
+    samples.write_png(tmp_path / "g.png", grid, scale=4, row_labels=["akiec", "bcc", "vasc"])
+    image = np.asarray(Image.open(tmp_path / "g.png"))
+    margin = image.shape[1] - grid.shape[1] * 4
+    assert image.shape[0] == grid.shape[0] * 4 and margin > 0
+    np.testing.assert_array_equal(image[:, margin:], np.kron(grid, np.ones((4, 4, 1), np.uint8)))
+    # Dark text in each row's band of the margin, white between them.
+    band = image.shape[0] // 3
+    for row in range(3):
+        assert image[row * band : (row + 1) * band, :margin].min() < 100

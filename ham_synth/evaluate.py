@@ -73,10 +73,10 @@ def real_features(feature_fn, data, weights: pathlib.Path, batch_size: int, mesh
     """The real split's (features, labels, class_names), from the cache when present."""
     path = reference_cache_path(data, weights)
     source = sources.get_source(data)
-    cached = path.exists()
+    use_cache = path.exists()
     if jax.process_count() > 1:  # Extraction is collective: all read the cache, or none does.
-        cached = bool(multihost_utils.process_allgather(np.asarray(cached)).all())
-    if cached:
+        use_cache = bool(multihost_utils.process_allgather(np.asarray(use_cache)).all())
+    if use_cache:
         logging.info("Reference features from %s", path)
         with np.load(path, allow_pickle=False) as cached:
             return cached["features"], cached["labels"], source.class_names

@@ -43,8 +43,9 @@ MANIFEST_FIELDS = (
 )
 
 
-def _apply_sampler_flags(config, sampler, steps, guidance):
-    """Overrides config.sample.* with the flags given; families without a sampler refuse them."""
+def _with_sampler_flags(config, sampler, steps, guidance):
+    """`config` with config.sample.* overridden by the flags given; families without a sampler
+    refuse them."""
     given = {
         k: v
         for k, v in {"sampler": sampler, "steps": steps, "guidance": guidance}.items()
@@ -55,8 +56,7 @@ def _apply_sampler_flags(config, sampler, steps, guidance):
             f"The {config.task!r} family has no sampler settings; drop "
             f"{', '.join('--' + k for k in given)}."
         )
-    with config.unlocked():
-        config.update_from_flattened_dict({f"sample.{k}": v for k, v in given.items()})
+    return config_lib.with_values(config, {f"sample.{k}": v for k, v in given.items()})
 
 
 def _select_labels(class_names, classes: str) -> list[int]:
@@ -92,7 +92,7 @@ def run(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; move it away or pass --out_dir.")
     config = config_lib.load_workdir_config(workdir)
-    _apply_sampler_flags(config, sampler, steps, guidance)
+    config = _with_sampler_flags(config, sampler, steps, guidance)
     class_names = list(sources.get_source(config.data).class_names)
     labels = np.repeat(_select_labels(class_names, classes), num_per_class).astype(np.int32)
 

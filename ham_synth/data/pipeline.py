@@ -140,6 +140,8 @@ def make_train_dataset(
         augment=config.data.get("augment", ""),
         balance_alpha=config.data.get("balance_alpha", 0.0),
     )
-    names = {"data.num_classes": len(source.class_names)}
-    names["data.class_names"] = ",".join(source.class_names)
-    return dataset, config_lib.with_values(config, names)
+    classes = {
+        "data.num_classes": len(source.class_names),
+        "data.class_names": ",".join(source.class_names),
+    }
+    return dataset, config_lib.with_values(config, classes)

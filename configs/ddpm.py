@@ -22,6 +22,7 @@ from ham_synth import config_lib
 def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, ham64=False)
     config = config_lib.get_base_config()
+    config_lib.add_generator_evals(config)  # samples (on) and fid (off)
     config.task = "ddpm"
 
     config.model.name = "unet"

@@ -14,6 +14,7 @@ from ham_synth import config_lib
 def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, imbalance=False)
     config = config_lib.get_base_config()
+    config_lib.add_generator_evals(config)  # samples (on) and fid (off)
     config.task = "vae"
 
     config.model.name = "vae"

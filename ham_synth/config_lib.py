@@ -32,6 +32,61 @@ def parse_arg(arg: str | None, **defaults):
     return parsed
 
 
+# data.val_fraction / test_fraction: "the source's own split"; digits and folder then hold out
+# DEFAULT_FRACTION of each class for each of val and test.
+SOURCE_SPLIT = -1.0
+DEFAULT_FRACTION = 0.1
+
+
+def optim_group(**overrides) -> ml_collections.ConfigDict:
+    """One optimizer's fields (optim.make_optimizer): `config.optim` for a family with one
+    network, `config.optim.<network>` for each network of a family with several."""
+    group = ml_collections.ConfigDict()
+    group.lr = 1e-3  # Peak learning rate.
+    group.warmup_steps = 100
+    group.schedule_steps = -1  # Length of the cosine decay; -1: train.total_steps.
+    group.min_lr_ratio = 0.0  # Final lr as a fraction of the peak.
+    group.b1 = 0.9
+    group.b2 = 0.999
+    group.weight_decay = 1e-4
+    group.grad_clip = 1.0  # Global-norm clipping; 0 disables it.
+    group.ema_decay = 0.999  # EMA of this network's params (samples and evaluators use it).
+    group.update(overrides)
+    return group
+
+
+def add_generator_evals(config: ml_collections.ConfigDict) -> None:
+    """The evaluators every generator config ships: the sample grid (on, at train.sample_every_steps
+    with train.samples_per_class columns) and FID (off; turn it on with
+    --config.evals.fid.every_steps=N)."""
+    config.train.sample_every_steps = ml_collections.FieldReference(250)
+    # Columns in the sample grid (one row per class).
+    config.train.samples_per_class = ml_collections.FieldReference(8)
+    config.evals.samples = ml_collections.ConfigDict(
+        {
+            "type": "samples",
+            "every_steps": config.train.get_ref("sample_every_steps"),
+            "per_class": config.train.get_ref("samples_per_class"),
+        }
+    )
+    config.evals.fid = ml_collections.ConfigDict(
+        {
+            "type": "fid",
+            "every_steps": -1,
+            "split": "test",  # The real images compared with, from config.data.
+            "num_samples": 0,  # Generated images; 0: as many as the split, with its labels.
+            "per_class": False,  # Also `fid/<class>/<metric>` per class.
+            # inception (the FID network; needs `ham-synth convert-inception`) | pixels (images
+            # average-pooled to pixel_grid x pixel_grid; not FID, keys say `fd`).
+            "features": "inception",
+            "pixel_grid": 4,
+            "inception_weights": "",  # Converted weights; empty: the ham_synth cache.
+            "batch_size": 64,  # Images per feature batch (rounded up to the devices).
+            "sample_batch_size": 256,  # Images per sampling call.
+        }
+    )
+
+
 def get_base_config() -> ml_collections.ConfigDict:
     """Fields every family shares; a family's file fills `task`, `model`, `loss` and sizes."""
     config = ml_collections.ConfigDict()
@@ -54,10 +109,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     # train | val | test | all; ham10000 also isic2018_test when prepared with it (not in "all").
     config.data.split = "train"
     # digits and folder split here, per class; ham10000's split is fixed by `ham-synth prepare`
-    # (its --val_fraction, --test_fraction, --split_seed) and dermamnist's by MedMNIST.
+    # (its --val_fraction, --test_fraction, --split_seed) and dermamnist's by MedMNIST, so setting
+    # these for them is an error.
     config.data.split_seed = 0  # Fixes split membership, independently of `seed`.
-    config.data.val_fraction = 0.1
-    config.data.test_fraction = 0.1
+    # SOURCE_SPLIT (-1): the source's own (digits and folder: DEFAULT_FRACTION each).
+    config.data.val_fraction = SOURCE_SPLIT
+    config.data.test_fraction = SOURCE_SPLIT
     # folder: comma-separated label order; empty: sorted folders. The trainer records every
     # source's names here (config.json), as it does num_classes.
     config.data.class_names = ""
@@ -81,20 +138,25 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.log_every_steps = 50
     config.train.ckpt_every_steps = 250
     config.train.keep_checkpoints = 3
-    config.train.sample_every_steps = 250
-    config.train.samples_per_class = 8  # Columns in the sample grid (one row per class).
     config.train.num_devices = -1  # Devices in the data-parallel mesh; -1: all.
+    # Keep the best checkpoint by an evaluator's metric beside the latest keep_checkpoints, e.g.
+    # metric="val/balanced_accuracy", mode="max". A checkpoint is saved at every step that computes
+    # it; `ham-synth evaluate --step=best` and `init_from="W:best"` restore it. Empty: off.
+    config.train.best = ml_collections.ConfigDict({"metric": "", "mode": "max"})
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.lr = 1e-3  # Peak learning rate.
-    config.optim.warmup_steps = 100
-    config.optim.schedule_steps = -1  # Length of the cosine decay; -1: train.total_steps.
-    config.optim.min_lr_ratio = 0.0  # Final lr as a fraction of the peak.
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.weight_decay = 1e-4
-    config.optim.grad_clip = 1.0  # Global-norm clipping; 0 disables it.
-    config.optim.ema_decay = 0.999
+    # Warm start: "WORKDIR[:STEP]" (STEP: latest, best or a number) initializes params, EMA params
+    # and model state from another run before step 0. Where a run's weights come from, first
+    # match wins: (1) a checkpoint in this workdir (resume; never re-applies 2 or 3),
+    # (2) init_from, (3) external weights named by a model field, (4) random init.
+    config.init_from = ""
+
+    config.optim = optim_group()
+
+    # Named evaluators (evaluators/__init__.py): each `{type, every_steps, ...options}`; their
+    # scalars are logged as `<name>/<metric>`, their files go to workdir/evals/<name>/.
+    # every_steps: N > 0 every N steps and at the end of training; 0 only at the end (and by
+    # `ham-synth evaluate`); -1 off in training (`ham-synth evaluate --evals=NAME` still runs it).
+    config.evals = ml_collections.ConfigDict()
     return config
 
 
@@ -105,8 +167,9 @@ def apply_smoke_schedule(config: ml_collections.ConfigDict) -> None:
     config.train.total_steps = 6
     config.train.log_every_steps = 2
     config.train.ckpt_every_steps = 3
-    config.train.sample_every_steps = 3
-    config.train.samples_per_class = 2
+    if "sample_every_steps" in config.train:
+        config.train.sample_every_steps = 3
+        config.train.samples_per_class = 2
     config.optim.warmup_steps = 2
 
 
@@ -133,12 +196,48 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config a training run wrote to `workdir/config.json`, locked."""
+    """The config a training run wrote to `workdir/config.json`, upgraded to today's fields and
+    locked."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(
             f"No {path}: is {workdir} the --workdir of a `ham-synth train` run?"
         )
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        fields = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); restore it from a backup."
+        ) from error
+    config = ml_collections.ConfigDict(upgrade_config_dict(fields))
     config.lock()
     return config
+
+
+def class_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The class names the trainer recorded in data.class_names, in label order."""
+    if not config.data.class_names:
+        raise ValueError(
+            "data.class_names is empty: build from the config that pipeline.make_train_dataset "
+            "returns, or set --config.data.class_names=a,b,... (a run's config.json records them)."
+        )
+    return config.data.class_names.split(",")
+
+
+def upgrade_config_dict(fields: dict) -> dict:
+    """A config.json written by an older ham_synth, with the fields added since at the values that
+    reproduce its behaviour."""
+    fields.setdefault("init_from", "")
+    fields.setdefault("evals", {})
+    train = fields.setdefault("train", {})
+    train.setdefault("best", {"metric": "", "mode": "max"})
+    if "sample_every_steps" in train and "samples" not in fields["evals"]:
+        fields["evals"]["samples"] = {
+            "type": "samples",
+            "every_steps": train["sample_every_steps"],
+            "per_class": train.get("samples_per_class", 8),
+        }
+    data = fields.get("data", {})
+    if data.get("name") in ("ham10000", "dermamnist"):  # Their fractions were always ignored.
+        data["val_fraction"] = data["test_fraction"] = SOURCE_SPLIT
+    return fields

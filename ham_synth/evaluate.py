@@ -1,12 +1,12 @@
-"""`ham-synth evaluate`: FID, KID and precision/recall of generated images against a dataset split,
-overall and per class; writes WORKDIR/eval/metrics.json and prints a table.
+"""`ham-synth evaluate`, in two modes.
 
-The real set is `config.data` (any source, `--config.data.split=test`); its features are cached.
-The fake set is a folder of images (`--fake_dir`), or a generator's workdir to sample from first
-(`--generator_workdir --num_per_class`, into WORKDIR/eval/synthetic).
+- A run: `--workdir=W [--step=best|latest|N] [--evals=a,b]` restores W (workdir.load) and runs
+  its configured evaluators; each writes W/evals/<name>/step_NNNNNNN.json.
+- Images: `--config --workdir --fake_dir=DIR` (or `--generator_workdir=G --num_per_class=N`, which
+  samples G into WORKDIR/eval/synthetic first) scores a folder against `config.data`: FID, KID and
+  precision/recall, overall and per class, in WORKDIR/eval/metrics.json and a printed table.
 """
 
-import hashlib
 import json
 import pathlib
 import warnings
@@ -14,79 +14,82 @@ import warnings
 import jax
 import ml_collections
 import numpy as np
-from absl import flags, logging
-from jax.experimental import multihost_utils
+from absl import logging
 
-from ham_synth import parallel, synthesize
-from ham_synth.data import pipeline, sources
-from ham_synth.evaluators import fid, inception
-
-# Sampling flags (defined by `sample`) that evaluate forwards to synthesize.run.
-SAMPLE_FLAGS = ("sampler", "steps", "guidance", "seed", "sample_batch_size")
-OPTIONAL_FLAGS = (
-    "fake_dir",
-    "generator_workdir",
-    "num_per_class",
-    *SAMPLE_FLAGS,
-    "fid_batch_size",
-    "inception_weights",
-)
-flags.DEFINE_string(
-    "fake_dir", None, "Images to score: FAKE_DIR/<class_name>/*.png|jpg, class names as the data's."
-)
-flags.DEFINE_string(
-    "generator_workdir",
-    None,
-    "Instead of --fake_dir: a `ham-synth train` workdir to sample --num_per_class images per class "
-    "from (into WORKDIR/eval/synthetic) and score.",
-)
-flags.DEFINE_integer(
-    "fid_batch_size", 64, "Images per Inception batch (rounded up to a multiple of the devices)."
-)
-flags.DEFINE_string(
-    "inception_weights", None, "Converted weights (.npz); default: the ham_synth cache."
-)
+from ham_synth import evaluators, parallel, synthesize
+from ham_synth import workdir as workdir_lib
+from ham_synth.data import sources
+from ham_synth.evaluators import features, fid
 
 
-def source_features(feature_fn, source, batch_size: int, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """(float32[N, 2048] pool features, int32[N] labels) of every record of `source`; each
-    process decodes only its share of the images."""
-
-    def read_images(indices):
-        return np.stack([source[int(i)]["image"] for i in indices])
-
-    features = inception.extract_features(feature_fn, read_images, len(source), batch_size, mesh)
-    return features, pipeline.source_labels(source)
-
-
-def reference_cache_path(data: ml_collections.ConfigDict, weights: pathlib.Path) -> pathlib.Path:
-    """Cache file for a real split's features, keyed by the data config and the weights file."""
-    stat = weights.stat()
-    key = json.dumps([data.to_dict(), str(weights.resolve()), stat.st_size, stat.st_mtime_ns])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return (
-        inception.default_cache_dir() / "fid_reference" / f"{data.name}_{data.split}_{digest}.npz"
+def evaluate(
+    workdir: str,
+    config: ml_collections.ConfigDict | None = None,
+    fake_dir: str | None = None,
+    generator_workdir: str | None = None,
+    num_per_class: int | None = None,
+    step: str = "latest",
+    evals: str = "",
+    fid_batch_size: int = 64,
+    inception_weights: str | None = None,
+    **sample_options,
+) -> dict:
+    """The `evaluate` verb; returns the metrics. `sample_options` go to synthesize.run."""
+    if fake_dir is None and generator_workdir is None:
+        if config is not None:
+            raise ValueError(
+                "Pass --fake_dir (a folder of images) or --generator_workdir (a trained generator "
+                "to sample from) to score images against --config; to evaluate a run, pass only "
+                "its --workdir."
+            )
+        sampler_flags = [f"--{k}" for k, v in sample_options.items() if v is not None]
+        if num_per_class or sampler_flags:
+            raise ValueError(
+                f"{', '.join(sampler_flags + ['--num_per_class'] * bool(num_per_class))} only "
+                "apply with --generator_workdir; a run's evaluators take theirs from its config."
+            )
+        return evaluate_run(workdir, step, [n for n in evals.split(",") if n] or None)
+    if config is None:
+        raise ValueError("Scoring images needs --config: its data.* names the real images.")
+    if evals or step != "latest":
+        raise ValueError("--evals and --step apply to a run (only --workdir), not to images.")
+    return score_images(
+        config,
+        workdir,
+        fake_dir,
+        generator_workdir,
+        num_per_class,
+        fid_batch_size,
+        inception_weights,
+        **sample_options,
     )
 
 
-def real_features(feature_fn, data, weights: pathlib.Path, batch_size: int, mesh):
-    """The real split's (features, labels, class_names), from the cache when present."""
-    path = reference_cache_path(data, weights)
-    source = sources.get_source(data)
-    use_cache = path.exists()
-    if jax.process_count() > 1:  # Extraction is collective: all read the cache, or none does.
-        use_cache = bool(multihost_utils.process_allgather(np.asarray(use_cache)).all())
-    if use_cache:
-        logging.info("Reference features from %s", path)
-        with np.load(path, allow_pickle=False) as cached:
-            return cached["features"], cached["labels"], source.class_names
-    features, labels = source_features(feature_fn, source, batch_size, mesh)
+# --- A run's evaluators ---
+
+
+def evaluate_run(workdir: str, step: str = "latest", names=None) -> dict[str, float]:
+    """Restores `workdir` at `step` and runs the evaluators `names` (None: all not off)."""
+    run = workdir_lib.load(workdir, step)
+    mesh = parallel.make_mesh()
+    entries = evaluators.from_config(run.config, run.task, mesh, run.workdir, names)
+    if not entries:
+        raise ValueError(
+            f"{workdir}'s config.evals has no evaluator to run; name one with --evals."
+        )
+    logging.info("Evaluating %s at step %d with %s.", workdir, run.step, [e.name for e in entries])
+    scalars = {}
+    for entry in entries:
+        scalars.update(evaluators.run_entry(entry, run.state, run.step)[0])
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, features=features, labels=labels)
-        tmp.replace(path)  # Never a half-written cache, even if killed here.
-    return features, labels, source.class_names
+        print(f"{workdir} at step {run.step}:")
+        for key, value in scalars.items():
+            print(f"  {key:40s} {value:.6g}")
+        print(f"Wrote the evaluators' outputs under {run.workdir}.")
+    return scalars
+
+
+# --- A folder of images against a split ---
 
 
 def sample_fake_dir(generator_workdir: str, num_per_class, out: pathlib.Path, **options) -> str:
@@ -98,6 +101,7 @@ def sample_fake_dir(generator_workdir: str, num_per_class, out: pathlib.Path, **
             f"{out} already holds samples: score them with --fake_dir={out}, or move the folder "
             "away (or use another --workdir) to sample again."
         )
+    options = {k: v for k, v in options.items() if v is not None}
     return str(synthesize.run(generator_workdir, num_per_class, out_dir=str(out), **options))
 
 
@@ -121,18 +125,18 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(
+def score_images(
     config: ml_collections.ConfigDict,
     workdir: str,
-    fake_dir: str | None = None,
-    generator_workdir: str | None = None,
-    num_per_class: int | None = None,
+    fake_dir: str | None,
+    generator_workdir: str | None,
+    num_per_class: int | None,
     fid_batch_size: int = 64,
     inception_weights: str | None = None,
     **sample_options,
 ) -> dict:
-    """The `evaluate` verb: scores `fake_dir`, or samples from `generator_workdir` and scores
-    that, against `config.data`; returns the metrics. `sample_options` go to synthesize.run."""
+    """Scores `fake_dir`, or samples from `generator_workdir` and scores that, against
+    `config.data` in the Inception space."""
     if (fake_dir is None) == (generator_workdir is None):
         raise ValueError(
             "Pass one of --fake_dir (a folder of images) or --generator_workdir (a trained "
@@ -141,22 +145,18 @@ def evaluate(
     sampler_flags = [f"--{k}" for k in ("sampler", "steps", "guidance") if sample_options.get(k)]
     if fake_dir and sampler_flags:
         raise ValueError(f"{', '.join(sampler_flags)} only apply with --generator_workdir.")
-    weights = pathlib.Path(inception_weights or inception.default_weights_path())
-    variables = inception.load_variables(weights)  # says how to convert when missing
+    mesh = parallel.make_mesh()
+    net = features.make_inception(mesh, inception_weights=inception_weights or "")
     out = pathlib.Path(workdir) / "eval"
     if generator_workdir:
         fake_dir = sample_fake_dir(
             generator_workdir, num_per_class, out / "synthetic", **sample_options
         )
-    mesh = parallel.make_mesh()
-    batch_size = -(-fid_batch_size // mesh.size) * mesh.size
-    feature_fn = inception.make_feature_fn(variables, mesh)
+    batch_size = features.round_batch(fid_batch_size, mesh)
 
-    real, real_labels, class_names = real_features(
-        feature_fn, config.data, weights, batch_size, mesh
-    )
+    real, real_labels, class_names = features.real_features(net, config.data, batch_size, mesh)
     fake_source = sources.get_source(fake_data_config(config.data, fake_dir, class_names))
-    fake, fake_labels = source_features(feature_fn, fake_source, batch_size, mesh)
+    fake, fake_labels = features.source_features(net, fake_source, batch_size, mesh)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -170,7 +170,8 @@ def evaluate(
     metrics["real"] = {"data": config.data.to_dict()}
     metrics["fake"] = {"dir": fake_dir, "generator_workdir": generator_workdir}
     if generator_workdir:
-        metrics["fake"]["sampling"] = {"num_per_class": num_per_class, **sample_options}
+        given = {k: v for k, v in sample_options.items() if v is not None}
+        metrics["fake"]["sampling"] = {"num_per_class": num_per_class, **given}
     if jax.process_index() == 0:
         write_outputs(out, metrics, real, fake)
     return metrics

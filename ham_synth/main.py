@@ -1,7 +1,8 @@
 """The `ham-synth` command: `ham-synth VERB --config=configs/FILE.py:ARG --workdir=DIR [...]`.
 
-Parses the verb and the flags, joins a multi-host job when the launcher asks, and calls the
-verb's one function with the flags it declares.
+Every verb's flags are defined here, next to the verb table; the library functions they call take
+plain keyword arguments. Expected user errors (bad data, missing files or weights, a refused
+overwrite, a config typo) print one message and exit with status 2; `--traceback` shows where.
 """
 
 import logging as std_logging
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,55 +20,134 @@ from ham_synth import evaluate, synthesize, train
 from ham_synth.data import prepare
 from ham_synth.evaluators import convert_inception
 
-_CONFIG = config_flags.DEFINE_config_file(
+EXIT_USER_ERROR = 2
+# What the library raises for a user's mistake, each with a message that says how to fix it.
+USER_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+    train.NonFiniteLossError,
+)
+
+config_flags.DEFINE_config_file(
     "config",
     None,
     "A config file and its variant, e.g. configs/vae.py:quickstart.",
     lock_config=True,
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
+flags.DEFINE_bool("traceback", False, "On an error, show the traceback, not only the message.")
+
+# Every verb flag: name -> (type, help). Each defaults to None, meaning "the library function's
+# own default", so a default lives in one place.
+_FLAG_SPECS = {
+    "workdir": (str, "The run's folder: checkpoints, metrics, samples, evals."),
+    # sample, evaluate
+    "num_per_class": (int, "Images to generate for each class."),
+    "step": (str, "Checkpoint to restore: latest (default), best or a step number."),
+    "sampler": (str, "Diffusion sampler: ddpm | ddim | dpmpp_2m; default: config."),
+    "steps": (int, "Sampler steps; default: config.sample.steps."),
+    "guidance": (float, "Classifier-free guidance w; default: config.sample.guidance."),
+    "classes": (str, "Comma-separated class names to generate; default: all."),
+    "seed": (int, "Root of the sampling noise (default 0); same seed, same images."),
+    "sample_batch_size": (int, "Images per sampling call (default 256)."),
+    "out_dir": (str, "Where the images go; default: WORKDIR/synthetic."),
+    # evaluate
+    "evals": (str, "Comma-separated config.evals entries to run; default: all that are on."),
+    "fake_dir": (str, "Images to score: FAKE_DIR/<class_name>/*.png|jpg, classes as the data's."),
+    "generator_workdir": (str, "Instead of --fake_dir: a generator to sample, then score."),
+    "fid_batch_size": (int, "Images per Inception batch (default 64)."),
+    "inception_weights": (str, "Converted weights (.npz); default: the cache."),
+    # convert-inception
+    "torch_weights": (str, f"{convert_inception.TORCH_WEIGHTS_FILENAME}; default: in the cache."),
+    "download": (bool, "Fetch the .pth from pytorch-fid's release first (needs internet)."),
+    "cache_dir": (str, "Where converted weights go; default ~/.cache/ham_synth."),
+    # prepare
+    "source": (str, "The dataset to prepare: ham10000."),
+    "manual_dir": (str, "The user's download, e.g. the unzipped HAM10000."),
+    "data_dir": (str, "Where prepared datasets go; default: TFDS's."),
+    "image_size": (int, "Stored resolution: 64 (default), 128 or 256."),
+    "skip_bad": (bool, "Skip bad rows and images; list them in skipped.csv."),
+    "val_fraction": (float, "Share of each class's images in val (default 0.1)."),
+    "test_fraction": (float, "Share of each class's images in test (default 0.2)."),
+    "split_seed": (int, "Fixes which lesions go to which split (default 0)."),
+    "isic2018_test_dir": (str, "Optional: the ISIC 2018 Task 3 test set, as split isic2018_test."),
+}
+_DEFINE = {
+    str: flags.DEFINE_string,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    bool: flags.DEFINE_bool,
+}
+for _name, (_type, _help) in _FLAG_SPECS.items():
+    _DEFINE[_type](_name, None, _help)
+
+_SAMPLER_FLAGS = ("sampler", "steps", "guidance", "seed", "sample_batch_size")
 
 
 class Verb(NamedTuple):
-    """What a verb does, its function, and the flags passed to it as keyword arguments (a verb's
-    own flags are defined in its module)."""
+    """What a verb does, its function, and the flags passed to it as keyword arguments."""
 
     help: str
     run: Callable[..., object]
     required: tuple[str, ...] = ("config", "workdir")
     optional: tuple[str, ...] = ()
+    # A short job that prints its own summary: log warnings only (unless --verbosity is given).
+    quiet: bool = False
 
 
-# A plain (help, function of (config, workdir)) tuple is a Verb with the default flags.
 VERBS = {
     "train": Verb(
-        "train a model family; resumes from the workdir's checkpoint",
+        "train a model family and run its evaluators; resumes from the workdir's checkpoint",
         train.train_and_evaluate,
     ),
     "sample": Verb(
         "class-conditional PNGs + manifest.csv from a generator workdir -> WORKDIR/synthetic",
         synthesize.run,
         required=("workdir", "num_per_class"),
-        optional=synthesize.OPTIONAL_FLAGS,
+        optional=("step", *_SAMPLER_FLAGS, "classes", "out_dir"),
+    ),
+    "evaluate": Verb(
+        "a run's evaluators (--workdir [--step --evals]), or FID/KID/precision/recall of "
+        "--fake_dir (or --generator_workdir's samples) against --config's data",
+        evaluate.evaluate,
+        required=("workdir",),
+        optional=(
+            "config",
+            "step",
+            "evals",
+            "fake_dir",
+            "generator_workdir",
+            "num_per_class",
+            *_SAMPLER_FLAGS,
+            "fid_batch_size",
+            "inception_weights",
+        ),
+        quiet=True,
     ),
     "convert-inception": Verb(
         "pytorch-fid's Inception weights -> ~/.cache/ham_synth (--download or --torch_weights)",
         convert_inception.run,
         required=(),
-        optional=convert_inception.OPTIONAL_FLAGS,
-    ),
-    "evaluate": Verb(
-        "FID, KID, precision/recall of --fake_dir (or samples of --generator_workdir) against "
-        "config.data -> WORKDIR/eval",
-        evaluate.evaluate,
-        required=("config", "workdir"),
-        optional=evaluate.OPTIONAL_FLAGS,
+        optional=("torch_weights", "download", "cache_dir"),
+        quiet=True,
     ),
     "prepare": Verb(
         "a manual download -> a prepared dataset; prints split counts, writes an example grid",
         prepare.run,
         required=("source", "manual_dir"),
-        optional=prepare.OPTIONAL_FLAGS,
+        optional=(
+            "data_dir",
+            "image_size",
+            "skip_bad",
+            "val_fraction",
+            "test_fraction",
+            "split_seed",
+            "isic2018_test_dir",
+        ),
+        quiet=True,
     ),
 }
 
@@ -84,42 +165,93 @@ def _initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def _quiet_library_logs() -> None:
-    """orbax narrates every save at INFO; keep its warnings, drop the narration."""
-    logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-    )
+def _is_narration(record: std_logging.LogRecord) -> bool:
+    """orbax's notes on every save and on read-only restores, and TFDS's below errors (its
+    writer's progress, its advice to install OpenCV, its note that a dataset folder is new)."""
+    path, level = record.pathname, record.levelno
+    if "/orbax/" in path:
+        return level < std_logging.WARNING or "read only" in str(record.msg).replace("_", " ")
+    return "/tensorflow_datasets/" in path and level < std_logging.ERROR
+
+
+def _quiet_library_logs(verb: Verb) -> None:
+    logging.get_absl_handler().addFilter(lambda record: not _is_narration(record))
+    std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.ERROR)  # Backend probes.
+    if verb.quiet and not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if not sys.stderr.isatty():  # Progress bars in a log file are noise; keep them in terminals.
+        tfds.disable_progress_bar()
 
 
 def _usage() -> str:
-    lines = ["usage: ham-synth VERB --FLAG=VALUE ... [--config.x.y=V]", "verbs:"]
-    for name, entry in VERBS.items():
-        verb = Verb(*entry)
+    lines = ["usage: ham-synth VERB --FLAG=VALUE ... [--config.x.y=V] [--traceback]", "verbs:"]
+    for name, verb in VERBS.items():
         flag_list = [f"--{f}" for f in verb.required] + [f"[--{f}]" for f in verb.optional]
         lines.append(f"  {name:18s} {verb.help}")
         lines += [f"  {'':18s} {' '.join(flag_list)}"] if flag_list else []
     return "\n".join(lines)
 
 
-def _main(verb: str, argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    verb = Verb(*VERBS[verb])
-    missing = [f"--{name}" for name in verb.required if flags.FLAGS[name].value is None]
+def _fail(verb: str, message: str) -> None:
+    print(f"ham-synth {verb}: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _verb_kwargs(verb_name: str, verb: Verb) -> dict:
+    """The verb's flags as keyword arguments; flags left unset are left to the function."""
+    given = [n for n in ("config", *_FLAG_SPECS) if flags.FLAGS[n].present]
+    stray = [f"--{n}" for n in given if n not in verb.required + verb.optional]
+    if stray:
+        raise ValueError(f"{' '.join(stray)} do(es) not apply to `{verb_name}`.\n{_usage()}")
+    missing = [f"--{n}" for n in verb.required if flags.FLAGS[n].value is None]
     if missing:
-        raise app.UsageError(f"{' and '.join(missing)} required.\n" + _usage())
-    _quiet_library_logs()
-    _initialize_distributed()
-    logging.info(
-        "JAX %s: process %d of %d, %d local / %d global devices (%s).",
-        jax.__version__,
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-        jax.default_backend(),
-    )
-    verb.run(**{name: flags.FLAGS[name].value for name in verb.required + verb.optional})
+        raise ValueError(f"{' and '.join(missing)} required.\n{_usage()}")
+    names = verb.required + verb.optional
+    return {n: flags.FLAGS[n].value for n in names if flags.FLAGS[n].value is not None}
+
+
+def _main(verb_name: str, argv) -> None:
+    verb = VERBS[verb_name]
+    try:
+        if len(argv) > 1:
+            raise ValueError(f"Unexpected arguments: {argv[1:]}")
+        kwargs = _verb_kwargs(verb_name, verb)
+        _quiet_library_logs(verb)
+        _initialize_distributed()
+        logging.info(
+            "JAX %s: process %d of %d, %d local / %d global devices (%s).",
+            jax.__version__,
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+            jax.default_backend(),
+        )
+        verb.run(**kwargs)
+    except USER_ERRORS as error:
+        if flags.FLAGS.traceback:
+            raise
+        _fail(verb_name, f"{_plain_message(error)}\n(run with --traceback to see where)")
+
+
+def _plain_message(error: BaseException) -> str:
+    """The text of an error, unwrapped from the exceptions ml_collections nests around a
+    config typo (AttributeError(KeyError("'x'\nDid you mean ..."))), which str() quotes."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    if isinstance(error, KeyError | AttributeError) and error.args:
+        return str(error.args[0])
+    return str(error)
+
+
+def _parse_flags(verb_name: str, argv: list[str]) -> list[str]:
+    """absl's parsing, with a mistyped flag or config field answered in one line, status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _fail(verb_name, _plain_message(error))
+    except (AttributeError, KeyError, ValueError, TypeError) as error:  # From --config.x.y=...
+        _fail(verb_name, f"config override: {_plain_message(error)}")
 
 
 def run() -> None:
@@ -127,8 +259,12 @@ def run() -> None:
     verb = sys.argv[1] if len(sys.argv) > 1 else ""
     if verb not in VERBS:
         print(f"Unknown verb {verb!r}.\n{_usage()}" if verb else _usage(), file=sys.stderr)
-        sys.exit(2)
-    app.run(lambda argv: _main(verb, argv), argv=[f"ham-synth {verb}", *sys.argv[2:]])
+        sys.exit(EXIT_USER_ERROR)
+    app.run(
+        lambda argv: _main(verb, argv),
+        argv=[f"ham-synth {verb}", *sys.argv[2:]],
+        flags_parser=lambda argv: _parse_flags(verb, argv),
+    )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ class MetricWriter:
             f.write(json.dumps(row) + "\n")
         for key, value in scalars.items():
             self._tb.add_scalar(key, value, step)
-        self._bar.set_postfix(loss=f"{row.get('train/loss', float('nan')):.4g}")
+        if "train/loss" in row:
+            self._bar.set_postfix(loss=f"{row['train/loss']:.4g}")
 
     def write_image(self, step: int, name: str, image: np.ndarray) -> None:
         """uint8 [H, W, C] picture to TensorBoard."""

@@ -1,7 +1,33 @@
-"""The optax transform and learning-rate schedule, from config.optim."""
+"""Optimizers, built in one place from config.optim: one group for a family with one network,
+one group per network (`optim.gen`, `optim.disc`) for a family with several."""
+
+import dataclasses
+from collections.abc import Sequence
 
 import ml_collections
 import optax
+
+# The fields of one optimizer group (config_lib.optim_group documents them).
+GROUP_FIELDS = (
+    "lr",
+    "warmup_steps",
+    "schedule_steps",
+    "min_lr_ratio",
+    "b1",
+    "b2",
+    "weight_decay",
+    "grad_clip",
+    "ema_decay",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """An optax transform and the schedule it follows, so a train step can report its lr."""
+
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    ema_decay: float
 
 
 def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -21,16 +47,28 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
     )
 
 
-def make_optimizer(
-    optim: ml_collections.ConfigDict, total_steps: int
-) -> optax.GradientTransformation:
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> Optimizer:
     """AdamW on the schedule, after global-norm clipping (off when `grad_clip` is 0)."""
-    adamw = optax.adamw(
-        make_schedule(optim, total_steps),
-        b1=optim.b1,
-        b2=optim.b2,
-        weight_decay=optim.weight_decay,
-    )
+    missing = [field for field in GROUP_FIELDS if field not in optim]
+    if missing:
+        raise ValueError(
+            f"The optimizer config lacks {missing}; build it with config_lib.optim_group()."
+        )
+    schedule = make_schedule(optim, total_steps)
+    tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
     if optim.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(optim.grad_clip), adamw)
-    return adamw
+        tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+    return Optimizer(tx, schedule, optim.ema_decay)
+
+
+def make_optimizers(
+    optim: ml_collections.ConfigDict, total_steps: int, groups: Sequence[str]
+) -> dict[str, Optimizer]:
+    """One optimizer per network, from `optim.<group>` (e.g. separate lr and betas, TTUR)."""
+    missing = [group for group in groups if group not in optim]
+    if missing:
+        raise ValueError(
+            f"config.optim needs one block per network: {', '.join(f'optim.{g}' for g in groups)}"
+            f"; missing {', '.join(f'optim.{g}' for g in missing)}."
+        )
+    return {group: make_optimizer(optim[group], total_steps) for group in groups}

@@ -2,32 +2,24 @@
 
 The output, `W/synthetic/<class_name>/*.png`, is a valid `folder` data source; `manifest.csv`
 records, per image, the class, the model family, the checkpoint step, the sampler settings, the
-seed and `synthetic=true`.
+seed and `synthetic=true`. `generate` is the sharded sampling loop the evaluators share.
 """
 
 import csv
 import pathlib
+from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
-from absl import flags, logging
+from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from ham_synth import checkpoint, config_lib, parallel, tasks
-from ham_synth.data import sources
-
-OPTIONAL_FLAGS = ("sampler", "steps", "guidance", "classes", "seed", "sample_batch_size", "out_dir")
-flags.DEFINE_integer("num_per_class", None, "Images to generate for each class.")
-flags.DEFINE_string("sampler", None, "Diffusion sampler (ddpm | ddim | dpmpp_2m); default: config.")
-flags.DEFINE_integer("steps", None, "Sampler steps; default: config.sample.steps.")
-flags.DEFINE_float("guidance", None, "Classifier-free guidance w; default: config.sample.guidance.")
-flags.DEFINE_string("classes", "", "Comma-separated class names to generate; empty: all.")
-flags.DEFINE_integer("seed", 0, "Root of the sampling noise; the same seed gives the same images.")
-flags.DEFINE_integer("sample_batch_size", 256, "Images per sampling call, over all devices.")
-flags.DEFINE_string("out_dir", "", "Where the images go; empty: WORKDIR/synthetic.")
+from ham_synth import config_lib, grids, parallel
+from ham_synth import state as state_lib
+from ham_synth import workdir as workdir_lib
+from ham_synth.tasks import base
 
 MANIFEST_FIELDS = (
     "file",
@@ -43,23 +35,55 @@ MANIFEST_FIELDS = (
 )
 
 
-def _with_sampler_flags(config, sampler, steps, guidance):
-    """`config` with config.sample.* overridden by the flags given; families without a sampler
-    refuse them."""
-    given = {
-        k: v
-        for k, v in {"sampler": sampler, "steps": steps, "guidance": guidance}.items()
-        if v is not None
-    }
-    if given and "sample" not in config:
+def generate(
+    sample_fn,
+    variables,
+    labels: np.ndarray,
+    rng: jax.Array,
+    *,
+    batch_size: int,
+    mesh,
+    settings: dict | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (first index, float32[n, H, W, C] images in [-1, 1]) for `labels` in order, on every
+    process. Batches are split over the mesh and padded to one shape, so sampling compiles once;
+    batch i draws its noise from fold_in(rng, i)."""
+    jitted = base.jit_predict(sample_fn, mesh)
+    batch = -(-min(batch_size, len(labels)) // mesh.size) * mesh.size
+    starts = range(0, len(labels), batch)
+    for i, start in enumerate(tqdm.tqdm(starts, desc="sample", unit="batch", disable=not progress)):
+        chunk = labels[start : start + batch]
+        padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")
+        sharded = jax.device_put(padded, parallel.batch_sharded(mesh))
+        images = jitted(variables, sharded, jax.random.fold_in(rng, i), **(settings or {}))
+        yield start, np.asarray(multihost_utils.process_allgather(images, tiled=True))[: len(chunk)]
+
+
+def generate_all(sample_fn, state, labels: np.ndarray, rng, *, batch_size: int, mesh) -> np.ndarray:
+    """float32[N, H, W, C]: `generate` from a train state's EMA params, concatenated."""
+    variables = state_lib.eval_variables(state)
+    chunks = generate(sample_fn, variables, labels, rng, batch_size=batch_size, mesh=mesh)
+    return np.concatenate([images for _, images in chunks])
+
+
+def sampler_settings(run: workdir_lib.Run, **given) -> dict:
+    """The sampler settings given (None: the config's), checked against what the family's sample
+    function takes."""
+    fn = base.get_predict_fn(run.task, base.SAMPLE, run.config.task)
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = sorted(set(given) - set(base.predict_settings(fn)))
+    if unknown:
+        accepted = sorted(base.predict_settings(fn)) or "none"
         raise ValueError(
-            f"The {config.task!r} family has no sampler settings; drop "
-            f"{', '.join('--' + k for k in given)}."
+            f"The {run.config.task!r} family's sampler takes no {unknown} (it takes {accepted}); "
+            f"drop {', '.join('--' + k for k in unknown)}."
         )
-    return config_lib.with_values(config, {f"sample.{k}": v for k, v in given.items()})
+    return given
 
 
-def _select_labels(class_names, classes: str) -> list[int]:
+def select_labels(class_names, classes: str) -> list[int]:
+    """Label ids of the comma-separated class names in `classes`; all when empty."""
     if not classes:
         return list(range(len(class_names)))
     wanted = [c.strip() for c in classes.split(",") if c.strip()]
@@ -69,76 +93,87 @@ def _select_labels(class_names, classes: str) -> list[int]:
     return [class_names.index(c) for c in wanted]
 
 
-def _sampler_settings(config) -> dict:
-    if "sample" not in config:
-        return {"sampler": "prior", "steps": "", "guidance": ""}
-    return {k: config.sample[k] for k in ("sampler", "steps", "guidance")}
-
-
 def run(
     workdir: str,
     num_per_class: int,
-    sampler=None,
-    steps=None,
-    guidance=None,
-    classes="",
-    seed=0,
-    sample_batch_size=256,
-    out_dir="",
+    step: str | int = "latest",
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    classes: str = "",
+    seed: int = 0,
+    sample_batch_size: int = 256,
+    out_dir: str = "",
 ) -> pathlib.Path:
-    """Writes `num_per_class` images per class from the latest checkpoint; returns the folder."""
-    workdir = pathlib.Path(workdir)
-    out_dir = pathlib.Path(out_dir) if out_dir else workdir / "synthetic"
+    """The `sample` verb: restores `workdir` at `step` and writes its samples; returns the
+    folder."""
+    out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(workdir) / "synthetic"
+    check_empty(out_dir)
+    restored = workdir_lib.load(workdir, step)
+    return write_samples(
+        restored,
+        num_per_class,
+        out_dir,
+        settings=sampler_settings(restored, sampler=sampler, steps=steps, guidance=guidance),
+        classes=classes,
+        seed=seed,
+        sample_batch_size=sample_batch_size,
+    )
+
+
+def check_empty(out_dir: pathlib.Path) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; move it away or pass --out_dir.")
-    config = config_lib.load_workdir_config(workdir)
-    config = _with_sampler_flags(config, sampler, steps, guidance)
-    class_names = list(sources.get_source(config.data).class_names)
-    labels = np.repeat(_select_labels(class_names, classes), num_per_class).astype(np.int32)
 
-    # --- Restore the EMA params ---
-    mesh = parallel.make_mesh()
-    replicated = parallel.replicated(mesh)
-    task = tasks.get_task(config.task)(config)
-    size = config.data.image_size
-    example = {
-        "image": np.zeros((1, size, size, 3), np.float32),
-        "label": np.zeros((1,), np.int32),
-        "index": np.zeros((1,), np.int32),
-    }
-    abstract = checkpoint.abstract_with_sharding(
-        jax.eval_shape(task.init, jax.random.key(0), example), replicated
-    )
-    state, step = checkpoint.restore_latest_state(workdir / "checkpoints", abstract)
-    settings = _sampler_settings(config)
+
+def write_samples(
+    restored: workdir_lib.Run,
+    num_per_class: int,
+    out_dir: pathlib.Path,
+    *,
+    settings: dict | None = None,
+    classes: str = "",
+    seed: int = 0,
+    sample_batch_size: int = 256,
+) -> pathlib.Path:
+    """Writes `num_per_class` images per class of a restored run into `out_dir`, with the
+    manifest; `settings` override the sampler's config defaults."""
+    if num_per_class < 1:
+        raise ValueError(f"--num_per_class={num_per_class}; generate at least one per class.")
+    check_empty(out_dir)
+    config = restored.config
+    class_names = config_lib.class_names(config)
+    labels = np.repeat(select_labels(class_names, classes), num_per_class).astype(np.int32)
+    sample_fn = base.get_predict_fn(restored.task, base.SAMPLE, config.task)
+    recorded = {"sampler": "prior", "steps": "", "guidance": ""}
+    defaults = base.predict_settings(sample_fn)
+    recorded.update({k: v for k, v in {**defaults, **(settings or {})}.items() if k in recorded})
     logging.info(
         "Sampling %d images (%d classes x %d) from step %d of %s with %s.",
         len(labels),
         len(labels) // num_per_class,
         num_per_class,
-        step,
-        workdir,
-        settings,
+        restored.step,
+        restored.workdir,
+        recorded,
     )
-
-    # --- Sample, sharded over the mesh ---
-    sample_fn = jax.jit(
-        task.sample,
-        in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
-        out_shardings=parallel.batch_sharded(mesh),
+    mesh = parallel.make_mesh()
+    chunks = generate(
+        sample_fn,
+        state_lib.eval_variables(restored.state),
+        labels,
+        jax.random.key(seed),
+        batch_size=sample_batch_size,
+        mesh=mesh,
+        settings=settings,
+        progress=True,
     )
-    batch = -(-min(sample_batch_size, len(labels)) // mesh.size) * mesh.size
-    rng = jax.random.key(seed)
     rows = []
-    for i, start in enumerate(tqdm.trange(0, len(labels), batch, desc="sample", unit="batch")):
-        chunk = labels[start : start + batch]
-        padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")  # Fixed shape: one compile.
-        images = sample_fn(state.ema_params, jnp.asarray(padded), jax.random.fold_in(rng, i))
-        images = np.asarray(multihost_utils.process_allgather(images, tiled=True))[: len(chunk)]
+    for start, images in chunks:
         if jax.process_index() == 0:
-            rows += _write_images(out_dir, images, chunk, class_names, start)
-
-    # --- Manifest ---
+            rows += _write_images(
+                out_dir, images, labels[start : start + len(images)], class_names, start
+            )
     if jax.process_index() == 0:
         with open(out_dir / "manifest.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
@@ -148,8 +183,8 @@ def run(
                     {
                         **row,
                         "family": config.task,
-                        "checkpoint_step": step,
-                        **settings,
+                        "checkpoint_step": restored.step,
+                        **recorded,
                         "seed": seed,
                         "synthetic": "true",
                     }
@@ -162,9 +197,8 @@ def run(
 
 def _write_images(out_dir, images, labels, class_names, first_index) -> list[dict]:
     """float [-1, 1] images -> PNGs under out_dir/<class_name>/; one manifest row each."""
-    pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
     rows = []
-    for offset, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+    for offset, (image, label) in enumerate(zip(grids.to_uint8(images), labels, strict=True)):
         name = class_names[label]
         path = out_dir / name / f"{name}_{first_index + offset:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""The one train loop every model family uses: mesh, state, jitted step, logging, checkpoints
-and sample grids. A family only supplies a Task (tasks/base.py)."""
+"""The one train loop every model family uses: mesh, state, jitted step, logging, checkpoints and
+evaluators. A family only supplies a Task (tasks/base.py) and its evaluators' config entries."""
 
 import pathlib
 import signal
@@ -13,15 +13,15 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ham_synth import checkpoint, optim, parallel, tasks
+from ham_synth import checkpoint, evaluators, parallel
 from ham_synth import metric_writer as metric_writer_lib
-from ham_synth.data import pipeline
-from ham_synth.evaluators import samples
+from ham_synth import workdir as workdir_lib
 from ham_synth.tasks import base
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf; the message names the step range and the last checkpoint."""
+    """A train/* scalar became NaN or inf; the message names it, the step range and the last
+    checkpoint."""
 
 
 def make_train_step(task: base.Task, mesh: jax.sharding.Mesh):
@@ -68,15 +68,21 @@ class _StopRequest:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _non_finite_error(value, step, last_good_step, ckpt) -> NonFiniteLossError:
+def check_finite(means: dict[str, float], step: int, last_good_step: int, ckpt) -> None:
+    """Raises naming every non-finite `train/*` scalar, the steps where it broke, and the last
+    checkpoint, which a rerun resumes from."""
+    bad = {k: v for k, v in means.items() if k.startswith("train/") and not np.isfinite(v)}
+    if not bad:
+        return
     last_ckpt = ckpt.latest_step()
     where = (
         f"the last checkpoint is step {last_ckpt} in {ckpt.directory}; rerunning resumes from it"
         if last_ckpt is not None
         else "no checkpoint was saved"
     )
-    return NonFiniteLossError(
-        f"train/loss is {value} at step {step}: it became non-finite after step {last_good_step} "
+    named = ", ".join(f"{k} is {v}" for k, v in sorted(bad.items()))
+    raise NonFiniteLossError(
+        f"{named} at step {step}: non-finite after step {last_good_step} "
         f"(steps {last_good_step + 1}..{step}). Training stopped; {where}. Try a lower optim.lr "
         f"or optim.grad_clip."
     )
@@ -84,7 +90,8 @@ def _non_finite_error(value, step, last_good_step, ckpt) -> NonFiniteLossError:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     """Trains `config.task` to `config.train.total_steps`, resuming from `workdir` if it holds a
-    checkpoint. Returns the final TrainState."""
+    checkpoint, and runs the evaluators of `config.evals` on their schedule. Returns the final
+    TrainState."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     total_steps = config.train.total_steps
@@ -96,60 +103,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count()
     )
     # One root rng; fold_in(step) below makes a resumed run draw the same noise.
-    init_rng, sample_rng, loop_rng = jax.random.split(jax.random.key(config.seed), 3)
+    init_rng, loop_rng = jax.random.split(jax.random.key(config.seed))
 
-    # --- Data ---
-    # The data fills in data.num_classes and class_names; config.json records them, so `sample`
-    # rebuilds this task.
-    dataset, config = pipeline.make_train_dataset(config)
+    # --- Data, task and state shapes ---
+    # The data fills in data.num_classes and class_names; config.json records them, so
+    # workdir.load rebuilds this task without the data.
+    built = workdir_lib.build(config, mesh)
+    config = built.config
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    train_iter = iter(dataset)
-    example_batch = jax.tree.map(lambda x: x[:1], next(iter(dataset)))
+    train_iter = iter(built.dataset)
+    train_step = make_train_step(built.task, mesh)
 
-    # --- Task and state ---
-    task = tasks.get_task(config.task)(config)
-    replicated = parallel.replicated(mesh)
-    abstract_state = checkpoint.abstract_with_sharding(
-        jax.eval_shape(task.init, init_rng, example_batch), replicated
-    )
-    train_step = make_train_step(task, mesh)
-    schedule = optim.make_schedule(config.optim, total_steps)
+    # --- Evaluators: built now, so a missing input fails before any step ---
+    entries = evaluators.from_config(config, built.task, mesh, workdir)
+    best = config.train.best
+    evaluators.check_metric(best.metric, entries)
 
-    # --- Checkpointing ---
+    # --- Checkpointing: resume > init_from > external weights > random (workdir.py) ---
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints",
         every_steps=config.train.ckpt_every_steps,
         keep=config.train.keep_checkpoints,
+        best_metric=best.metric,
+        best_mode=best.mode,
     )
-    init_fn = jax.jit(task.init, out_shardings=replicated)
     state, first_step = ckpt.restore_or_init(
-        abstract_state, train_iter, lambda: init_fn(init_rng, example_batch)
+        built.abstract_state,
+        train_iter,
+        lambda: workdir_lib.initial_state(built, init_rng, mesh),
     )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
-        "Task %r with %s parameters; steps %d..%d.",
+        "Task %r with %s parameters; steps %d..%d; evaluators %s.",
         config.task,
         f"{num_params:,}",
         first_step + 1,
         total_steps,
+        {e.name: e.every_steps for e in entries},
     )
-
-    # --- Samples ---
-    class_names = config.data.class_names.split(",")
-    num_classes = len(class_names)
-    sample_labels = samples.class_grid_labels(num_classes, config.train.samples_per_class)
-    sample_fn = jax.jit(task.sample, out_shardings=replicated) if task.sample else None
-
-    def write_samples(params, step):
-        """A grid from fixed noise, so grids from different steps compare directly."""
-        images = np.asarray(jax.device_get(sample_fn(params, sample_labels, sample_rng)))
-        grid = samples.make_grid(images, rows=num_classes)
-        if jax.process_index() == 0:
-            path = workdir / "samples" / f"step_{step:07d}.png"
-            scale = samples.display_scale(images.shape[1])
-            samples.write_png(path, grid, scale=scale, row_labels=class_names)
-        writer.write_image(step, "samples", grid)
 
     # --- Loop ---
     writer = metric_writer_lib.MetricWriter(workdir, first_step=first_step, total_steps=total_steps)
@@ -168,24 +160,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
                 is_last = step == total_steps or stop.should_stop(step)
                 is_log = step % config.train.log_every_steps == 0 or is_last
-                is_ckpt = ckpt.is_due(step) or is_last
-                # Metrics leave the device only here; a checkpoint is never written past a NaN.
-                if is_log or is_ckpt:
+                due = [entry for entry in entries if entry.is_due(step, total_steps)]
+                row = {}
+                # Metrics leave the device only here; nothing is evaluated or saved past a NaN.
+                if is_log or due or ckpt.is_due(step) or is_last:
                     means = {k: float(v) / window_steps for k, v in jax.device_get(window).items()}
-                    if not np.isfinite(means["train/loss"]):
-                        raise _non_finite_error(means["train/loss"], step, last_good_step, ckpt)
+                    check_finite(means, step, last_good_step, ckpt)
                     last_good_step = step
                 if is_log:
                     now = time.perf_counter()
-                    means["train/lr"] = float(schedule(step - 1))
-                    means["steps_per_sec"] = (step - timer[0]) / (now - timer[1])
-                    writer.write_scalars(step, means)
+                    row.update(means, steps_per_sec=(step - timer[0]) / (now - timer[1]))
                     window, window_steps, timer = None, 0, (step, now)
-                if is_ckpt:
-                    ckpt.save(step, state, train_iter)
+
+                # --- Evaluators ---
+                for entry in due:
+                    scalars, images = evaluators.run_entry(entry, state, step)
+                    row.update(scalars)
+                    for image_name, image in images.items():
+                        writer.write_image(step, f"{entry.name}/{image_name}", image)
+                if row:
+                    writer.write_scalars(step, row)
+
+                # --- Checkpoints: also at every step that computes the best metric ---
+                has_best = best.metric in row
+                if ckpt.is_due(step) or is_last or has_best:
+                    ranked = {best.metric: row[best.metric]} if has_best else None
+                    ckpt.save(step, state, train_iter, metrics=ranked)
                     saved_step = step
-                if sample_fn and (step % config.train.sample_every_steps == 0 or is_last):
-                    write_samples(state.ema_params, step)
                     writer.write_curves()
                 if is_last:
                     break
@@ -198,7 +199,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 "Nothing to do: the checkpoint is at step %d >= train.total_steps.", first_step
             )
         else:
-            logging.info("Finished at step %d; last checkpoint at step %d.", step, saved_step)
+            best_step = ckpt.best_step()
+            logging.info(
+                "Finished at step %d; last checkpoint at step %d%s.",
+                step,
+                saved_step,
+                f", best {best.metric} at step {best_step}" if best_step is not None else "",
+            )
     finally:
         ckpt.wait()
         ckpt.close()

@@ -1,5 +1,5 @@
 """One process of a 2-process CPU job that extracts features of the digits test split through
-`evaluate.source_features` and `evaluate.real_features`; test_evaluate.py runs two, with
+`features.source_features` and `features.real_features`; test_evaluate.py runs two, with
 JAX_PLATFORMS=cpu and 2 devices each in XLA_FLAGS.
 
     python tests/features_worker.py PROCESS_ID PORT OUT.npz CACHE_DIR WEIGHTS
@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ham_synth import config_lib, evaluate, parallel
+from ham_synth import config_lib, parallel
 from ham_synth.data import sources
-from ham_synth.evaluators import inception
+from ham_synth.evaluators import features, inception
 
 BATCH_SIZE = 8  # 2 rows per device; 180 test images leave a padded last batch.
 
@@ -41,12 +41,12 @@ class RecordingSource:
         return self.source[index]
 
 
-def pixel_features(mesh):
-    """A stand-in for Inception with the same contract: the flattened pixels, so every record's
-    row is distinct and a misplaced row shows."""
+def pixel_features(mesh, weights: pathlib.Path) -> features.FeatureNet:
+    """A stand-in for Inception with the same contract and cache key: the flattened pixels, so
+    every record's row is distinct and a misplaced row shows."""
     sharded = parallel.batch_sharded(mesh)
     flatten = jax.jit(lambda x: jnp.reshape(x, (len(x), -1)), out_shardings=sharded)
-    return lambda images: flatten(images)
+    return features.FeatureNet(features.INCEPTION, flatten, features.inception_cache_key(weights))
 
 
 def main(process_id: int, port: int, out: str, cache_dir: str, weights: pathlib.Path) -> None:
@@ -54,10 +54,10 @@ def main(process_id: int, port: int, out: str, cache_dir: str, weights: pathlib.
     os.environ[inception.CACHE_ENV] = cache_dir  # Each process has its own, as hosts would.
     source = RecordingSource(sources.get_source(digits_test_data()))
     mesh = parallel.make_mesh()
-    feature_fn = pixel_features(mesh)
-    features, labels = evaluate.source_features(feature_fn, source, BATCH_SIZE, mesh)
-    real, _, _ = evaluate.real_features(feature_fn, digits_test_data(), weights, BATCH_SIZE, mesh)
-    np.savez(out, features=features, labels=labels, read=np.asarray(source.read), real=real)
+    net = pixel_features(mesh, weights)
+    extracted, labels = features.source_features(net, source, BATCH_SIZE, mesh)
+    real, _, _ = features.real_features(net, digits_test_data(), BATCH_SIZE, mesh)
+    np.savez(out, features=extracted, labels=labels, read=np.asarray(source.read), real=real)
 
 
 if __name__ == "__main__":

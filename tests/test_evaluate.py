@@ -15,7 +15,7 @@ from PIL import Image
 
 from ham_synth import evaluate, train
 from ham_synth.data import sources
-from ham_synth.evaluators import fid, inception
+from ham_synth.evaluators import features, fid, inception
 
 
 def write_folder(root, images_per_class: int, seed: int):
@@ -69,8 +69,8 @@ def test_evaluate_scores_a_folder_and_caches_the_reference(tmp_path, random_weig
     real_dir = write_folder(tmp_path / "real", images_per_class=4, seed=0)
     config = folder_config(real_dir)
     metrics = evaluate.evaluate(
-        config,
         str(tmp_path / "w"),
+        config,
         str(real_dir),
         fid_batch_size=8,
         inception_weights=random_weights,
@@ -87,12 +87,12 @@ def test_evaluate_scores_a_folder_and_caches_the_reference(tmp_path, random_weig
     assert sorted(metrics["per_class"]) == ["a", "b"]
     assert any("KID" in w for w in metrics["warnings"])
 
-    cached = evaluate.reference_cache_path(config.data, random_weights)
-    assert cached.exists()
-    features, labels, class_names = evaluate.real_features(
-        None, config.data, random_weights, 8, mesh=None
+    net = features.FeatureNet(
+        features.INCEPTION, None, features.inception_cache_key(random_weights)
     )
-    assert features.shape == (8, inception.FEATURE_DIM) and class_names == ("a", "b")
+    assert features.reference_cache_path(config.data, net).exists()
+    cached, labels, class_names = features.real_features(net, config.data, 8, mesh=None)
+    assert cached.shape == (8, inception.FEATURE_DIM) and class_names == ("a", "b")
     np.testing.assert_array_equal(labels, [0, 0, 0, 0, 1, 1, 1, 1])
 
 
@@ -100,7 +100,7 @@ def test_evaluate_without_weights_names_the_convert_command(tmp_path):
     config = folder_config(write_folder(tmp_path / "real", images_per_class=1, seed=0))
     with pytest.raises(FileNotFoundError, match="ham-synth convert-inception"):
         evaluate.evaluate(
-            config, str(tmp_path), str(tmp_path), inception_weights=tmp_path / "absent.npz"
+            str(tmp_path), config, str(tmp_path), inception_weights=tmp_path / "absent.npz"
         )
 
 
@@ -114,8 +114,8 @@ def test_evaluate_samples_a_generator_workdir_then_scores_it(tmp_path, random_we
     train.train_and_evaluate(folder_config(config.data.path, **{"train.num_devices": 1}), generator)
 
     metrics = evaluate.evaluate(
-        config,
         str(tmp_path / "w"),
+        config,
         generator_workdir=str(generator),
         num_per_class=5,
         fid_batch_size=8,
@@ -135,8 +135,8 @@ def test_evaluate_samples_a_generator_workdir_then_scores_it(tmp_path, random_we
     # Samples already there are kept, and the error says how to score them.
     with pytest.raises(FileExistsError, match=f"--fake_dir={samples}"):
         evaluate.evaluate(
-            config,
             str(tmp_path / "w"),
+            config,
             generator_workdir=str(generator),
             num_per_class=5,
             inception_weights=random_weights,
@@ -145,17 +145,20 @@ def test_evaluate_samples_a_generator_workdir_then_scores_it(tmp_path, random_we
 
 def test_evaluate_takes_exactly_one_fake_set(tmp_path, random_weights):
     config = folder_config(tmp_path)
-    for fakes in ({}, {"fake_dir": "x", "generator_workdir": "y"}):
-        with pytest.raises(ValueError, match="one of --fake_dir .* or --generator_workdir"):
-            evaluate.evaluate(config, str(tmp_path), inception_weights=random_weights, **fakes)
+    with pytest.raises(ValueError, match="Pass --fake_dir .* or --generator_workdir"):
+        evaluate.evaluate(str(tmp_path), config, inception_weights=random_weights)
+    with pytest.raises(ValueError, match="one of --fake_dir .* or --generator_workdir"):
+        evaluate.evaluate(str(tmp_path), config, "x", "y", inception_weights=random_weights)
     with pytest.raises(ValueError, match="--steps only apply with --generator_workdir"):
         evaluate.evaluate(
-            config, str(tmp_path), fake_dir="x", inception_weights=random_weights, steps=10
+            str(tmp_path), config, fake_dir="x", inception_weights=random_weights, steps=10
         )
     with pytest.raises(ValueError, match="needs --num_per_class"):
         evaluate.evaluate(
-            config, str(tmp_path), generator_workdir="y", inception_weights=random_weights
+            str(tmp_path), config, generator_workdir="y", inception_weights=random_weights
         )
+    with pytest.raises(ValueError, match="needs --config"):
+        evaluate.evaluate(str(tmp_path), fake_dir="x")
 
 
 @pytest.mark.slow
@@ -167,7 +170,9 @@ def test_two_processes_each_read_their_share_and_get_every_feature_in_order(tmp_
     monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / "cache_0"))
     data = features_worker.digits_test_data()
     source = sources.get_source(data)
-    stale = evaluate.reference_cache_path(data, weights)
+    stale = features.reference_cache_path(
+        data, features.FeatureNet(features.INCEPTION, None, features.inception_cache_key(weights))
+    )
     stale.parent.mkdir(parents=True)
     np.savez(stale, features=np.zeros((len(source), 1)), labels=source.labels)
 

@@ -36,9 +36,31 @@ def test_config_typo_fails_naming_the_field(tmp_path, repo):
         cwd=repo,
     )
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert "totl_steps" in out
+    assert proc.returncode == 2 and "Traceback" not in out
+    assert 'Did you mean "total_steps" instead of "totl_steps"' in out
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, repo):
+    proc = _ham_synth("prepare", "--source=ham10000", "--manual_dir=/nonexistent", cwd=repo)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "--manual_dir=/nonexistent is not a folder" in out
+
+    proc = _ham_synth("sample", f"--workdir={tmp_path}", "--num_per_class=2", cwd=repo)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in out
+    assert f"is {tmp_path} the --workdir of a `ham-synth train` run?" in out
+
+    # --traceback shows where.
+    proc = _ham_synth("sample", f"--workdir={tmp_path}", "--num_per_class=2", "--traceback")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" in out
+
+    # A flag the verb does not take is refused, naming it.
+    proc = _ham_synth("sample", f"--workdir={tmp_path}", "--num_per_class=2", "--fake_dir=x")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--fake_dir do(es) not apply to `sample`" in out
 
 
 def test_sigterm_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, repo):

@@ -7,8 +7,9 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from ham_synth import synthesize, train
+from ham_synth import synthesize, tasks, train, workdir
 from ham_synth.data import sources
+from ham_synth.tasks import ddpm
 
 
 @pytest.fixture(scope="module")
@@ -82,5 +83,27 @@ def test_vae_samples_through_the_same_contract(tmp_path):
     with open(out / "manifest.csv") as f:
         row = next(csv.DictReader(f))
     assert (row["family"], row["sampler"]) == ("vae", "prior")
-    with pytest.raises(ValueError, match="no sampler settings"):
+    with pytest.raises(ValueError, match=r"sampler takes no \[.sampler.\]"):
         synthesize.run(str(workdir), num_per_class=1, sampler="ddim", out_dir=str(tmp_path / "x"))
+
+
+def test_new_sampler_settings_never_rebuild_the_task(ddpm_workdir, tmp_path, monkeypatch):
+    builds = []
+
+    def counting_make_task(config):
+        builds.append(config.task)
+        return ddpm.make_task(config)
+
+    monkeypatch.setitem(tasks._TASKS, "ddpm", counting_make_task)
+    run = workdir.load(ddpm_workdir)
+    kwargs = dict(num_per_class=2, classes="1", seed=3)
+    a = synthesize.write_samples(run, out_dir=tmp_path / "a", settings={"guidance": 0.0}, **kwargs)
+    b = synthesize.write_samples(
+        run, out_dir=tmp_path / "b", settings={"guidance": 4.0, "steps": 3}, **kwargs
+    )
+    assert builds == ["ddpm"]
+    first, second = (np.asarray(Image.open(d / "1" / "1_000000.png"), np.float32) for d in (a, b))
+    assert np.abs(first - second).mean() > 1.0  # The settings took effect.
+    with open(b / "manifest.csv") as f:
+        row = next(csv.DictReader(f))
+    assert (row["guidance"], row["steps"], row["sampler"]) == ("4.0", "3", "ddim")

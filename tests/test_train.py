@@ -109,3 +109,20 @@ def test_non_finite_loss_stops_naming_steps_and_keeps_last_good_checkpoint(tmp_p
     assert manager.latest_step() == 3
     params = manager.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     assert all(np.isfinite(x).all() for x in _leaves(params["state"]))
+
+
+def test_non_finite_auxiliary_metric_stops_naming_it(tmp_path, monkeypatch):
+    def make_task(config):
+        task = vae.make_task(config)
+
+        def train_step(state, batch, rng):
+            state, metrics = task.train_step(state, batch, rng)
+            bad = jnp.where(state.step >= 5, jnp.inf, 0.0)  # From update 5 (step 5) on.
+            return state, {**metrics, "train/probe": metrics["train/kl"] + bad}
+
+        return dataclasses.replace(task, train_step=train_step)
+
+    monkeypatch.setitem(tasks._TASKS, "vae", make_task)
+    with pytest.raises(train.NonFiniteLossError, match=r"train/probe is inf at step 6") as error:
+        train.train_and_evaluate(_smoke(), tmp_path)
+    assert "train/loss" not in str(error.value)  # The loss stayed finite; only the probe broke.

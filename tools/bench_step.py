@@ -17,8 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ham_synth import parallel, tasks, train
-from ham_synth.data import pipeline
+from ham_synth import parallel, train, workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file and its variant, e.g. configs/vae.py:smoke.", lock_config=True
@@ -51,23 +50,21 @@ def main(argv) -> None:
     mesh = parallel.make_mesh(config.train.num_devices)
     parallel.check_batch_size(config.train.batch_size, mesh)
     replicated = parallel.replicated(mesh)
-    init_rng, _, loop_rng = jax.random.split(jax.random.key(config.seed), 3)
+    init_rng, loop_rng = jax.random.split(jax.random.key(config.seed))
 
-    dataset, config = pipeline.make_train_dataset(config)
-    data_iter = iter(dataset)
-    host_batches = [next(data_iter) for _ in range(_BATCHES.value)]
-    batches = [parallel.to_global_batch(b, mesh) for b in host_batches]
+    # The trainer's own setup: data -> config with class names -> task -> state.
+    built = workdir.build(config, mesh)
+    config = built.config
+    data_iter = iter(built.dataset)
+    batches = [parallel.to_global_batch(next(data_iter), mesh) for _ in range(_BATCHES.value)]
     rngs = [
         jax.device_put(jax.random.fold_in(loop_rng, i), replicated) for i in range(len(batches))
     ]
-    example_batch = jax.tree.map(lambda x: x[:1], host_batches[0])
-
-    task = tasks.get_task(config.task)(config)
-    state = jax.jit(task.init, out_shardings=replicated)(init_rng, example_batch)
+    state = workdir.initial_state(built, init_rng, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
     start = time.perf_counter()
-    lowered = train.make_train_step(task, mesh).lower(state, batches[0], rngs[0])
+    lowered = train.make_train_step(built.task, mesh).lower(state, batches[0], rngs[0])
     lower_s = time.perf_counter() - start
     step = lowered.compile()
     compile_s = time.perf_counter() - start - lower_s

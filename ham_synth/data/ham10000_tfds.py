@@ -76,6 +76,14 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
         self.assignment: dict[str, str] = {}
         super().__init__(**kwargs)
 
+    # TFDS prints unknown download sizes and "downloaded" for a manual download; log instead, and
+    # let `prepare` print its own summary.
+    def _log_download_bytes(self) -> None:
+        logging.info("Preparing %s in %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.info("Prepared %s in %s", self.name, self.data_dir)
+
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
         text = tfds.features.Text()

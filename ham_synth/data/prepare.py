@@ -8,39 +8,14 @@ import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags, logging
+from absl import logging
 
+from ham_synth import grids
 from ham_synth.data import ham10000, ham10000_tfds
-from ham_synth.evaluators import samples
 
 STATS_FILE = "stats.txt"
 EXAMPLES_FILE = "examples.png"
 EXAMPLES_PER_CLASS = 8
-
-flags.DEFINE_string("source", None, "The dataset to prepare: ham10000.")
-flags.DEFINE_string("manual_dir", None, "The user's download, e.g. the unzipped HAM10000.")
-flags.DEFINE_string("data_dir", "", "Where prepared datasets go; empty: TFDS's default.")
-flags.DEFINE_integer("image_size", 64, "Stored resolution: 64, 128 or 256.")
-flags.DEFINE_bool("skip_bad", False, "Skip bad rows and images; list them in skipped.csv.")
-flags.DEFINE_float("val_fraction", 0.1, "Share of each class's images in val (0: no val).")
-flags.DEFINE_float("test_fraction", 0.2, "Share of each class's images in test.")
-flags.DEFINE_integer("split_seed", 0, "Fixes which lesions go to which split.")
-flags.DEFINE_string(
-    "isic2018_test_dir",
-    "",
-    "Optional: the ISIC 2018 Task 3 test images and ISIC2018_Task3_Test_GroundTruth.csv, added "
-    "as split isic2018_test.",
-)
-# The flags `run` takes besides --source and --manual_dir.
-OPTIONAL_FLAGS = (
-    "data_dir",
-    "image_size",
-    "skip_bad",
-    "val_fraction",
-    "test_fraction",
-    "split_seed",
-    "isic2018_test_dir",
-)
 
 
 def run(source: str, manual_dir: str, **options) -> pathlib.Path:
@@ -67,6 +42,13 @@ def prepare_ham10000(
     if image_size not in ham10000_tfds.IMAGE_SIZES:
         raise ValueError(
             f"--image_size={image_size}; HAM10000 is prepared at {ham10000_tfds.IMAGE_SIZES}."
+        )
+    manual = pathlib.Path(manual_dir)
+    if not manual.is_dir() or not any(manual.iterdir()):
+        instructions = " ".join(ham10000_tfds.Ham10000.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+        raise FileNotFoundError(
+            f"--manual_dir={manual_dir} is {'empty' if manual.is_dir() else 'not a folder'}. "
+            + instructions
         )
     split_options = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)
     builder = ham10000_tfds.Ham10000(
@@ -169,7 +151,5 @@ def write_examples(builder, path: pathlib.Path, per_class: int = EXAMPLES_PER_CL
     blank = np.full((size, size, 3), 255, np.uint8)
     images = [image for r in rows for image in r + [blank] * (per_class - len(r))]
     pixels = np.stack(images).astype(np.float32) / 127.5 - 1.0
-    grid = samples.make_grid(pixels, rows=num_classes)
-    samples.write_png(
-        path, grid, scale=samples.display_scale(size), row_labels=ham10000.CLASS_NAMES
-    )
+    grid = grids.make_grid(pixels, rows=num_classes)
+    grids.write_png(path, grid, scale=grids.display_scale(size), row_labels=ham10000.CLASS_NAMES)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from sklearn import datasets as sk_datasets
 
+from ham_synth import config_lib
 from ham_synth.data import ham10000
 
 SPLITS = ("train", "val", "test", "all")
@@ -56,13 +57,18 @@ def stratified_split(
     return np.sort(np.concatenate(chosen))
 
 
+def split_fraction(value: float) -> float:
+    """A data.val_fraction / test_fraction, with config_lib.SOURCE_SPLIT read as the default."""
+    return config_lib.DEFAULT_FRACTION if value == config_lib.SOURCE_SPLIT else value
+
+
 def split_from_config(labels: np.ndarray, data: ml_collections.ConfigDict) -> np.ndarray:
     """`stratified_split` with `data.split` and its fractions and seed."""
     return stratified_split(
         labels,
         data.split,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
+        val_fraction=split_fraction(data.val_fraction),
+        test_fraction=split_fraction(data.test_fraction),
         seed=data.split_seed,
     )
 
@@ -296,6 +302,27 @@ def make_folder(data: ml_collections.ConfigDict) -> FolderSource:
     return FolderSource(tuple(paths[i] for i in keep), labels[keep], class_names, data.image_size)
 
 
+# Sources whose split is fixed outside the config, and where to change it.
+_OWN_SPLITS = {
+    "ham10000": "`ham-synth prepare`'s --val_fraction and --test_fraction (then a new --data_dir)",
+    "dermamnist": "MedMNIST's own split; it cannot be changed",
+}
+
+
+def check_split_fractions(data: ml_collections.ConfigDict) -> None:
+    """Refuses data.val_fraction / test_fraction for sources that would silently ignore them."""
+    set_fields = [
+        f"data.{name}={data[name]}"
+        for name in ("val_fraction", "test_fraction")
+        if data[name] != config_lib.SOURCE_SPLIT
+    ]
+    if data.name in _OWN_SPLITS and set_fields:
+        raise ValueError(
+            f"{', '.join(set_fields)}: {data.name!r} has a fixed split; drop the override. To "
+            f"change it use {_OWN_SPLITS[data.name]}."
+        )
+
+
 _SOURCES = {
     "digits": make_digits,
     "ham10000": make_ham10000,
@@ -308,6 +335,7 @@ def get_source(data: ml_collections.ConfigDict):
     """The source named by `data.name`, checked against `data.num_classes` when that is set."""
     if data.name not in _SOURCES:
         raise ValueError(f"Unknown data.name {data.name!r}; choose one of {sorted(_SOURCES)}.")
+    check_split_fractions(data)
     source = _SOURCES[data.name](data)
     if data.num_classes and len(source.class_names) != data.num_classes:
         raise ValueError(

@@ -1,1 +1,114 @@
-"""Evaluators: things computed from a train state and written for a researcher to look at."""
+"""Evaluators: named in `config.evals`, built from the config and the task's predict functions,
+run by the trainer on schedule and by `ham-synth evaluate` on a restored run.
+
+Each entry is `config.evals.<name> = {type, every_steps, **options}`; its scalars are logged as
+`<name>/<metric>` and its structured outputs go to `workdir/evals/<name>/step_NNNNNNN.*`.
+"""
+
+import dataclasses
+import inspect
+import json
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import jax
+import ml_collections
+import numpy as np
+
+from ham_synth.evaluators import common, realism, samples
+from ham_synth.tasks import base
+
+EVALS_DIR = "evals"
+OFF = -1  # every_steps: not run in training; `evaluate --evals=NAME` still runs it.
+
+
+class Evaluator(Protocol):
+    def run(self, state, step: int) -> common.Result: ...
+
+
+# type -> factory(*, name, config, task, mesh, workdir, **options) -> Evaluator.
+_EVALUATORS: dict[str, Callable[..., Evaluator]] = {
+    "samples": samples.SamplesEvaluator,
+    "fid": realism.FidEvaluator,
+}
+_COMMON_FIELDS = ("type", "every_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    every_steps: int
+    evaluator: Evaluator
+    outdir: pathlib.Path  # workdir/evals/<name>
+
+    def is_due(self, step: int, total_steps: int) -> bool:
+        """Every `every_steps` steps and at the end of training; 0: only at the end."""
+        if self.every_steps == OFF:
+            return False
+        return step == total_steps or (self.every_steps > 0 and step % self.every_steps == 0)
+
+
+def output_dir(workdir: pathlib.Path, name: str) -> pathlib.Path:
+    return pathlib.Path(workdir) / EVALS_DIR / name
+
+
+def make_entry(name: str, config, task: base.Task, mesh, workdir: pathlib.Path) -> Entry:
+    """Builds `config.evals[name]`; an unknown type or option fails naming the valid ones."""
+    spec = config.evals[name]
+    missing = [field for field in _COMMON_FIELDS if field not in spec]
+    if missing:
+        raise ValueError(f"evals.{name} lacks {missing}; every entry has {list(_COMMON_FIELDS)}.")
+    if spec.type not in _EVALUATORS:
+        raise ValueError(f"evals.{name}.type={spec.type!r}; choose one of {sorted(_EVALUATORS)}.")
+    factory = _EVALUATORS[spec.type]
+    options = {k: v for k, v in spec.items() if k not in _COMMON_FIELDS}
+    accepted = [p for p in inspect.signature(factory).parameters if p not in _BUILD_ARGS]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"evals.{name} has unknown option(s) {unknown}; type {spec.type!r} takes {accepted}."
+        )
+    evaluator = factory(name=name, config=config, task=task, mesh=mesh, workdir=workdir, **options)
+    return Entry(name, spec.every_steps, evaluator, output_dir(workdir, name))
+
+
+_BUILD_ARGS = ("name", "config", "task", "mesh", "workdir")
+
+
+def from_config(
+    config, task: base.Task, mesh, workdir: pathlib.Path, names: Sequence[str] | None = None
+) -> list[Entry]:
+    """The entries named (None: every entry that is not off), built now, so that a missing
+    input (e.g. Inception weights) fails before training starts."""
+    evals = config.get("evals", ml_collections.ConfigDict())
+    if names is None:
+        names = [name for name in evals if evals[name].get("every_steps", 0) != OFF]
+    unknown = [name for name in names if name not in evals]
+    if unknown:
+        raise ValueError(f"No evaluator {unknown} in config.evals; it has {sorted(evals)}.")
+    return [make_entry(name, config, task, mesh, workdir) for name in names]
+
+
+def run_entry(entry: Entry, state, step: int) -> tuple[dict[str, float], Mapping[str, np.ndarray]]:
+    """Runs one evaluator (on every process); process 0 writes its scalars and details to
+    evals/<name>/step_NNNNNNN.json. Returns ({"<name>/<metric>": value}, images)."""
+    result = entry.evaluator.run(state, step)
+    scalars = {f"{entry.name}/{key}": float(value) for key, value in result.scalars.items()}
+    if scalars and jax.process_index() == 0:
+        entry.outdir.mkdir(parents=True, exist_ok=True)
+        record = {"step": step, "scalars": scalars, **result.details}
+        (entry.outdir / f"step_{step:07d}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return scalars, result.images
+
+
+def check_metric(metric: str, entries: Sequence[Entry]) -> None:
+    """Refuses a train.best.metric that no running evaluator can produce."""
+    if not metric:
+        return
+    name = metric.partition("/")[0]
+    if name not in {entry.name for entry in entries}:
+        raise ValueError(
+            f"train.best.metric={metric!r}, but no evaluator named {name!r} runs in training "
+            f"(running: {[e.name for e in entries]}); name an `<entry>/<metric>` key of one."
+        )

@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Mapping
 
 import numpy as np
-from absl import flags, logging
+from absl import logging
 from flax import traverse_util
 
 from ham_synth.evaluators import inception
@@ -22,21 +22,6 @@ TORCH_WEIGHTS_URL = (
     + TORCH_WEIGHTS_FILENAME
 )
 TORCH_WEIGHTS_SHA256_PREFIX = "6726825d"
-
-OPTIONAL_FLAGS = ("torch_weights", "download", "cache_dir")
-flags.DEFINE_string(
-    "torch_weights",
-    None,
-    f"pytorch-fid's {TORCH_WEIGHTS_FILENAME}; default: the cache dir (where --download puts it).",
-)
-flags.DEFINE_bool(
-    "download", False, "Fetch the .pth from pytorch-fid's GitHub release first (needs internet)."
-)
-flags.DEFINE_string(
-    "cache_dir",
-    None,
-    f"Where the converted weights go; default ${inception.CACHE_ENV} or ~/.cache/ham_synth.",
-)
 
 # torch parameter name -> (flax collection, flax name) inside each conv+BN unit.
 _RENAMES = {

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from ham_synth import parallel
+from ham_synth import variables as variables_lib
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -275,17 +276,7 @@ def load_variables(path: str | os.PathLike | None = None) -> dict:
 
 def check_variables(variables: dict, source: str) -> None:
     """Raises naming `source` unless `variables` has exactly the network's names and shapes."""
-    flat = traverse_util.flatten_dict(variables, sep="/")
-    expected = traverse_util.flatten_dict(abstract_variables(), sep="/")
-    missing, unexpected = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: {len(missing)} missing variables {missing[:5]}, "
-            f"{len(unexpected)} unexpected {unexpected[:5]}."
-        )
-    for key, spec in expected.items():
-        if flat[key].shape != spec.shape:
-            raise ValueError(f"{source}: {key} has shape {flat[key].shape}, not {spec.shape}.")
+    variables_lib.check_same(abstract_variables(), variables, source)
 
 
 # --- Feature extraction over the mesh ---

@@ -1,15 +1,20 @@
 """The Task contract: the pure functions a model family gives the one trainer.
 
-The trainer owns the mesh, jit, logging, checkpoints and sampling; a family owns its losses.
+The trainer owns the mesh, jit, logging, checkpoints and evaluators; a family owns its losses and
+its predict functions.
 """
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from ham_synth import optim, parallel
 from ham_synth import state as state_lib
 
 # {"image": float32[B, H, W, C] in [-1, 1], "label": int32[B], "index": int32[B] record ids}
@@ -18,6 +23,10 @@ Metrics = dict[str, jax.Array]  # Scalars, keyed `train/<name>`.
 # (params, batch, rng, step) -> (scalar loss, {name: scalar}).
 LossFn = Callable[[Any, Batch, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
 
+# predict_fns["sample"](variables, labels int32[N], rng, *, <settings>) -> float32[N, H, W, C] in
+# [-1, 1]: the generators' predict function, which the samples and fid evaluators and `sample` use.
+SAMPLE = "sample"
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -25,9 +34,9 @@ class Task:
 
     init: Callable[[jax.Array, Batch], state_lib.TrainState]  # (rng, example batch) -> state
     train_step: Callable[[state_lib.TrainState, Batch, jax.Array], tuple[Any, Metrics]]
-    # (params, labels int32[N], rng) -> images float32[N, H, W, C] in [-1, 1]; None if the
-    # family does not generate.
-    sample: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None
+    # name -> fn(variables, *inputs, **settings), `variables` from state.eval_variables. Settings
+    # are keyword-only with the config's values as defaults; they are static under jit, so a new
+    # value retraces that one function and never rebuilds the task.
     predict_fns: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
 
 
@@ -42,18 +51,47 @@ def num_classes(config) -> int:
     return config.data.num_classes
 
 
+def predict_settings(fn: Callable) -> dict[str, Any]:
+    """A predict function's settings: its keyword-only parameters and their defaults."""
+    parameters = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def get_predict_fn(task: Task, name: str, family: str) -> Callable:
+    if name not in task.predict_fns:
+        raise ValueError(
+            f"The {family!r} family has no {name!r} predict function; it has "
+            f"{sorted(task.predict_fns) or 'none'}."
+        )
+    return task.predict_fns[name]
+
+
+@functools.cache
+def jit_predict(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """`fn` under jit with its settings static and its output split over the batch; cached per
+    function and mesh, so evaluators that share it compile once. Callers put the inputs on the
+    mesh (parallel.batch_sharded) and pass replicated variables."""
+    return jax.jit(
+        fn, out_shardings=parallel.batch_sharded(mesh), static_argnames=tuple(predict_settings(fn))
+    )
+
+
 def make_init(
-    init_params: Callable[[jax.Array, Batch], Any], tx: optax.GradientTransformation
+    init_variables: Callable[[jax.Array, Batch], Mapping[str, Any]],
+    tx: optax.GradientTransformation,
 ) -> Callable[[jax.Array, Batch], state_lib.TrainState]:
-    """State at step 0 from a params initializer; the EMA starts at the params."""
+    """State at step 0 from a flax variables initializer: `params` are optimized (the EMA starts
+    at them), every other collection becomes the model state."""
 
     def init(rng, batch):
-        params = init_params(rng, batch)
+        variables = dict(init_variables(rng, batch))
+        params = variables.pop("params")
         return state_lib.TrainState(
-            step=jax.numpy.zeros((), jax.numpy.int32),
+            step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=tx.init(params),
             ema_params=params,
+            model_state=variables,
         )
 
     return init
@@ -65,20 +103,24 @@ def apply_update(params, opt_state, grads, tx: optax.GradientTransformation):
     return optax.apply_updates(params, updates), opt_state
 
 
-def make_simple_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_decay: float):
+def make_simple_step(loss_fn: LossFn, optimizer: optim.Optimizer):
     """train_step for families with one loss over one params tree (VAE, DDPM, classifier)."""
 
     def train_step(state, batch, rng):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, aux), grads = grad_fn(state.params, batch, rng, state.step)
-        params, opt_state = apply_update(state.params, state.opt_state, grads, tx)
+        params, opt_state = apply_update(state.params, state.opt_state, grads, optimizer.tx)
         new_state = state.replace(
             step=state.step + 1,
             params=params,
             opt_state=opt_state,
-            ema_params=state_lib.ema_update(state.ema_params, params, ema_decay),
+            ema_params=state_lib.ema_update(state.ema_params, params, optimizer.ema_decay),
         )
-        metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads)}
+        metrics = {
+            "train/loss": loss,
+            "train/grad_norm": optax.tree.norm(grads),
+            "train/lr": optimizer.schedule(state.step),  # The lr of the update just applied.
+        }
         metrics.update({f"train/{name}": value for name, value in aux.items()})
         return new_state, metrics
 

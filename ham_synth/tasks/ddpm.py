@@ -32,7 +32,7 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         num_heads=config.model.num_heads,
         dropout=config.model.dropout,
     )
-    tx = optim.make_optimizer(config.optim, config.train.total_steps)
+    optimizer = optim.make_optimizer(config.optim, config.train.total_steps)
     diffusion = config.diffusion
     if diffusion.prediction not in schedule.PREDICTIONS:
         raise ValueError(
@@ -41,9 +41,9 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
     alphas_cumprod = make_alphas_cumprod(diffusion)
     alphas_cumprod_f32 = jnp.asarray(alphas_cumprod, jnp.float32)
 
-    def init_params(rng, batch):
+    def init_variables(rng, batch):
         t = jnp.zeros(batch["label"].shape, jnp.int32)
-        return model.init(rng, batch["image"], t, batch["label"])["params"]
+        return model.init(rng, batch["image"], t, batch["label"])
 
     def loss_fn(params, batch, rng, step):
         del step
@@ -62,23 +62,36 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         target = noise if diffusion.prediction == "eps" else schedule.v_target(x0, a, noise)
         return jnp.mean((pred - target) ** 2), {}
 
-    def sample(params, labels, rng):
-        model_fn = functools.partial(model.apply, {"params": params})
+    defaults = config.sample
+
+    def sample(
+        variables,
+        labels,
+        rng,
+        *,
+        sampler: str = defaults.sampler,
+        steps: int = defaults.steps,
+        guidance: float = defaults.guidance,
+        eta: float = defaults.eta,
+        clip_denoised: bool = defaults.clip_denoised,
+    ):
+        """Denoises from pure noise; the settings default to config.sample."""
+        model_fn = functools.partial(model.apply, variables)
         return samplers.sample(
-            samplers.guided(model_fn, config.sample.guidance, null_label=num_classes),
+            samplers.guided(model_fn, guidance, null_label=num_classes),
             labels,
             rng,
             shape=(config.data.image_size, config.data.image_size, 3),
             alphas_cumprod=alphas_cumprod,
             prediction=diffusion.prediction,
-            sampler=config.sample.sampler,
-            num_steps=config.sample.steps,
-            eta=config.sample.eta,
-            clip_denoised=config.sample.clip_denoised,
+            sampler=sampler,
+            num_steps=steps,
+            eta=eta,
+            clip_denoised=clip_denoised,
         )
 
     return base.Task(
-        init=base.make_init(init_params, tx),
-        train_step=base.make_simple_step(loss_fn, tx, ema_decay=config.optim.ema_decay),
-        sample=sample,
+        init=base.make_init(init_variables, optimizer.tx),
+        train_step=base.make_simple_step(loss_fn, optimizer),
+        predict_fns={base.SAMPLE: sample},
     )

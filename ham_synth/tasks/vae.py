@@ -29,12 +29,12 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         latent_dim=config.model.latent_dim,
         class_embed_dim=config.model.class_embed_dim,
     )
-    tx = optim.make_optimizer(config.optim, config.train.total_steps)
+    optimizer = optim.make_optimizer(config.optim, config.train.total_steps)
 
-    def init_params(rng, batch):
+    def init_variables(rng, batch):
         params_rng, latent_rng = jax.random.split(rng)
         rngs = {"params": params_rng, "latent": latent_rng}
-        return model.init(rngs, batch["image"], batch["label"])["params"]
+        return model.init(rngs, batch["image"], batch["label"])
 
     def loss_fn(params, batch, rng, step):
         recon, mean, logvar = model.apply(
@@ -47,12 +47,13 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         loss = reconstruction + beta * kl
         return loss, {"reconstruction": reconstruction, "kl": kl, "beta": beta}
 
-    def sample(params, labels, rng):
+    def sample(variables, labels, rng):
+        """Decodes draws from the prior N(0, I); it has no settings."""
         z = jax.random.normal(rng, (labels.shape[0], config.model.latent_dim))
-        return model.apply({"params": params}, z, labels, method=model.decode)
+        return model.apply(variables, z, labels, method=model.decode)
 
     return base.Task(
-        init=base.make_init(init_params, tx),
-        train_step=base.make_simple_step(loss_fn, tx, ema_decay=config.optim.ema_decay),
-        sample=sample,
+        init=base.make_init(init_variables, optimizer.tx),
+        train_step=base.make_simple_step(loss_fn, optimizer),
+        predict_fns={base.SAMPLE: sample},
     )

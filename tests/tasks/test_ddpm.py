@@ -68,11 +68,17 @@ def test_tiny_unet_overfits_one_batch_and_then_depends_on_the_label():
         losses.append(float(metrics["train/loss"]))
     assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
 
-    sample = jax.jit(task.sample)
+    sample = jax.jit(task.predict_fns["sample"], static_argnames=("steps", "guidance"))
+    variables = {"params": state.params}
     labels = jnp.zeros(4, jnp.int32)
-    images = sample(state.params, labels, jax.random.key(0))
+    images = sample(variables, labels, jax.random.key(0))
     size = config.data.image_size
     assert images.shape == (4, size, size, 3) and float(jnp.abs(images).max()) <= 1.0
-    np.testing.assert_array_equal(sample(state.params, labels, jax.random.key(0)), images)
-    other = sample(state.params, labels + 1, jax.random.key(0))
+    np.testing.assert_array_equal(sample(variables, labels, jax.random.key(0)), images)
+    other = sample(variables, labels + 1, jax.random.key(0))
     assert float(jnp.abs(other - images).mean()) > 1e-3
+    # The defaults are config.sample's; a setting passed in changes the samples.
+    assert config.sample.steps == 5
+    np.testing.assert_array_equal(sample(variables, labels, jax.random.key(0), steps=5), images)
+    fewer = sample(variables, labels, jax.random.key(0), steps=2)
+    assert float(jnp.abs(fewer - images).mean()) > 1e-4

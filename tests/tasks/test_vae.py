@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
+from ham_synth import optim
 from ham_synth.data import pipeline
 from ham_synth.tasks import vae
 
@@ -33,7 +34,7 @@ def _task_and_batch(**overrides):
 
 
 def test_loss_falls_when_overfitting_one_batch():
-    _, task, batch = _task_and_batch(**{"train.total_steps": 150, "optim.warmup_steps": 5})
+    config, task, batch = _task_and_batch(**{"train.total_steps": 150, "optim.warmup_steps": 5})
     state = jax.jit(task.init)(jax.random.key(0), batch)
     step = jax.jit(task.train_step)
     losses = []
@@ -43,6 +44,10 @@ def test_loss_falls_when_overfitting_one_batch():
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.4 * losses[0], (losses[0], losses[-1])
     assert set(metrics) >= {"train/loss", "train/reconstruction", "train/kl", "train/grad_norm"}
+    # The step reports the lr it applied: the warmup's, then the cosine's.
+    np.testing.assert_allclose(
+        float(metrics["train/lr"]), float(optim.make_schedule(config.optim, 150)(149)), rtol=1e-6
+    )
 
 
 def test_samples_have_the_image_shape_and_depend_on_the_label():
@@ -50,16 +55,18 @@ def test_samples_have_the_image_shape_and_depend_on_the_label():
     state = jax.jit(task.init)(jax.random.key(0), batch)
     rng = jax.random.key(1)
     labels = jnp.zeros(4, jnp.int32)
-    images = task.sample(state.params, labels, rng)
+    sample = task.predict_fns["sample"]
+    variables = {"params": state.params}
+    images = sample(variables, labels, rng)
     size = config.data.image_size
     assert images.shape == (4, size, size, 3)
     assert float(jnp.abs(images).max()) <= 1.0
     # Same latent draws, other class: the decoder's output must change, by more than 10% of
     # its (still small, at init) magnitude.
-    other = task.sample(state.params, labels + 7, rng)
+    other = sample(variables, labels + 7, rng)
     assert float(jnp.abs(images - other).mean()) > 0.1 * float(jnp.abs(images).mean()) > 0
     # And the same rng and labels reproduce the samples exactly.
-    np.testing.assert_array_equal(task.sample(state.params, labels, rng), images)
+    np.testing.assert_array_equal(sample(variables, labels, rng), images)
 
 
 def test_a_task_refuses_an_unresolved_class_count():

@@ -1,0 +1,137 @@
+"""Feature spaces for realism metrics, chosen by name, and a dataset split's features (cached).
+
+`inception` is the FID network (converted pytorch-fid weights); only metrics in its space are
+called FID and KID. `pixels` (images average-pooled to a small grid) needs no weights: a cheap,
+weak space for tests and sanity checks.
+"""
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from ham_synth.data import pipeline, sources
+from ham_synth.evaluators import inception
+
+INCEPTION = "inception"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNet:
+    """uint8 images [B, H, W, 3] (B split over the mesh) -> float32[B, D]."""
+
+    name: str
+    fn: Callable[[jax.Array], jax.Array]
+    # Identifies the network's weights for the reference cache; None: not cached (cheap).
+    cache_key: str | None = None
+
+    @property
+    def is_inception(self) -> bool:
+        """Only Inception features give FID and KID; other spaces report `fd` and `kd`."""
+        return self.name == INCEPTION
+
+
+def make_inception(mesh, *, inception_weights: str = "", **_) -> FeatureNet:
+    """The FID Inception; a missing weights file fails here with the command that converts it."""
+    weights = pathlib.Path(inception_weights or inception.default_weights_path())
+    variables = inception.load_variables(weights)
+    return FeatureNet(
+        INCEPTION, inception.make_feature_fn(variables, mesh), inception_cache_key(weights)
+    )
+
+
+def inception_cache_key(weights: pathlib.Path) -> str:
+    """The weights file's identity: path, size and modification time."""
+    stat = weights.stat()
+    return json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns])
+
+
+def make_pixels(mesh, *, pixel_grid: int = 4, **_) -> FeatureNet:
+    """Images in [0, 1] average-pooled to pixel_grid x pixel_grid x 3, flattened."""
+
+    @jax.jit
+    def pool(images):
+        x = images.astype(jnp.float32) / 255.0
+        b, h, w, c = x.shape
+        if h % pixel_grid or w % pixel_grid:
+            x = jax.image.resize(x, (b, pixel_grid, pixel_grid, c), method="linear")
+        else:
+            x = x.reshape(b, pixel_grid, h // pixel_grid, pixel_grid, w // pixel_grid, c)
+            x = x.mean(axis=(2, 4))
+        return x.reshape(b, -1)
+
+    del mesh  # The pooling runs where its input lives.
+    return FeatureNet(f"pixels{pixel_grid}", pool)
+
+
+_FEATURE_NETS = {INCEPTION: make_inception, "pixels": make_pixels}
+
+
+def get_feature_net(name: str, mesh, **options) -> FeatureNet:
+    if name not in _FEATURE_NETS:
+        raise ValueError(
+            f"Unknown feature network {name!r}; choose one of {sorted(_FEATURE_NETS)}."
+        )
+    return _FEATURE_NETS[name](mesh, **options)
+
+
+def image_features(net: FeatureNet, images: np.ndarray, batch_size: int, mesh) -> np.ndarray:
+    """float32[N, D] features of uint8 images [N, H, W, 3] held on every process."""
+    return inception.extract_features(
+        net.fn, lambda indices: images[indices], len(images), batch_size, mesh
+    )
+
+
+def source_features(net: FeatureNet, source, batch_size: int, mesh):
+    """(float32[N, D] features, int32[N] labels) of every record of `source`; each process
+    decodes only its share of the images."""
+
+    def read_images(indices):
+        return np.stack([source[int(i)]["image"] for i in indices])
+
+    features = inception.extract_features(net.fn, read_images, len(source), batch_size, mesh)
+    return features, pipeline.source_labels(source)
+
+
+def reference_cache_path(data: ml_collections.ConfigDict, net: FeatureNet) -> pathlib.Path:
+    """Cache file for a real split's features, keyed by the data config and the network."""
+    key = json.dumps([data.to_dict(), net.name, net.cache_key])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return (
+        inception.default_cache_dir() / "fid_reference" / f"{data.name}_{data.split}_{digest}.npz"
+    )
+
+
+def real_features(net: FeatureNet, data: ml_collections.ConfigDict, batch_size: int, mesh):
+    """The split `data` names: (features, labels, class_names), from the cache when present."""
+    source = sources.get_source(data)
+    if net.cache_key is None:
+        return (*source_features(net, source, batch_size, mesh), source.class_names)
+    path = reference_cache_path(data, net)
+    use_cache = path.exists()
+    if jax.process_count() > 1:  # Extraction is collective: all read the cache, or none does.
+        use_cache = bool(multihost_utils.process_allgather(np.asarray(use_cache)).all())
+    if use_cache:
+        logging.info("Reference features from %s", path)
+        with np.load(path, allow_pickle=False) as cached:
+            return cached["features"], cached["labels"], source.class_names
+    features, labels = source_features(net, source, batch_size, mesh)
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, features=features, labels=labels)
+        tmp.replace(path)  # Never a half-written cache, even if killed here.
+    return features, labels, source.class_names
+
+
+def round_batch(batch_size: int, mesh) -> int:
+    """`batch_size` rounded up to a multiple of the devices, as extraction needs."""
+    return -(-batch_size // mesh.size) * mesh.size

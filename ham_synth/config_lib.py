@@ -98,7 +98,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     # digits (embedded scikit-learn digits) | ham10000 (built by `ham-synth prepare`, read from
-    # data_dir) | dermamnist (MedMNIST npz at data.path) | folder (data.path/<class_name>/*.png).
+    # data_dir) | dermamnist (MedMNIST npz at data.path) | mnist (an mnist.npz at data.path:
+    # x_train, y_train, x_test, y_test) | folder (data.path/<class_name>/*.png).
     config.data.name = "digits"
     config.data.image_size = 16  # ham10000: 64, 128 or 256 (one prepared dataset each).
     # 0: the source's own count (digits 10, imbalanced digits, ham10000 and dermamnist 7, folder
@@ -118,6 +119,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # folder: comma-separated label order; empty: sorted folders. The trainer records every
     # source's names here (config.json), as it does num_classes.
     config.data.class_names = ""
+    # Keep only these classes (comma-separated names, as in data.class_names), any source; labels
+    # become 0..k-1 in this order and the names are kept. One class trains unconditionally.
+    config.data.classes = ""
     config.data.imbalance = False  # digits: keep 7 classes, subsampled to HAM10000's shares.
     # Training-only augmentation (make_train_dataset; evaluation never augments): ops applied in
     # order to the uint8 image, each with its own grain-seeded rng per stream position, so a
@@ -170,7 +174,8 @@ def apply_smoke_schedule(config: ml_collections.ConfigDict) -> None:
     if "sample_every_steps" in config.train:
         config.train.sample_every_steps = 3
         config.train.samples_per_class = 2
-    config.optim.warmup_steps = 2
+    if "warmup_steps" in config.optim:  # One optimizer group; GAN groups do not warm up.
+        config.optim.warmup_steps = 2
 
 
 def with_values(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
@@ -228,6 +233,7 @@ def upgrade_config_dict(fields: dict) -> dict:
     """A config.json written by an older ham_synth, with the fields added since at the values that
     reproduce its behaviour."""
     fields.setdefault("init_from", "")
+    fields.setdefault("data", {}).setdefault("classes", "")
     fields.setdefault("evals", {})
     train = fields.setdefault("train", {})
     train.setdefault("best", {"metric": "", "mode": "max"})

@@ -142,7 +142,11 @@ def score_images(
             "Pass one of --fake_dir (a folder of images) or --generator_workdir (a trained "
             "generator to sample from)."
         )
-    sampler_flags = [f"--{k}" for k in ("sampler", "steps", "guidance") if sample_options.get(k)]
+    sampler_flags = [
+        f"--{k}"
+        for k in ("sampler", "steps", "guidance", "truncation")
+        if sample_options.get(k) is not None
+    ]
     if fake_dir and sampler_flags:
         raise ValueError(f"{', '.join(sampler_flags)} only apply with --generator_workdir.")
     mesh = parallel.make_mesh()

@@ -50,6 +50,7 @@ _FLAG_SPECS = {
     "sampler": (str, "Diffusion sampler: ddpm | ddim | dpmpp_2m; default: config."),
     "steps": (int, "Sampler steps; default: config.sample.steps."),
     "guidance": (float, "Classifier-free guidance w; default: config.sample.guidance."),
+    "truncation": (float, "GAN: z from a normal truncated to [-t, t]; default: config."),
     "classes": (str, "Comma-separated class names to generate; default: all."),
     "seed": (int, "Root of the sampling noise (default 0); same seed, same images."),
     "sample_batch_size": (int, "Images per sampling call (default 256)."),
@@ -84,7 +85,7 @@ _DEFINE = {
 for _name, (_type, _help) in _FLAG_SPECS.items():
     _DEFINE[_type](_name, None, _help)
 
-_SAMPLER_FLAGS = ("sampler", "steps", "guidance", "seed", "sample_batch_size")
+_SAMPLER_FLAGS = ("sampler", "steps", "guidance", "truncation", "seed", "sample_batch_size")
 
 
 class Verb(NamedTuple):

@@ -38,6 +38,8 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
             f"The schedule ({decay_steps} steps) must be longer than optim.warmup_steps="
             f"{optim.warmup_steps}; lower the warmup or raise train.total_steps."
         )
+    if optim.warmup_steps == 0:  # optax's warmup logs a warning for a zero-length warmup.
+        return optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.min_lr_ratio)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=optim.lr,

@@ -30,6 +30,7 @@ MANIFEST_FIELDS = (
     "sampler",
     "steps",
     "guidance",
+    "truncation",
     "seed",
     "synthetic",
 )
@@ -100,6 +101,7 @@ def run(
     sampler: str | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    truncation: float | None = None,
     classes: str = "",
     seed: int = 0,
     sample_batch_size: int = 256,
@@ -114,7 +116,9 @@ def run(
         restored,
         num_per_class,
         out_dir,
-        settings=sampler_settings(restored, sampler=sampler, steps=steps, guidance=guidance),
+        settings=sampler_settings(
+            restored, sampler=sampler, steps=steps, guidance=guidance, truncation=truncation
+        ),
         classes=classes,
         seed=seed,
         sample_batch_size=sample_batch_size,
@@ -145,7 +149,7 @@ def write_samples(
     class_names = config_lib.class_names(config)
     labels = np.repeat(select_labels(class_names, classes), num_per_class).astype(np.int32)
     sample_fn = base.get_predict_fn(restored.task, base.SAMPLE, config.task)
-    recorded = {"sampler": "prior", "steps": "", "guidance": ""}
+    recorded = {"sampler": "prior", "steps": "", "guidance": "", "truncation": ""}
     defaults = base.predict_settings(sample_fn)
     recorded.update({k: v for k, v in {**defaults, **(settings or {})}.items() if k in recorded})
     logging.info(

@@ -2,6 +2,7 @@
 
 import csv
 
+import jax
 import numpy as np
 import pytest
 from conftest import load_config
@@ -107,3 +108,26 @@ def test_new_sampler_settings_never_rebuild_the_task(ddpm_workdir, tmp_path, mon
     with open(b / "manifest.csv") as f:
         row = next(csv.DictReader(f))
     assert (row["guidance"], row["steps"], row["sampler"]) == ("4.0", "3", "ddim")
+
+
+def test_gan_samples_through_the_same_contract_with_truncation(tmp_path):
+    workdir_path = tmp_path / "gan"
+    train.train_and_evaluate(load_config("gan.py:smoke"), workdir_path)
+    assert (workdir_path / "samples" / "step_0000006.png").exists()  # The samples evaluator.
+    out = synthesize.run(str(workdir_path), num_per_class=2, truncation=0.5)
+    assert len(list(out.glob("*/*.png"))) == 20
+    with open(out / "manifest.csv") as f:
+        row = next(csv.DictReader(f))
+    assert (row["family"], row["truncation"], row["sampler"]) == ("gan", "0.5", "prior")
+    with pytest.raises(ValueError, match=r"takes no \['guidance'\] \(it takes \['truncation'\]\)"):
+        synthesize.run(
+            str(workdir_path), num_per_class=1, guidance=2.0, out_dir=str(tmp_path / "x")
+        )
+    # Truncation to a tiny range pulls every z towards 0: the images of a class nearly agree.
+    run = workdir.load(workdir_path)
+    sample = run.task.predict_fns["sample"]
+    variables = {"params": run.state.ema_params, **run.state.model_state}
+    labels = np.zeros(8, np.int32)
+    tight = np.asarray(sample(variables, labels, jax.random.key(0), truncation=1e-3))
+    loose = np.asarray(sample(variables, labels, jax.random.key(0)))
+    assert tight.std(axis=0).mean() < 0.1 * loose.std(axis=0).mean()

@@ -2,7 +2,8 @@
 
 A source has `len`, `__getitem__` and `class_names`, so grain can shard and shuffle it by index.
 `get_source(config.data)` picks one by `data.name`: digits (embedded), ham10000 (prepared by
-`ham-synth prepare`), dermamnist (a MedMNIST npz) or folder (root/<class_name>/*.png|jpg).
+`ham-synth prepare`), dermamnist (a MedMNIST npz), mnist (an mnist.npz) or folder
+(root/<class_name>/*.png|jpg); `data.classes` keeps a subset of any source's classes.
 """
 
 import dataclasses
@@ -38,7 +39,8 @@ def stratified_split(
     labels: np.ndarray, split: str, *, val_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
     """Sorted indices of `split`; per class, a seeded shuffle gives val and test their fractions
-    (at least one each when the class has three or more members) and train the rest."""
+    (a non-zero fraction takes at least one when the class has three or more members) and train
+    the rest."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
     if split == "all":
@@ -49,8 +51,8 @@ def stratified_split(
         members = rng.permutation(np.flatnonzero(labels == label))
         n = len(members)
         minimum = 1 if n >= 3 else 0
-        n_val = max(minimum, round(n * val_fraction))
-        n_test = max(minimum, round(n * test_fraction))
+        n_val = max(minimum, round(n * val_fraction)) if val_fraction > 0 else 0
+        n_test = max(minimum, round(n * test_fraction)) if test_fraction > 0 else 0
         bounds = {"val": (0, n_val), "test": (n_val, n_val + n_test), "train": (n_val + n_test, n)}
         start, stop = bounds[split]
         chosen.append(members[start:stop])
@@ -302,31 +304,123 @@ def make_folder(data: ml_collections.ConfigDict) -> FolderSource:
     return FolderSource(tuple(paths[i] for i in keep), labels[keep], class_names, data.image_size)
 
 
-# Sources whose split is fixed outside the config, and where to change it.
+# Sources whose split is (partly) fixed outside the config: the fields they would ignore, and
+# where the split is changed instead.
 _OWN_SPLITS = {
-    "ham10000": "`ham-synth prepare`'s --val_fraction and --test_fraction (then a new --data_dir)",
-    "dermamnist": "MedMNIST's own split; it cannot be changed",
+    "ham10000": (
+        ("val_fraction", "test_fraction"),
+        "`ham-synth prepare`'s --val_fraction and --test_fraction (then a new --data_dir)",
+    ),
+    "dermamnist": (("val_fraction", "test_fraction"), "MedMNIST's own split; it cannot change"),
+    "mnist": (("test_fraction",), "MNIST's own test set; only data.val_fraction applies"),
 }
 
 
 def check_split_fractions(data: ml_collections.ConfigDict) -> None:
     """Refuses data.val_fraction / test_fraction for sources that would silently ignore them."""
-    set_fields = [
-        f"data.{name}={data[name]}"
-        for name in ("val_fraction", "test_fraction")
-        if data[name] != config_lib.SOURCE_SPLIT
-    ]
-    if data.name in _OWN_SPLITS and set_fields:
+    fields, fix = _OWN_SPLITS.get(data.name, ((), ""))
+    set_fields = [f"data.{f}={data[f]}" for f in fields if data[f] != config_lib.SOURCE_SPLIT]
+    if set_fields:
         raise ValueError(
             f"{', '.join(set_fields)}: {data.name!r} has a fixed split; drop the override. To "
-            f"change it use {_OWN_SPLITS[data.name]}."
+            f"change it use {fix}."
         )
+
+
+# --- mnist: the common mnist.npz (x_train, y_train, x_test, y_test) ---
+
+MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def make_mnist(data: ml_collections.ConfigDict) -> ArraySource:
+    """MNIST from `data.path`: train and val from x_train (val: data.val_fraction of each class,
+    default 0.1), test is x_test; greyscale made RGB and resized to data.image_size."""
+    path = pathlib.Path(data.path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No MNIST file at data.path={data.path!r}; point it at an mnist.npz with keys "
+            f"{', '.join(MNIST_KEYS)} (e.g. keras.datasets.mnist's)."
+        )
+    if data.split not in SPLITS:
+        raise ValueError(f"Unknown split {data.split!r}; choose one of {SPLITS}.")
+    with np.load(path) as npz:
+        missing = [k for k in MNIST_KEYS if k not in npz.files]
+        if missing:
+            raise ValueError(f"{path}: missing key(s) {missing}; it has {sorted(npz.files)}.")
+        arrays = {k: npz[k] for k in MNIST_KEYS}
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.ndim != 3 or x.dtype != np.uint8 or y.shape != (len(x),):
+            raise ValueError(
+                f"{path}: x_{part} {x.shape} {x.dtype}, y_{part} {y.shape}; expected uint8 "
+                "[N, H, W] images and [N] labels 0..9."
+            )
+    train_labels = arrays["y_train"].astype(np.int32)
+    parts = []
+    if data.split in ("train", "val", "all"):
+        keep = (
+            np.arange(len(train_labels))
+            if data.split == "all"
+            else stratified_split(
+                train_labels,
+                data.split,
+                val_fraction=split_fraction(data.val_fraction),
+                test_fraction=0.0,
+                seed=data.split_seed,
+            )
+        )
+        parts.append((arrays["x_train"][keep], train_labels[keep]))
+    if data.split in ("test", "all"):
+        parts.append((arrays["x_test"], arrays["y_test"].astype(np.int32)))
+    gray = np.concatenate([x for x, _ in parts])
+    labels = np.concatenate([y for _, y in parts])
+    images = np.stack(
+        [resize_square(np.repeat(g[..., None], 3, -1), data.image_size) for g in gray]
+    )
+    return ArraySource(images, labels, tuple(str(d) for d in range(10)))
+
+
+# --- data.classes: a subset of any source's classes ---
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassSubset:
+    """The records of `classes` only, relabelled 0..k-1 in the order given, names kept."""
+
+    source: object
+    indices: np.ndarray  # int64[N]: positions in `source`.
+    labels: np.ndarray  # int32[N]: the new labels.
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.source[int(self.indices[index])]
+        return {**record, "label": self.labels[index], "index": index}
+
+
+def select_classes(source, classes: str, origin: str):
+    """`source` restricted to the comma-separated class names in `classes`."""
+    wanted = [c.strip() for c in classes.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in source.class_names]
+    if unknown or len(set(wanted)) != len(wanted):
+        raise ValueError(
+            f"data.classes={classes!r}: {'unknown ' + str(unknown) if unknown else 'repeats'}; "
+            f"{origin} has classes {list(source.class_names)}."
+        )
+    old_labels = np.asarray(source.labels, np.int32)
+    new_label = {source.class_names.index(c): i for i, c in enumerate(wanted)}
+    indices = np.flatnonzero(np.isin(old_labels, list(new_label)))
+    labels = np.asarray([new_label[int(old_labels[i])] for i in indices], np.int32)
+    return ClassSubset(source, indices, labels, tuple(wanted))
 
 
 _SOURCES = {
     "digits": make_digits,
     "ham10000": make_ham10000,
     "dermamnist": make_dermamnist,
+    "mnist": make_mnist,
     "folder": make_folder,
 }
 
@@ -337,6 +431,8 @@ def get_source(data: ml_collections.ConfigDict):
         raise ValueError(f"Unknown data.name {data.name!r}; choose one of {sorted(_SOURCES)}.")
     check_split_fractions(data)
     source = _SOURCES[data.name](data)
+    if data.get("classes"):
+        source = select_classes(source, data.classes, repr(data.name))
     if data.num_classes and len(source.class_names) != data.num_classes:
         raise ValueError(
             f"data.num_classes={data.num_classes} but {data.name!r} has "

@@ -18,9 +18,17 @@ def conv_kernel_init(rng: jax.Array, shape, dtype=jax.numpy.float32) -> jax.Arra
     return flat.reshape(shape)
 
 
-def conv(features: int, kernel: int, stride: int = 1, kernel_init=conv_kernel_init) -> nn.Conv:
+def conv(
+    features: int, kernel: int, stride: int = 1, kernel_init=conv_kernel_init, use_bias=True
+) -> nn.Conv:
     """A square 'SAME' conv, by default with `conv_kernel_init`."""
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), kernel_init=kernel_init)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        kernel_init=kernel_init,
+        use_bias=use_bias,
+    )
 
 
 def conv_transpose(features: int, kernel: int, stride: int) -> nn.ConvTranspose:

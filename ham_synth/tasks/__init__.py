@@ -1,8 +1,8 @@
 """Task registry: `get_task(config.task)(config) -> Task`."""
 
-from ham_synth.tasks import ddpm, vae
+from ham_synth.tasks import ddpm, gan, vae
 
-_TASKS = {"ddpm": ddpm.make_task, "vae": vae.make_task}
+_TASKS = {"ddpm": ddpm.make_task, "gan": gan.make_task, "vae": vae.make_task}
 
 
 def get_task(name: str):

@@ -171,3 +171,62 @@ def test_folder_source_feeds_the_pipeline(tmp_path):
     batch = next(iter(dataset))
     assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.float32
     assert set(batch["label"]) <= {0, 1}
+
+
+# --- mnist and data.classes ---
+
+
+def _write_mnist(path, per_class_train=6, per_class_test=2):
+    rng = np.random.default_rng(0)
+
+    def part(n):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), n)
+        images = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+        images[:, 0, 0] = labels  # Each image carries its label in a pixel.
+        return images, labels
+
+    (x_train, y_train), (x_test, y_test) = part(per_class_train), part(per_class_test)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def test_mnist_reads_the_common_npz_with_val_from_train_and_test_as_is(tmp_path):
+    path = _write_mnist(tmp_path / "mnist.npz")
+    splits = {
+        s: sources.get_source(_data(name="mnist", path=str(path), split=s, image_size=28))
+        for s in ("train", "val", "test", "all")
+    }
+    # 10% of each class's 6 train images (at least one) go to val; test is x_test.
+    assert [len(splits[s]) for s in ("train", "val", "test", "all")] == [50, 10, 20, 80]
+    record = splits["test"][3]
+    assert record["image"].shape == (28, 28, 3) and record["image"].dtype == np.uint8
+    assert record["image"][0, 0, 0] == record["label"] == 1
+    assert splits["all"].class_names == tuple(str(d) for d in range(10))
+    with pytest.raises(ValueError, match="data.test_fraction=0.3: 'mnist' has a fixed split"):
+        sources.get_source(_data(name="mnist", path=str(path), test_fraction=0.3))
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['y_train', 'x_test', 'y_test'\]"):
+        sources.get_source(_data(name="mnist", path=str(tmp_path / "bad.npz")))
+
+
+def test_classes_keeps_a_subset_relabelled_in_the_given_order(tmp_path):
+    path = _write_mnist(tmp_path / "mnist.npz")
+    subset = sources.get_source(
+        _data(name="mnist", path=str(path), split="test", image_size=28, classes="7,2")
+    )
+    assert subset.class_names == ("7", "2") and len(subset) == 4
+    records = [subset[i] for i in range(len(subset))]
+    # Labels 0..k-1 in the order named; the pixel still says which digit each image is.
+    assert sorted((int(r["label"]), int(r["image"][0, 0, 0])) for r in records) == [
+        (0, 7),
+        (0, 7),
+        (1, 2),
+        (1, 2),
+    ]
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(subset.labels, [r["label"] for r in records])
+    with pytest.raises(ValueError, match=r"unknown \['nv'\]; 'digits' has classes"):
+        sources.get_source(_data(classes="7,nv"))
+    # Through the pipeline: one class, so the trainer sizes an unconditional model.
+    _, config = pipeline.make_train_dataset(load_config("vae.py:smoke", **{"data.classes": "7"}))
+    assert (config.data.num_classes, config.data.class_names) == (1, "7")

@@ -1,0 +1,218 @@
+"""The GAN: spectral norm against an SVD, the projection discriminator by hand, losses and R1 in
+closed form, DiffAugment, an 8-Gaussian toy, and the trainer's 1 = 8 devices and exact resume."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config
+
+from ham_synth import metric_writer, train
+from ham_synth import state as state_lib
+from ham_synth.models import gan_nets
+from ham_synth.tasks import diffaugment, gan
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+class _Spectral(nn.Module):
+    @nn.compact
+    def __call__(self, x, update_stats):
+        return gan_nets.spectral(nn.Dense(5, use_bias=False))(x, update_stats=update_stats)
+
+
+def test_spectral_norm_estimates_the_largest_singular_value():
+    model, x = _Spectral(), jnp.ones((2, 7))
+    variables = model.init(jax.random.key(0), x, update_stats=False)
+    kernel = np.asarray(variables["params"]["Dense_0"]["kernel"])
+    apply = jax.jit(lambda v: model.apply(v, x, update_stats=True, mutable=["batch_stats"])[1])
+    for _ in range(100):  # One power iteration per call.
+        variables = {**variables, **apply(variables)}
+    stats = variables["batch_stats"]["SpectralNorm_0"]
+    sigma = float(stats["Dense_0/kernel/sigma"])
+    np.testing.assert_allclose(sigma, np.linalg.svd(kernel)[1][0], rtol=1e-3)
+    # The layer applies kernel / sigma, whose largest singular value is 1.
+    eye = jnp.eye(7)
+    normalized = np.asarray(model.apply(variables, eye, update_stats=False))
+    np.testing.assert_allclose(np.linalg.svd(normalized)[1][0], 1.0, rtol=1e-3)
+
+
+def _sn(weight, u):
+    """One power iteration from u, as flax's SpectralNorm does: weight / sigma."""
+    w = np.asarray(weight, np.float64).reshape(-1, weight.shape[-1])
+    v = u @ w.T
+    v /= np.linalg.norm(v)
+    u = v @ w
+    u /= np.linalg.norm(u)
+    return np.asarray(weight, np.float64) / (v @ w @ u.T).item()
+
+
+def test_projection_discriminator_is_psi_of_phi_plus_the_class_projection():
+    disc = gan_nets.Discriminator(num_classes=3, channels=(4,))
+    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    labels = jnp.array([0, 2])
+    variables = disc.init(jax.random.key(0), images, labels)
+    logits = np.asarray(disc.apply(variables, images, labels))
+    phi = np.asarray(
+        disc.apply(variables, images, update_stats=False, method=gan_nets.Discriminator.features),
+        np.float64,
+    )
+    params, stats = variables["params"], variables["batch_stats"]
+    psi = params["psi"]["layer_instance"]
+    embed = params["embed"]["layer_instance"]["embedding"]
+    u_psi = np.asarray(stats["psi"]["layer_instance/kernel/u"], np.float64)
+    u_embed = np.asarray(stats["embed"]["layer_instance/embedding/u"], np.float64)
+    w_psi, w_embed = _sn(psi["kernel"], u_psi), _sn(embed, u_embed)
+    expected = phi @ w_psi[:, 0] + np.asarray(psi["bias"])[0] + np.sum(w_embed[[0, 2]] * phi, 1)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    other = np.asarray(disc.apply(variables, images, jnp.array([1, 0])))
+    assert np.abs(other - logits).min() > 1e-4  # The label changes the output.
+
+
+def test_losses_equal_their_closed_forms():
+    d_real, d_fake = jnp.array([2.0, 0.5, -1.0]), jnp.array([-3.0, 0.0, 1.5])
+    hinge_d = np.mean([0, 0.5, 2.0]) + np.mean([0, 1.0, 2.5])
+    np.testing.assert_allclose(gan.d_loss_terms(d_real, d_fake, "hinge"), hinge_d, rtol=1e-6)
+    np.testing.assert_allclose(gan.g_loss_term(d_fake, "hinge"), -np.mean([-3.0, 0.0, 1.5]))
+    softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    ns_d = np.mean(softplus(-np.array([2.0, 0.5, -1.0]))) + np.mean(
+        softplus(np.array([-3.0, 0, 1.5]))
+    )
+    np.testing.assert_allclose(gan.d_loss_terms(d_real, d_fake, "nonsaturating"), ns_d, rtol=1e-6)
+    np.testing.assert_allclose(
+        gan.g_loss_term(d_fake, "nonsaturating"),
+        np.mean(softplus(-np.array([-3.0, 0, 1.5]))),
+        rtol=1e-6,
+    )
+
+
+def test_r1_equals_a_finite_difference_gradient_norm():
+    w1 = jax.random.normal(jax.random.key(0), (12, 5))
+    w2 = jax.random.normal(jax.random.key(1), (5,))
+
+    def disc(x, labels):
+        return jnp.tanh(x.reshape(len(x), -1) @ w1) @ w2 + 0.1 * labels
+
+    x = np.asarray(jax.random.normal(jax.random.key(2), (3, 2, 2, 3)), np.float64)
+    labels = jnp.array([0, 1, 2])
+    penalty = float(jax.jit(gan.r1_penalty, static_argnums=0)(disc, jnp.asarray(x), labels))
+    eps, norms = 1e-3, []
+    f = lambda z: np.asarray(disc(jnp.asarray(z, jnp.float32), labels), np.float64)  # noqa: E731
+    grads = np.zeros_like(x)
+    for index in np.ndindex(*x.shape[1:]):
+        step = np.zeros_like(x)
+        step[(slice(None), *index)] = eps
+        grads[(slice(None), *index)] = (f(x + step) - f(x - step)) / (2 * eps)
+    norms = np.sum(grads**2, axis=(1, 2, 3))
+    np.testing.assert_allclose(penalty, norms.mean(), rtol=1e-2)
+
+
+def test_diffaugment_is_differentiable_and_the_same_on_real_and_fake():
+    rng = jax.random.key(3)
+    real = jax.random.normal(jax.random.key(4), (4, 8, 8, 3))
+    fake = jax.random.normal(jax.random.key(5), (4, 8, 8, 3))
+    geometric = ("translation", "cutout")
+    # Translation and cutout are linear maps chosen by the rng: the same rng, the same map.
+    both = diffaugment.augment(real + fake, rng, 1.0, geometric)
+    separate = diffaugment.augment(real, rng, 1.0, geometric) + diffaugment.augment(
+        fake, rng, 1.0, geometric
+    )
+    np.testing.assert_allclose(both, separate, atol=1e-6)
+    policy = diffaugment.parse_policy("translation,cutout,color")
+    np.testing.assert_array_equal(
+        diffaugment.augment(real, rng, 1.0, policy), diffaugment.augment(real, rng, 1.0, policy)
+    )
+    assert not np.allclose(diffaugment.augment(real, rng, 1.0, policy), real)
+    np.testing.assert_array_equal(diffaugment.augment(real, rng, 0.0, policy), real)  # p = 0.
+
+    # The gradient reaches the generator's output through every op.
+    weights = jax.random.normal(jax.random.key(6), real.shape)
+    grad = jax.grad(lambda x: jnp.sum(weights * diffaugment.augment(x, rng, 1.0, policy)))(fake)
+    assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
+    with pytest.raises(ValueError, match="unknown ops \\['flip'\\]"):
+        diffaugment.parse_policy("translation,flip")
+
+
+class _MLPGen(nn.Module):
+    @nn.compact
+    def __call__(self, z, labels, train=False):
+        x = z
+        for _ in range(3):
+            x = nn.relu(nn.Dense(128)(x))
+        return nn.Dense(2)(x)
+
+
+class _MLPDisc(nn.Module):
+    @nn.compact
+    def __call__(self, x, labels, update_stats=False):
+        for _ in range(3):
+            x = nn.leaky_relu(nn.Dense(128)(x), 0.2)
+        return nn.Dense(1)(x)[:, 0]
+
+
+def test_mlp_gan_covers_the_modes_of_eight_gaussians():
+    std, steps, batch_size = 0.05, 3000, 256
+    angles = np.arange(8) * 2 * np.pi / 8
+    modes = 2.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
+    overrides = {
+        "gan.loss": "nonsaturating",
+        "gan.n_disc": 1,
+        "gan.r1_gamma": 0.0,
+        "gan.augment": "",
+        "gan.ada_target": 0.0,
+        "model.latent_dim": 8,
+        "train.total_steps": steps,
+        "data.num_classes": 1,
+    }
+    for group in ("gen", "disc"):
+        overrides.update(
+            {f"optim.{group}.{k}": v for k, v in dict(lr=1e-3, b1=0.5, b2=0.999).items()}
+        )
+    overrides["optim.gen.ema_decay"] = 0.99
+    task = gan.make_gan_task(load_config("gan.py:smoke", **overrides), _MLPGen(), _MLPDisc())
+    rng = np.random.default_rng(0)
+
+    def batch():
+        points = modes[rng.integers(0, 8, batch_size)] + std * rng.normal(size=(batch_size, 2))
+        return {"image": jnp.asarray(points, jnp.float32), "label": jnp.zeros(batch_size, int)}
+
+    state = jax.jit(task.init)(jax.random.key(0), batch())
+    step = jax.jit(task.train_step)
+    for i in range(steps):
+        state, _ = step(state, batch(), jax.random.key(i))
+    labels = jnp.zeros(2000, jnp.int32)
+    samples = task.predict_fns["sample"](state_lib.eval_variables(state), labels, jax.random.key(1))
+    distances = np.linalg.norm(np.asarray(samples)[:, None] - modes[None], axis=-1)
+    covered = (distances < 3 * std).any(axis=0)
+    assert covered.sum() >= 7, covered
+    assert (distances.min(axis=1) < 3 * std).mean() > 0.5  # Most samples sit on a mode.
+
+
+def test_eight_devices_match_one_and_resume_is_bit_exact(tmp_path):
+    # Conditional BatchNorm in G normalizes over the global batch under jit, so the mesh size
+    # does not change the numbers.
+    runs = {}
+    for n in (1, 8):
+        config = load_config("gan.py:smoke", **{"train.num_devices": n, "train.total_steps": 3})
+        runs[n] = train.train_and_evaluate(config, tmp_path / str(n))
+    loss_1, loss_8 = (metric_writer.read_metrics(tmp_path / str(n))[-1] for n in (1, 8))
+    for key in ("train/loss", "train/d_loss", "train/r1", "train/augment_p"):
+        np.testing.assert_allclose(loss_8[key], loss_1[key], rtol=1e-4, atol=1e-6)
+    # Weights and statistics agree; Adam's moments of near-zero gradients (~1e-5) differ by
+    # summation order, so opt_state is left out.
+    for field in ("params", "ema_params", "model_state"):
+        for a, b in zip(
+            _leaves(getattr(runs[1], field)), _leaves(getattr(runs[8], field)), strict=True
+        ):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+    full = train.train_and_evaluate(load_config("gan.py:smoke"), tmp_path / "full")
+    first = load_config("gan.py:smoke", **{"train.total_steps": 3})
+    train.train_and_evaluate(first, tmp_path / "resumed")
+    resumed = train.train_and_evaluate(load_config("gan.py:smoke"), tmp_path / "resumed")
+    for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
+        np.testing.assert_array_equal(b, a)
+    assert set(resumed.model_state["batch_stats"]) == {"gen", "disc"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from ham_synth import evaluators, metric_writer, parallel, train, workdir
+from ham_synth import evaluate, evaluators, metric_writer, parallel, train, workdir
 from ham_synth.evaluators import common, features, fid, realism
 
 
@@ -180,3 +180,20 @@ def test_fid_evaluator_in_pixel_space_logs_fd_not_fid_and_matches_the_metrics(tm
     assert fake.shape == real.shape == (len(entry.evaluator.labels), 12)
     expected = fid.frechet_distance(*fid.compute_statistics(real), *fid.compute_statistics(fake))
     np.testing.assert_allclose(row["fid/fd"], expected, rtol=1e-5)
+
+
+def test_evaluate_runs_a_saved_runs_evaluators_at_the_step_asked(tmp_path, scripted):
+    config = _with_scripted_eval(
+        _config(**{"train.ckpt_every_steps": 3}), every_steps=-1, scale=2.0
+    )  # Off in training; checkpoints at steps 3 and 6.
+    train.train_and_evaluate(config, tmp_path)
+    assert scripted.calls == []
+
+    scalars = evaluate.evaluate(str(tmp_path), step="3", evals="probe")
+    assert scripted.calls == [3] and scalars == {"probe/value": 10.0}
+    assert (tmp_path / "evals" / "probe" / "step_0000003.json").exists()
+    # By default, every entry that is not off: here the sample grid, which has no scalars.
+    assert evaluate.evaluate(str(tmp_path)) == {}
+    assert scripted.calls == [3]
+    with pytest.raises(ValueError, match=r"No evaluator \['nope'\] in config.evals"):
+        evaluate.evaluate(str(tmp_path), evals="nope")

@@ -156,7 +156,7 @@ def score_images(
         fake_dir = sample_fake_dir(
             generator_workdir, num_per_class, out / "synthetic", **sample_options
         )
-    batch_size = features.round_batch(fid_batch_size, mesh)
+    batch_size = parallel.round_to_devices(fid_batch_size, mesh)
 
     real, real_labels, class_names = features.real_features(net, config.data, batch_size, mesh)
     fake_source = sources.get_source(fake_data_config(config.data, fake_dir, class_names))

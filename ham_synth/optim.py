@@ -7,18 +7,10 @@ from collections.abc import Sequence
 import ml_collections
 import optax
 
-# The fields of one optimizer group (config_lib.optim_group documents them).
-GROUP_FIELDS = (
-    "lr",
-    "warmup_steps",
-    "schedule_steps",
-    "min_lr_ratio",
-    "b1",
-    "b2",
-    "weight_decay",
-    "grad_clip",
-    "ema_decay",
-)
+from ham_synth import config_lib
+
+# The fields of one optimizer group, as config_lib.optim_group defines and documents them.
+GROUP_FIELDS = tuple(config_lib.optim_group())
 
 
 @dataclasses.dataclass(frozen=True)

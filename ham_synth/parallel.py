@@ -39,6 +39,11 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
         )
 
 
+def round_to_devices(batch_size: int, mesh: Mesh) -> int:
+    """`batch_size` rounded up to a multiple of the mesh's devices, so a batch splits evenly."""
+    return -(-batch_size // mesh.size) * mesh.size
+
+
 def to_global_batch(local_batch, mesh: Mesh):
     """Each process's numpy batch -> one global jax.Array per field, sharded over `data`."""
     sharding = batch_sharded(mesh)

@@ -51,7 +51,7 @@ def generate(
     process. Batches are split over the mesh and padded to one shape, so sampling compiles once;
     batch i draws its noise from fold_in(rng, i)."""
     jitted = base.jit_predict(sample_fn, mesh)
-    batch = -(-min(batch_size, len(labels)) // mesh.size) * mesh.size
+    batch = parallel.round_to_devices(min(batch_size, len(labels)), mesh)
     starts = range(0, len(labels), batch)
     for i, start in enumerate(tqdm.tqdm(starts, desc="sample", unit="batch", disable=not progress)):
         chunk = labels[start : start + batch]

@@ -1,6 +1,7 @@
 """One restore path: a run from its workdir alone, warm starts from another run, and the order
 in which a run's weights are chosen."""
 
+import json
 import shutil
 
 import jax
@@ -10,6 +11,7 @@ from conftest import load_config
 from PIL import Image
 
 from ham_synth import config_lib, evaluators, grids, parallel, train, workdir
+from ham_synth.data import sources
 
 
 def _leaves(tree):
@@ -121,12 +123,10 @@ def test_old_config_json_loads_and_fixed_splits_refuse_fractions(tmp_path):
     del old["evals"], old["init_from"], old["train"]["best"]
     old["train"]["sample_every_steps"], old["train"]["samples_per_class"] = 3, 2
     old["data"].update(name="ham10000", val_fraction=0.1, test_fraction=0.1)
-    (tmp_path / "config.json").write_text(__import__("json").dumps(old))
+    (tmp_path / "config.json").write_text(json.dumps(old))
     config = config_lib.load_workdir_config(tmp_path)
     assert config.evals.samples.to_dict() == {"type": "samples", "every_steps": 3, "per_class": 2}
     assert config.data.val_fraction == config_lib.SOURCE_SPLIT and config.init_from == ""
-
-    from ham_synth.data import sources
 
     data = load_config("vae.py:smoke", **{"data.name": "ham10000", "data.val_fraction": 0.2}).data
     with pytest.raises(

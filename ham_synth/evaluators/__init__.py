@@ -32,7 +32,8 @@ _EVALUATORS: dict[str, Callable[..., Evaluator]] = {
     "samples": samples.SamplesEvaluator,
     "fid": realism.FidEvaluator,
 }
-_COMMON_FIELDS = ("type", "every_steps")
+_COMMON_FIELDS = ("type", "every_steps")  # Every entry's; the rest are the factory's options.
+_BUILD_ARGS = ("name", "config", "task", "mesh", "workdir")  # Passed by make_entry, not options.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +72,6 @@ def make_entry(name: str, config, task: base.Task, mesh, workdir: pathlib.Path) 
         )
     evaluator = factory(name=name, config=config, task=task, mesh=mesh, workdir=workdir, **options)
     return Entry(name, spec.every_steps, evaluator, output_dir(workdir, name))
-
-
-_BUILD_ARGS = ("name", "config", "task", "mesh", "workdir")
 
 
 def from_config(

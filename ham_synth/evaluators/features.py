@@ -130,8 +130,3 @@ def real_features(net: FeatureNet, data: ml_collections.ConfigDict, batch_size: 
         np.savez(tmp, features=features, labels=labels)
         tmp.replace(path)  # Never a half-written cache, even if killed here.
     return features, labels, source.class_names
-
-
-def round_batch(batch_size: int, mesh) -> int:
-    """`batch_size` rounded up to a multiple of the devices, as extraction needs."""
-    return -(-batch_size // mesh.size) * mesh.size

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 from absl import logging
 
-from ham_synth import config_lib, grids, synthesize
+from ham_synth import config_lib, grids, parallel, synthesize
 from ham_synth.evaluators import common, fid
 from ham_synth.evaluators import features as features_lib
 from ham_synth.tasks import base
@@ -62,7 +62,7 @@ class FidEvaluator:
         self._seed = config.seed
         self._rng = common.evaluator_rng(config.seed, name)
         self._per_class = per_class
-        self._batch_size = features_lib.round_batch(batch_size, mesh)
+        self._batch_size = parallel.round_to_devices(batch_size, mesh)
         self._sample_batch_size = sample_batch_size
         self.net = features_lib.get_feature_net(
             features, mesh, pixel_grid=pixel_grid, inception_weights=inception_weights

@@ -117,12 +117,10 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
         )
         return logits, updates.get("batch_stats", d_stats)
 
-    def disc_step(carry, rngs, real, labels, p, do_r1):
-        """One D update on the step's real batch and fresh fakes (no G statistics kept)."""
-        d_params, d_opt, d_stats, g_params, g_stats = carry
-        fake_rng, real_aug_rng, fake_aug_rng = rngs
-        fake, _ = generate(g_params, g_stats, labels, fake_rng)
-        fake = jax.lax.stop_gradient(fake)
+    def disc_step(disc, real, fake, labels, augment_rngs, p, do_r1):
+        """One D update of `disc` = (params, opt_state, spectral-norm stats) on real and fake."""
+        d_params, d_opt, d_stats = disc
+        real_aug_rng, fake_aug_rng = augment_rngs
         real_aug = diffaugment.augment(real, real_aug_rng, p, policy)
         fake_aug = diffaugment.augment(fake, fake_aug_rng, p, policy)
 
@@ -161,7 +159,7 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             "r1": r1,
             "disc/grad_norm": optax.tree.norm(grads),
         }
-        return (d_params, d_opt, d_stats, g_params, g_stats), metrics
+        return (d_params, d_opt, d_stats), metrics
 
     def train_step(state, batch, rng):
         real, labels = batch["image"], batch["label"]
@@ -170,19 +168,17 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
         do_r1 = (gan.r1_gamma > 0) & (state.step % gan.r1_interval == 0)
 
         # --- Discriminator: n_disc updates, each on this step's real batch (reused) ---
-        carry = (
-            state.params["disc"],
-            state.opt_state["disc"],
-            stats["disc"],
-            state.params["gen"],
-            stats["gen"],
-        )
+        disc = (state.params["disc"], state.opt_state["disc"], stats["disc"])
         d_metrics = []
         for i in range(gan.n_disc):
-            rngs = jax.random.split(jax.random.fold_in(d_rng, i), 3)
-            carry, m = disc_step(carry, rngs, real, labels, p, do_r1 & (i == 0))
+            fake_rng, *augment_rngs = jax.random.split(jax.random.fold_in(d_rng, i), 3)
+            # Fresh fakes from the current G; its BatchNorm statistics update only in the G step.
+            fake, _ = generate(state.params["gen"], stats["gen"], labels, fake_rng)
+            disc, m = disc_step(
+                disc, real, jax.lax.stop_gradient(fake), labels, augment_rngs, p, do_r1 & (i == 0)
+            )
             d_metrics.append(m)
-        d_params, d_opt, d_stats, _, _ = carry
+        d_params, d_opt, d_stats = disc
         d_mean = jax.tree.map(lambda *x: jnp.mean(jnp.stack(x)), *d_metrics)
 
         # --- Generator: one update through the (frozen) new discriminator ---
@@ -224,7 +220,7 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             "train/rt": d_mean["rt"],
             # r1 x interval on the steps that compute it, 0 elsewhere: its mean over a log window
             # that is a multiple of r1_interval is the mean R1 of the steps that computed it.
-            "train/r1": d_metrics[0]["r1"] * do_r1 * gan.r1_interval,
+            "train/r1": d_metrics[0]["r1"] * gan.r1_interval,  # r1 is 0 where not computed.
             "train/augment_p": p,
             "train/gen/lr": optimizers["gen"].schedule(state.step),
             "train/disc/lr": optimizers["disc"].schedule(state.step),

@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
         prediction="v",  # eps | v: what the UNet predicts and the MSE is taken on.
         p_uncond=0.1,  # Label dropout: how often the null class trains the unconditional model.
     )
-    config.sample = dict(
+    config.sample.update(
         sampler="ddim",  # ddpm | ddim | dpmpp_2m
         steps=50,
         guidance=2.0,  # Classifier-free guidance w; 0 is the plain conditional model.

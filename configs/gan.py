@@ -23,8 +23,8 @@ ham64: HAM10000 at 64² for a GPU, SNGAN/BigGAN-style widths (G 512-256-128-64-3
 64-128-256-512 down to 4x4; 14.5M parameters), DiffAugment + ADA, R1 gamma 0.1 every 16 steps,
 100k steps of batch 64 (640 epochs of HAM10000's 7k train images, StyleGAN2-ADA's regime for
 10k-image sets). Measured here: 11.0 s per step on 2 CPU cores (5.3 GiB peak RSS), against
-114 s for ddpm.py:ham64, so a GAN step costs about a tenth of a DDPM step. Its GPU time is an
-estimate to measure with tools/bench_step.py: no GPU or full dataset is here.
+114 s for ddpm.py:ham64, so a GAN step costs about a tenth of a DDPM step. Its GPU time is still
+to measure: `python tools/benchmark.py --cases=config --config=configs/gan.py:ham64`.
 """
 
 from ham_synth import config_lib
@@ -61,7 +61,7 @@ def get_config(arg: str | None = None):
         ada_target=0.0,  # > 0: adapt p so that E[sign D(real)] stays near it (ADA: 0.6).
         ada_kimg=100,  # ADA: p can move 0 -> 1 in this many thousand images.
     )
-    config.sample = dict(
+    config.sample.update(
         truncation=0.0,  # > 0: z from a normal truncated to [-t, t] (fidelity over diversity).
     )
     # One optimizer per network (TTUR: set their lr and betas apart). SNGAN's Adam: lr 2e-4,

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import pathlib
 
+import jax.numpy as jnp
 import ml_collections
 
 
@@ -37,6 +38,17 @@ def parse_arg(arg: str | None, **defaults):
 SOURCE_SPLIT = -1.0
 DEFAULT_FRACTION = 0.1
 
+# train.compute_dtype, sample.compute_dtype and evals.fid.compute_dtype: the dtype of
+# activations and matmuls. Params and optimizer state are always float32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str, field: str = "train.compute_dtype"):
+    """The jnp dtype a compute-dtype field names."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"{field}={name!r}; choose one of {sorted(COMPUTE_DTYPES)}.")
+    return COMPUTE_DTYPES[name]
+
 
 def optim_group(**overrides) -> ml_collections.ConfigDict:
     """One optimizer's fields (optim.make_optimizer): `config.optim` for a family with one
@@ -62,6 +74,9 @@ def add_generator_evals(config: ml_collections.ConfigDict) -> None:
     config.train.sample_every_steps = ml_collections.FieldReference(250)
     # Columns in the sample grid (one row per class).
     config.train.samples_per_class = ml_collections.FieldReference(8)
+    # Sampling settings; a family adds its own (sampler, steps, truncation, ...).
+    config.sample = ml_collections.ConfigDict()
+    config.sample.compute_dtype = "float32"  # float32 | bfloat16, for `sample` and evaluators.
     config.evals.samples = ml_collections.ConfigDict(
         {
             "type": "samples",
@@ -83,6 +98,7 @@ def add_generator_evals(config: ml_collections.ConfigDict) -> None:
             "inception_weights": "",  # Converted weights; empty: the ham_synth cache.
             "batch_size": 64,  # Images per feature batch (rounded up to the devices).
             "sample_batch_size": 256,  # Images per sampling call.
+            "compute_dtype": "float32",  # The feature network's: float32 | bfloat16.
         }
     )
 
@@ -143,6 +159,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.ckpt_every_steps = 250
     config.train.keep_checkpoints = 3
     config.train.num_devices = -1  # Devices in the data-parallel mesh; -1: all.
+    # Activations and matmuls: float32 | bfloat16 (mixed precision, for GPUs and TPUs; slower on
+    # XLA:CPU). Params, optimizer state, normalization statistics, softmax and losses stay float32.
+    config.train.compute_dtype = "float32"
+    # Gradient accumulation: each batch runs as this many microbatches in sequence (less memory,
+    # same update; VAE, DDPM and the classifier). It must divide train.batch_size, and runs
+    # fastest when it divides the batch on each device.
+    config.train.grad_accum_steps = 1
     # Keep the best checkpoint by an evaluator's metric beside the latest keep_checkpoints, e.g.
     # metric="val/balanced_accuracy", mode="max". A checkpoint is saved at every step that computes
     # it; `ham-synth evaluate --step=best` and `init_from="W:best"` restore it. Empty: off.
@@ -237,6 +260,12 @@ def upgrade_config_dict(fields: dict) -> dict:
     fields.setdefault("evals", {})
     train = fields.setdefault("train", {})
     train.setdefault("best", {"metric": "", "mode": "max"})
+    train.setdefault("compute_dtype", "float32")
+    train.setdefault("grad_accum_steps", 1)
+    if "sample_every_steps" in train:  # A generator.
+        fields.setdefault("sample", {}).setdefault("compute_dtype", "float32")
+    if "fid" in fields["evals"]:
+        fields["evals"]["fid"].setdefault("compute_dtype", "float32")
     if "sample_every_steps" in train and "samples" not in fields["evals"]:
         fields["evals"]["samples"] = {
             "type": "samples",

@@ -48,7 +48,9 @@ class _StopRequest:
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        # With several processes, JAX's preemption notifier (installed by
+        # jax.distributed.initialize) must keep SIGTERM: a Python handler would replace it.
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -148,11 +150,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     window, window_steps = None, 0  # On-device sum of metrics since the last log step.
     last_good_step, saved_step = first_step, first_step
     timer = (first_step, time.perf_counter())
+    data_wait_s = 0.0  # Time the loop spent waiting for batches since the last log step.
     step = first_step
     try:
         with _StopRequest() as stop:
             for step in range(first_step + 1, total_steps + 1):
+                fetch_start = time.perf_counter()
                 batch = parallel.to_global_batch(next(train_iter), mesh)
+                data_wait_s += time.perf_counter() - fetch_start
                 state, metrics = train_step(state, batch, jax.random.fold_in(loop_rng, step))
                 window = metrics if window is None else _accumulate(window, metrics)
                 window_steps += 1
@@ -169,8 +174,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     last_good_step = step
                 if is_log:
                     now = time.perf_counter()
-                    row.update(means, steps_per_sec=(step - timer[0]) / (now - timer[1]))
-                    window, window_steps, timer = None, 0, (step, now)
+                    row.update(
+                        means,
+                        steps_per_sec=(step - timer[0]) / (now - timer[1]),
+                        # Near 1: the input pipeline, not the device, sets the pace.
+                        data_wait_fraction=data_wait_s / (now - timer[1]),
+                    )
+                    window, window_steps, timer, data_wait_s = None, 0, (step, now), 0.0
 
                 # --- Evaluators ---
                 for entry in due:

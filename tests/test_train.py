@@ -67,6 +67,7 @@ def test_workdir_holds_config_metrics_samples_events_and_checkpoints(tmp_path):
     assert [r["step"] for r in rows] == [2, 4, 6]
     for key in ("train/loss", "train/reconstruction", "train/kl", "steps_per_sec"):
         assert all(np.isfinite(r[key]) for r in rows), key
+    assert all(0 <= r["data_wait_fraction"] <= 1 for r in rows)
     grid = Image.open(tmp_path / "samples" / "step_0000006.png")
     # One row per class, `samples_per_class` columns of 8x8 images with 1px padding, upscaled 8x,
     # after a margin that names the classes.

@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from ham_synth import config_lib
 from ham_synth.data import pipeline, sources
 from ham_synth.evaluators import inception
 
@@ -39,19 +40,26 @@ class FeatureNet:
         return self.name == INCEPTION
 
 
-def make_inception(mesh, *, inception_weights: str = "", **_) -> FeatureNet:
+def make_inception(
+    mesh, *, inception_weights: str = "", compute_dtype: str = "float32", **_
+) -> FeatureNet:
     """The FID Inception; a missing weights file fails here with the command that converts it."""
     weights = pathlib.Path(inception_weights or inception.default_weights_path())
     variables = inception.load_variables(weights)
+    dtype = config_lib.compute_dtype(compute_dtype, "evals.fid.compute_dtype")
     return FeatureNet(
-        INCEPTION, inception.make_feature_fn(variables, mesh), inception_cache_key(weights)
+        INCEPTION,
+        inception.make_feature_fn(variables, mesh, dtype),
+        inception_cache_key(weights, compute_dtype),
     )
 
 
-def inception_cache_key(weights: pathlib.Path) -> str:
-    """The weights file's identity: path, size and modification time."""
+def inception_cache_key(weights: pathlib.Path, compute_dtype: str = "float32") -> str:
+    """The weights file's identity (path, size and modification time) and, when not float32,
+    the compute dtype, whose features differ."""
     stat = weights.stat()
-    return json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns])
+    key = [str(weights.resolve()), stat.st_size, stat.st_mtime_ns]
+    return json.dumps(key if compute_dtype == "float32" else [*key, compute_dtype])
 
 
 def make_pixels(mesh, *, pixel_grid: int = 4, **_) -> FeatureNet:

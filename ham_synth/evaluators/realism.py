@@ -55,6 +55,7 @@ class FidEvaluator:
         inception_weights: str = "",
         batch_size: int = 64,
         sample_batch_size: int = 256,
+        compute_dtype: str = "float32",
     ):
         del workdir  # Its JSON goes where every evaluator's does.
         self._sample_fn = base.get_predict_fn(task, base.SAMPLE, config.task)
@@ -65,7 +66,11 @@ class FidEvaluator:
         self._batch_size = parallel.round_to_devices(batch_size, mesh)
         self._sample_batch_size = sample_batch_size
         self.net = features_lib.get_feature_net(
-            features, mesh, pixel_grid=pixel_grid, inception_weights=inception_weights
+            features,
+            mesh,
+            pixel_grid=pixel_grid,
+            inception_weights=inception_weights,
+            compute_dtype=compute_dtype,
         )
         data = config_lib.with_values(config, {"data.split": split}).data
         self._class_names = tuple(config_lib.class_names(config))

@@ -1,13 +1,14 @@
 """Model registry: `get_model(name, **kwargs)`. Models are architecture only; losses live in
 tasks/."""
 
-from ham_synth.models import gan_nets, unet, vae_nets
+from ham_synth.models import gan_nets, unet, vae_nets, vit
 
 _MODELS = {
     "discriminator": gan_nets.Discriminator,
     "generator": gan_nets.Generator,
     "unet": unet.UNet,
     "vae": vae_nets.VAE,
+    "vit": vit.ViT,
 }
 
 

@@ -5,7 +5,9 @@ One class count covers both uses: `num_classes=1` is unconditional (plain BatchN
 projection term).
 """
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,6 +25,7 @@ class ConditionalBatchNorm(nn.Module):
 
     num_classes: int
     momentum: float = 0.99
+    dtype: Any = None  # Compute dtype; the batch statistics are float32 whatever it is.
 
     @nn.compact
     def __call__(self, x, labels, train: bool):
@@ -32,12 +35,20 @@ class ConditionalBatchNorm(nn.Module):
             momentum=self.momentum,
             use_scale=not conditional,
             use_bias=not conditional,
+            dtype=self.dtype,
         )(x)
         if not conditional:
             return x
         features = x.shape[-1]
-        gain = nn.Embed(self.num_classes, features, embedding_init=nn.initializers.zeros)(labels)
-        bias = nn.Embed(self.num_classes, features, embedding_init=nn.initializers.zeros)(labels)
+        embed = functools.partial(
+            nn.Embed,
+            self.num_classes,
+            features,
+            embedding_init=nn.initializers.zeros,
+            dtype=self.dtype,
+        )
+        gain = embed()(labels)
+        bias = embed()(labels)
         return x * (1.0 + gain[:, None, None, :]) + bias[:, None, None, :]
 
 
@@ -52,6 +63,7 @@ class Generator(nn.Module):
     image_size: int
     channels: Sequence[int] = (128, 64, 32)
     bn_momentum: float = 0.99
+    dtype: Any = None  # Compute dtype; None: float32. The image is float32.
 
     @nn.compact
     def __call__(self, z, labels, train: bool = False):
@@ -63,16 +75,19 @@ class Generator(nn.Module):
                 f"{self.image_size} must be a multiple of {2**upsamplings}."
             )
         # No biases before a BatchNorm: it removes them, and Adam would step on their zero grads.
-        x = nn.Dense(base * base * self.channels[0], use_bias=False)(z)
+        norm = functools.partial(
+            ConditionalBatchNorm, self.num_classes, self.bn_momentum, dtype=self.dtype
+        )
+        x = nn.Dense(base * base * self.channels[0], use_bias=False, dtype=self.dtype)(z)
         x = x.reshape(z.shape[0], base, base, self.channels[0])
         for i, width in enumerate(self.channels):
-            x = nn.relu(ConditionalBatchNorm(self.num_classes, self.bn_momentum)(x, labels, train))
+            x = nn.relu(norm()(x, labels, train))
             if i > 0:
                 b, h, w, c = x.shape
                 x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
-            x = layers.conv(width, 3, use_bias=False)(x)
-        x = nn.relu(ConditionalBatchNorm(self.num_classes, self.bn_momentum)(x, labels, train))
-        return jnp.tanh(layers.conv(3, 3)(x))
+            x = layers.conv(width, 3, use_bias=False, dtype=self.dtype)(x)
+        x = nn.relu(norm()(x, labels, train))
+        return jnp.tanh(layers.conv(3, 3, dtype=self.dtype)(x).astype(jnp.float32))
 
 
 def spectral(layer: nn.Module) -> nn.SpectralNorm:
@@ -86,6 +101,7 @@ class DiscriminatorFeatures(nn.Module):
     float32[B, channels[-1]]."""
 
     channels: Sequence[int]
+    dtype: Any = None  # Compute dtype; None: float32. The power iteration stays float32.
 
     @nn.compact
     def __call__(self, images, update_stats: bool):
@@ -96,9 +112,9 @@ class DiscriminatorFeatures(nn.Module):
             for kernel, stride in ((3, 1), (4, 2))
         ]
         for width, kernel, stride in [*convs, (self.channels[-1], 3, 1)]:
-            layer = spectral(layers.conv(width, kernel, stride=stride))
+            layer = spectral(layers.conv(width, kernel, stride=stride, dtype=self.dtype))
             x = nn.leaky_relu(layer(x, update_stats=update_stats), LEAKY_SLOPE)
-        return jnp.sum(x, axis=(1, 2))
+        return jnp.sum(x.astype(jnp.float32), axis=(1, 2))
 
 
 class Discriminator(nn.Module):
@@ -110,9 +126,10 @@ class Discriminator(nn.Module):
 
     num_classes: int
     channels: Sequence[int] = (32, 64, 128)
+    dtype: Any = None  # Compute dtype of the convs; the head and the logits are float32.
 
     def setup(self):
-        self.phi = DiscriminatorFeatures(self.channels)
+        self.phi = DiscriminatorFeatures(self.channels, dtype=self.dtype)
         self.psi = spectral(nn.Dense(1))
         if self.num_classes > 1:
             self.embed = spectral(nn.Embed(self.num_classes, self.channels[-1]))

@@ -1,6 +1,7 @@
 """Building blocks shared by the model families."""
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,22 +20,33 @@ def conv_kernel_init(rng: jax.Array, shape, dtype=jax.numpy.float32) -> jax.Arra
 
 
 def conv(
-    features: int, kernel: int, stride: int = 1, kernel_init=conv_kernel_init, use_bias=True
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    kernel_init=conv_kernel_init,
+    use_bias=True,
+    dtype: Any = None,
 ) -> nn.Conv:
-    """A square 'SAME' conv, by default with `conv_kernel_init`."""
+    """A square 'SAME' conv, by default with `conv_kernel_init`; `dtype` is the compute dtype
+    (None: the inputs'), params stay float32."""
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
         kernel_init=kernel_init,
         use_bias=use_bias,
+        dtype=dtype,
     )
 
 
-def conv_transpose(features: int, kernel: int, stride: int) -> nn.ConvTranspose:
+def conv_transpose(features: int, kernel: int, stride: int, dtype: Any = None) -> nn.ConvTranspose:
     """A square 'SAME' transposed conv (upsamples by `stride`) with `conv_kernel_init`."""
     return nn.ConvTranspose(
-        features, (kernel, kernel), strides=(stride, stride), kernel_init=conv_kernel_init
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        kernel_init=conv_kernel_init,
+        dtype=dtype,
     )
 
 
@@ -53,17 +65,23 @@ class ResBlock(nn.Module):
     features: int
     dropout: float = 0.0
     groups: int = 8
+    dtype: Any = None  # Compute dtype; GroupNorm statistics are float32 whatever it is.
 
     @nn.compact
     def __call__(self, x, cond, *, train: bool):
-        h = conv(self.features, 3)(nn.silu(nn.GroupNorm(min(self.groups, x.shape[-1]))(x)))
-        scale, shift = jnp.split(nn.Dense(2 * self.features)(nn.silu(cond)), 2, axis=-1)
-        h = nn.GroupNorm(min(self.groups, self.features))(h)
+        def norm(features):
+            return nn.GroupNorm(min(self.groups, features), dtype=self.dtype)
+
+        h = conv(self.features, 3, dtype=self.dtype)(nn.silu(norm(x.shape[-1])(x)))
+        scale, shift = jnp.split(
+            nn.Dense(2 * self.features, dtype=self.dtype)(nn.silu(cond)), 2, axis=-1
+        )
+        h = norm(self.features)(h)
         h = h * (1 + scale[:, None, None]) + shift[:, None, None]
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-        h = conv(self.features, 3, kernel_init=nn.initializers.zeros)(h)
+        h = conv(self.features, 3, kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         if x.shape[-1] != self.features:
-            x = conv(self.features, 1)(x)
+            x = conv(self.features, 1, dtype=self.dtype)(x)
         return x + h
 
 
@@ -72,12 +90,16 @@ class SelfAttention(nn.Module):
 
     num_heads: int = 4
     groups: int = 8
+    dtype: Any = None  # Compute dtype; the softmax is float32 whatever it is.
 
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
-        tokens = nn.GroupNorm(min(self.groups, c))(x).reshape(b, h * w, c)
+        tokens = nn.GroupNorm(min(self.groups, c), dtype=self.dtype)(x).reshape(b, h * w, c)
         out = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros
+            num_heads=self.num_heads,
+            out_kernel_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            force_fp32_for_softmax=True,
         )(tokens)
         return x + out.reshape(b, h, w, c)

@@ -1,6 +1,8 @@
 """Class- and time-conditioned UNet (Ho et al. 2020; ADM's AdaGN and null class for CFG)."""
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -22,39 +24,47 @@ class UNet(nn.Module):
     num_heads: int = 4
     dropout: float = 0.0
     out_channels: int = 3
+    # Activations and matmuls (e.g. bfloat16); None: float32. Params, GroupNorm statistics,
+    # the softmax and the output are float32 whatever it is.
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, t, labels, *, train: bool = False):
         emb_dim = 4 * self.channels
+        dense = functools.partial(nn.Dense, emb_dim, dtype=self.dtype)
+        conv = functools.partial(layers.conv, dtype=self.dtype)
+        res_block = functools.partial(layers.ResBlock, dropout=self.dropout, dtype=self.dtype)
+        attention = functools.partial(layers.SelfAttention, self.num_heads, dtype=self.dtype)
         cond = layers.timestep_embedding(t, self.channels)
-        cond = nn.Dense(emb_dim)(nn.silu(nn.Dense(emb_dim)(cond)))
-        cond = cond + nn.Embed(self.num_classes + 1, emb_dim)(labels)
+        cond = dense()(nn.silu(dense()(cond)))
+        cond = cond + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype)(labels)
 
         def block(h, features):
-            h = layers.ResBlock(features, self.dropout)(h, cond, train=train)
+            h = res_block(features)(h, cond, train=train)
             if h.shape[1] in self.attention_resolutions:
-                h = layers.SelfAttention(self.num_heads)(h)
+                h = attention()(h)
             return h
 
-        h = layers.conv(self.channels, 3)(x)
+        h = conv(self.channels, 3)(x)
         skips = [h]
         for level, mult in enumerate(self.channel_mults):
             for _ in range(self.num_res_blocks):
                 h = block(h, self.channels * mult)
                 skips.append(h)
             if level < len(self.channel_mults) - 1:
-                h = layers.conv(h.shape[-1], 3, stride=2)(h)
+                h = conv(h.shape[-1], 3, stride=2)(h)
                 skips.append(h)
 
-        h = layers.ResBlock(h.shape[-1], self.dropout)(h, cond, train=train)
-        h = layers.SelfAttention(self.num_heads)(h)
-        h = layers.ResBlock(h.shape[-1], self.dropout)(h, cond, train=train)
+        h = res_block(h.shape[-1])(h, cond, train=train)
+        h = attention()(h)
+        h = res_block(h.shape[-1])(h, cond, train=train)
 
         for level, mult in reversed(list(enumerate(self.channel_mults))):
             for _ in range(self.num_res_blocks + 1):
                 h = block(jnp.concatenate([h, skips.pop()], axis=-1), self.channels * mult)
             if level > 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # Nearest-neighbour 2x.
-                h = layers.conv(h.shape[-1], 3)(h)
-        h = nn.silu(nn.GroupNorm(min(8, h.shape[-1]))(h))
-        return layers.conv(self.out_channels, 3, kernel_init=nn.initializers.zeros)(h)
+                h = conv(h.shape[-1], 3)(h)
+        h = nn.silu(nn.GroupNorm(min(8, h.shape[-1]), dtype=self.dtype)(h))
+        out = conv(self.out_channels, 3, kernel_init=nn.initializers.zeros)(h)
+        return out.astype(jnp.float32)

@@ -1,6 +1,7 @@
 """Class-conditional convolutional VAE: q(z | x, y) as (mean, logvar) and p(x | z, y)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,6 +15,7 @@ class Encoder(nn.Module):
 
     channels: Sequence[int]
     latent_dim: int
+    dtype: Any = None  # Compute dtype; None: float32. The outputs are float32.
 
     @nn.compact
     def __call__(self, images, class_embedding):
@@ -23,12 +25,12 @@ class Encoder(nn.Module):
         )
         x = jnp.concatenate([images, cond], axis=-1)
         for width in self.channels:
-            x = nn.silu(layers.conv(width, 3)(x))
-            x = nn.silu(layers.conv(width, 4, stride=2)(x))
+            x = nn.silu(layers.conv(width, 3, dtype=self.dtype)(x))
+            x = nn.silu(layers.conv(width, 4, stride=2, dtype=self.dtype)(x))
         x = x.reshape(b, -1)
-        mean = nn.Dense(self.latent_dim, name="mean")(x)
-        logvar = nn.Dense(self.latent_dim, name="logvar")(x)
-        return mean, logvar
+        mean = nn.Dense(self.latent_dim, dtype=self.dtype, name="mean")(x)
+        logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(x)
+        return mean.astype(jnp.float32), logvar.astype(jnp.float32)
 
 
 class Decoder(nn.Module):
@@ -37,17 +39,19 @@ class Decoder(nn.Module):
     channels: Sequence[int]
     image_size: int
     out_channels: int = 3
+    dtype: Any = None  # Compute dtype; None: float32. The image is float32.
 
     @nn.compact
     def __call__(self, z, class_embedding):
         base = self.image_size // 2 ** len(self.channels)
         x = jnp.concatenate([z, class_embedding], axis=-1)
-        x = nn.silu(nn.Dense(base * base * self.channels[-1])(x))
+        x = nn.silu(nn.Dense(base * base * self.channels[-1], dtype=self.dtype)(x))
         x = x.reshape(z.shape[0], base, base, self.channels[-1])
         for width in reversed(self.channels):
-            x = nn.silu(layers.conv_transpose(width, 4, stride=2)(x))
-            x = nn.silu(layers.conv(width, 3)(x))
-        return jnp.tanh(layers.conv(self.out_channels, 3)(x))
+            x = nn.silu(layers.conv_transpose(width, 4, stride=2, dtype=self.dtype)(x))
+            x = nn.silu(layers.conv(width, 3, dtype=self.dtype)(x))
+        x = layers.conv(self.out_channels, 3, dtype=self.dtype)(x)
+        return jnp.tanh(x.astype(jnp.float32))
 
 
 class VAE(nn.Module):
@@ -58,6 +62,7 @@ class VAE(nn.Module):
     channels: Sequence[int] = (32, 64)
     latent_dim: int = 16
     class_embed_dim: int = 16
+    dtype: Any = None  # Compute dtype of the encoder and decoder; None: float32.
 
     def setup(self):
         if self.image_size % 2 ** len(self.channels):
@@ -66,8 +71,8 @@ class VAE(nn.Module):
                 f"{2 ** len(self.channels)}."
             )
         self.class_embed = nn.Embed(self.num_classes, self.class_embed_dim)
-        self.encoder = Encoder(self.channels, self.latent_dim)
-        self.decoder = Decoder(self.channels, self.image_size)
+        self.encoder = Encoder(self.channels, self.latent_dim, dtype=self.dtype)
+        self.decoder = Decoder(self.channels, self.image_size, dtype=self.dtype)
 
     def __call__(self, images, labels):
         """Returns (reconstruction, mean, logvar) for float images [B, H, W, 3], int32 labels."""

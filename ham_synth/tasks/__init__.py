@@ -1,8 +1,13 @@
 """Task registry: `get_task(config.task)(config) -> Task`."""
 
-from ham_synth.tasks import ddpm, gan, vae
+from ham_synth.tasks import classify, ddpm, gan, vae
 
-_TASKS = {"ddpm": ddpm.make_task, "gan": gan.make_task, "vae": vae.make_task}
+_TASKS = {
+    "classify": classify.make_task,
+    "ddpm": ddpm.make_task,
+    "gan": gan.make_task,
+    "vae": vae.make_task,
+}
 
 
 def get_task(name: str):

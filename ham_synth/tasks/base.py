@@ -103,12 +103,55 @@ def apply_update(params, opt_state, grads, tx: optax.GradientTransformation):
     return optax.apply_updates(params, updates), opt_state
 
 
-def make_simple_step(loss_fn: LossFn, optimizer: optim.Optimizer):
-    """train_step for families with one loss over one params tree (VAE, DDPM, classifier)."""
+def split_microbatches(batch: Batch, accum_steps: int) -> Batch:
+    """[B, ...] -> [accum_steps, B / accum_steps, ...]; microbatch i takes examples i, i + k,
+    i + 2k, ..., so each one is spread over the devices of the batch-sharded mesh (evenly when
+    accum_steps divides the batch on each device)."""
+
+    def split(x):
+        if x.shape[0] % accum_steps:
+            raise ValueError(
+                f"train.grad_accum_steps={accum_steps} must divide train.batch_size "
+                f"({x.shape[0]})."
+            )
+        return x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def accumulate_grads(loss_fn: LossFn, params, batch: Batch, rng, step, accum_steps: int):
+    """((loss, aux), grads) of `loss_fn`, averaged over `accum_steps` microbatches run one after
+    another (lax.scan), so a batch that does not fit in memory at once still trains. Each
+    microbatch draws its own rng (folded with its index): equal to the full batch for
+    deterministic losses, and in expectation otherwise."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        return grad_fn(params, batch, rng, step)
+
+    def body(total, inputs):
+        index, microbatch = inputs
+        out = grad_fn(params, microbatch, jax.random.fold_in(rng, index), step)
+        return jax.tree.map(jnp.add, total, out), None
+
+    micro = split_microbatches(batch, accum_steps)
+    zeros = jax.tree.map(
+        jnp.zeros_like,
+        jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng, step),
+    )
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+    return jax.tree.map(lambda x: x / accum_steps, total)
+
+
+def make_simple_step(loss_fn: LossFn, optimizer: optim.Optimizer, accum_steps: int = 1):
+    """train_step for families with one loss over one params tree (VAE, DDPM, classifier);
+    `accum_steps` > 1 accumulates gradients over that many microbatches of each batch."""
+    if accum_steps < 1:
+        raise ValueError(f"train.grad_accum_steps={accum_steps} must be at least 1.")
 
     def train_step(state, batch, rng):
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, aux), grads = grad_fn(state.params, batch, rng, state.step)
+        (loss, aux), grads = accumulate_grads(
+            loss_fn, state.params, batch, rng, state.step, accum_steps
+        )
         params, opt_state = apply_update(state.params, state.opt_state, grads, optimizer.tx)
         new_state = state.replace(
             step=state.step + 1,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ham_synth import models, optim
+from ham_synth import config_lib, models, optim
 from ham_synth.diffusion import samplers, schedule
 from ham_synth.tasks import base
 
@@ -31,6 +31,7 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         attention_resolutions=tuple(config.model.attention_resolutions),
         num_heads=config.model.num_heads,
         dropout=config.model.dropout,
+        dtype=config_lib.compute_dtype(config.train.compute_dtype),
     )
     optimizer = optim.make_optimizer(config.optim, config.train.total_steps)
     diffusion = config.diffusion
@@ -74,9 +75,11 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         guidance: float = defaults.guidance,
         eta: float = defaults.eta,
         clip_denoised: bool = defaults.clip_denoised,
+        compute_dtype: str = defaults.compute_dtype,
     ):
         """Denoises from pure noise; the settings default to config.sample."""
-        model_fn = functools.partial(model.apply, variables)
+        dtype = config_lib.compute_dtype(compute_dtype, "sample.compute_dtype")
+        model_fn = functools.partial(model.clone(dtype=dtype).apply, variables)
         return samplers.sample(
             samplers.guided(model_fn, guidance, null_label=num_classes),
             labels,
@@ -92,6 +95,6 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
 
     return base.Task(
         init=base.make_init(init_variables, optimizer.tx),
-        train_step=base.make_simple_step(loss_fn, optimizer),
+        train_step=base.make_simple_step(loss_fn, optimizer, config.train.grad_accum_steps),
         predict_fns={base.SAMPLE: sample},
     )

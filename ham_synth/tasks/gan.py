@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ham_synth import models, optim
+from ham_synth import config_lib, models, optim
 from ham_synth import state as state_lib
 from ham_synth.tasks import base, diffaugment
 
@@ -48,27 +48,38 @@ def generator_variables(variables: dict) -> dict:
 def make_task(config: ml_collections.ConfigDict) -> base.Task:
     """The GAN of models/gan_nets.py, sized by config.model and config.data."""
     num_classes = base.num_classes(config)
+    dtype = config_lib.compute_dtype(config.train.compute_dtype)
     generator = models.get_model(
         "generator",
         num_classes=num_classes,
         image_size=config.data.image_size,
         channels=tuple(config.model.gen_channels),
         bn_momentum=config.model.bn_momentum,
+        dtype=dtype,
     )
     discriminator = models.get_model(
-        "discriminator", num_classes=num_classes, channels=tuple(config.model.disc_channels)
+        "discriminator",
+        num_classes=num_classes,
+        channels=tuple(config.model.disc_channels),
+        dtype=dtype,
     )
     return make_gan_task(config, generator, discriminator)
 
 
 def make_gan_task(config, generator, discriminator) -> base.Task:
-    """The task for any `generator(z, labels, train)` and `discriminator(x, labels,
-    update_stats)` pair (the toy test passes MLPs)."""
+    """The task for any `generator(z, labels, train)` with a `dtype` field (the sampling dtype)
+    and `discriminator(x, labels, update_stats)` pair (the toy test passes MLPs)."""
     gan = config.gan
     if gan.loss not in LOSSES:
         raise ValueError(f"gan.loss={gan.loss!r}; choose one of {LOSSES}.")
     if gan.n_disc < 1:
         raise ValueError(f"gan.n_disc={gan.n_disc}; the discriminator needs at least 1 update.")
+    if config.train.grad_accum_steps != 1:
+        raise ValueError(
+            f"train.grad_accum_steps={config.train.grad_accum_steps}: the GAN does not accumulate "
+            "gradients (its BatchNorm statistics are per batch); set it to 1 and lower "
+            "train.batch_size instead."
+        )
     policy = diffaugment.parse_policy(gan.augment)
     optimizers = optim.make_optimizers(config.optim, config.train.total_steps, ("gen", "disc"))
     latent_dim = config.model.latent_dim
@@ -229,7 +240,14 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
         }
         return new_state, metrics
 
-    def sample(variables, labels, rng, *, truncation: float = config.sample.truncation):
+    def sample(
+        variables,
+        labels,
+        rng,
+        *,
+        truncation: float = config.sample.truncation,
+        compute_dtype: str = config.sample.compute_dtype,
+    ):
         """The EMA generator on z ~ N(0, I), or a normal truncated to [-truncation, truncation]
         when truncation > 0; BatchNorm uses the running statistics."""
         shape = (labels.shape[0], latent_dim)
@@ -237,6 +255,8 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             z = jax.random.truncated_normal(rng, -truncation, truncation, shape)
         else:
             z = jax.random.normal(rng, shape)
-        return generator.apply(generator_variables(variables), z, labels, train=False)
+        dtype = config_lib.compute_dtype(compute_dtype, "sample.compute_dtype")
+        sampler = generator.clone(dtype=dtype)
+        return sampler.apply(generator_variables(variables), z, labels, train=False)
 
     return base.Task(init=init, train_step=train_step, predict_fns={base.SAMPLE: sample})

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ham_synth import models, optim
+from ham_synth import config_lib, models, optim
 from ham_synth.tasks import base
 
 
@@ -28,6 +28,7 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         channels=tuple(config.model.channels),
         latent_dim=config.model.latent_dim,
         class_embed_dim=config.model.class_embed_dim,
+        dtype=config_lib.compute_dtype(config.train.compute_dtype),
     )
     optimizer = optim.make_optimizer(config.optim, config.train.total_steps)
 
@@ -47,13 +48,14 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         loss = reconstruction + beta * kl
         return loss, {"reconstruction": reconstruction, "kl": kl, "beta": beta}
 
-    def sample(variables, labels, rng):
-        """Decodes draws from the prior N(0, I); it has no settings."""
+    def sample(variables, labels, rng, *, compute_dtype: str = config.sample.compute_dtype):
+        """Decodes draws from the prior N(0, I)."""
         z = jax.random.normal(rng, (labels.shape[0], config.model.latent_dim))
-        return model.apply(variables, z, labels, method=model.decode)
+        decoder = model.clone(dtype=config_lib.compute_dtype(compute_dtype, "sample.compute_dtype"))
+        return decoder.apply(variables, z, labels, method=decoder.decode)
 
     return base.Task(
         init=base.make_init(init_variables, optimizer.tx),
-        train_step=base.make_simple_step(loss_fn, optimizer),
+        train_step=base.make_simple_step(loss_fn, optimizer, config.train.grad_accum_steps),
         predict_fns={base.SAMPLE: sample},
     )

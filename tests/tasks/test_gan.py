@@ -1,6 +1,8 @@
 """The GAN: spectral norm against an SVD, the projection discriminator by hand, losses and R1 in
 closed form, DiffAugment, an 8-Gaussian toy, and the trainer's 1 = 8 devices and exact resume."""
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -137,6 +139,8 @@ def test_diffaugment_is_differentiable_and_the_same_on_real_and_fake():
 
 
 class _MLPGen(nn.Module):
+    dtype: Any = None  # make_gan_task samples with generator.clone(dtype=...).
+
     @nn.compact
     def __call__(self, z, labels, train=False):
         x = z

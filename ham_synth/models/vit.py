@@ -1,0 +1,199 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) with the module and parameter names of
+google-research/vision_transformer and big_vision, so their AugReg `.npz` checkpoints map onto it
+key for key: `embedding`, `cls`, `Transformer/posembed_input/pos_embedding`,
+`Transformer/encoderblock_N/{LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
+MlpBlock_3}`, `Transformer/encoder_norm`, `head`.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Named sizes (width, depth, heads, MLP width), as in the ViT and AugReg papers.
+SIZES = {
+    "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
+    "S": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+}
+POOLS = ("token", "gap")
+
+
+def size_fields(variant: str, **explicit) -> dict[str, int]:
+    """width, depth, num_heads and mlp_dim of a named size ("S"; "S/16" ignores the patch here),
+    explicit values > 0 taking precedence; without a name all four are needed."""
+    name = variant.split("/")[0]
+    if name and name not in SIZES:
+        raise ValueError(f"model.variant={variant!r}; choose one of {sorted(SIZES)} or ''.")
+    fields = dict(SIZES.get(name, {}))
+    fields.update({k: v for k, v in explicit.items() if v and v > 0})
+    missing = sorted(set(SIZES["S"]) - set(fields))
+    if missing:
+        raise ValueError(
+            f"model.variant is empty and model.{', model.'.join(missing)} not set: name a size "
+            f"({', '.join(SIZES)}) or give width, depth, num_heads and mlp_dim."
+        )
+    return fields
+
+
+class MlpBlock(nn.Module):
+    mlp_dim: int
+    dropout: float = 0.0
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        width = x.shape[-1]
+        dense = dict(
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(1e-6),
+        )
+        x = nn.gelu(nn.Dense(self.mlp_dim, **dense)(x), approximate=False)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dense(width, **dense)(x)
+        return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+def drop_path(module: nn.Module, x, rate: float, train: bool):
+    """Stochastic depth: zeroes a residual branch per example with probability `rate` (scaling
+    the kept ones by 1 / (1 - rate)); identity at evaluation."""
+    if not train or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, (x.shape[0], 1, 1))
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-LN block: x + MHSA(LN(x)), then x + MLP(LN(x)). Attention probabilities are sown in
+    `intermediates` (`sow_weights`) when applied with mutable=["intermediates"]."""
+
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, sow_weights: bool = False):
+        y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            dropout_rate=self.attention_dropout,
+            deterministic=not train,
+            force_fp32_for_softmax=True,
+            name="MultiHeadDotProductAttention_1",
+        )(y, y, sow_weights=sow_weights)
+        y = nn.Dropout(self.dropout, deterministic=not train)(y)
+        x = x + drop_path(self, y, self.drop_path, train)
+        y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_2")(x)
+        y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, name="MlpBlock_3")(
+            y, train=train
+        )
+        return x + drop_path(self, y, self.drop_path, train)
+
+
+class ViT(nn.Module):
+    """images float32[B, H, W, 3] in [-1, 1] -> logits float32[B, num_classes].
+
+    `pool="token"` reads the class token, `"gap"` averages the patch tokens. Stochastic depth
+    rises linearly from 0 at the first block to `stochastic_depth` at the last.
+    """
+
+    num_classes: int
+    patch_size: int = 16
+    width: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_dim: int = 1536
+    pool: str = "token"
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    stochastic_depth: float = 0.0
+    # Activations and matmuls (e.g. bfloat16); None: float32. Params, LayerNorm statistics, the
+    # softmax and the logits are float32 whatever it is.
+    dtype: Any = None
+
+    def setup(self):
+        if self.pool not in POOLS:
+            raise ValueError(f"model.pool={self.pool!r}; choose one of {POOLS}.")
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"model.width={self.width} must be a multiple of model.num_heads={self.num_heads}."
+            )
+
+    @nn.compact
+    def __call__(self, images, *, train: bool = False, sow_weights: bool = False):
+        b, h, w, _ = images.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(
+                f"Image size {h}x{w} is not a multiple of model.patch_size={p}; change one."
+            )
+        x = nn.Conv(
+            self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embedding"
+        )(images)
+        x = x.reshape(b, -1, self.width)
+        if self.pool == "token":
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width))
+            x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], 1)
+        x = Encoder(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            stochastic_depth=self.stochastic_depth,
+            dtype=self.dtype,
+            name="Transformer",
+        )(x, train=train, sow_weights=sow_weights)
+        x = x[:, 0] if self.pool == "token" else jnp.mean(x, axis=1)
+        self.sow("intermediates", "pre_logits", x)
+        logits = nn.Dense(
+            self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="head"
+        )(x)
+        return logits.astype(jnp.float32)
+
+
+class AddPositionEmbs(nn.Module):
+    """x + a learned `pos_embedding` [1, tokens, width]."""
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (1, *x.shape[1:])
+        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape)
+        return x + pos.astype(x.dtype)
+
+
+class Encoder(nn.Module):
+    """Learned position embeddings, dropout, `depth` blocks and a final LayerNorm."""
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    stochastic_depth: float = 0.0
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, sow_weights: bool = False):
+        x = AddPositionEmbs(name="posembed_input")(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        for i in range(self.depth):
+            rate = self.stochastic_depth * i / max(self.depth - 1, 1)
+            x = Encoder1DBlock(
+                self.num_heads,
+                self.mlp_dim,
+                self.dropout,
+                self.attention_dropout,
+                rate,
+                dtype=self.dtype,
+                name=f"encoderblock_{i}",
+            )(x, train=train, sow_weights=sow_weights)
+        return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)

@@ -1,0 +1,65 @@
+"""Image classification (the ViT): cross-entropy with label smoothing, and a `predict` function
+(logits) for evaluators and `ham-synth classify`."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ham_synth import config_lib, models, optim
+from ham_synth.models import vit
+from ham_synth.tasks import base
+
+# predict_fns["predict"](variables, images float32[N, H, W, 3] in [-1, 1]) -> float32[N, classes]
+PREDICT = "predict"
+
+
+def make_model(config: ml_collections.ConfigDict, dtype=None) -> vit.ViT:
+    """The ViT that config.model describes, for config.data.num_classes classes."""
+    m = config.model
+    sizes = vit.size_fields(
+        m.variant, width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim
+    )
+    return models.get_model(
+        m.name,
+        num_classes=base.num_classes(config),
+        patch_size=m.patch_size,
+        pool=m.pool,
+        dropout=m.dropout,
+        attention_dropout=m.attention_dropout,
+        stochastic_depth=m.stochastic_depth,
+        dtype=dtype,
+        **sizes,
+    )
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float) -> jax.Array:
+    """Per-example cross-entropy against one-hot targets smoothed towards uniform."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_task(config: ml_collections.ConfigDict) -> base.Task:
+    num_classes = base.num_classes(config)
+    model = make_model(config, config_lib.compute_dtype(config.train.compute_dtype))
+    optimizer = optim.make_optimizer(config.optim, config.train.total_steps)
+
+    def init_variables(rng, batch):
+        return model.init(rng, batch["image"])
+
+    def loss_fn(params, batch, rng, step):
+        del step
+        logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
+        labels = batch["label"]
+        loss = cross_entropy(logits, labels, num_classes, config.loss.label_smoothing).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return loss, {"accuracy": accuracy}
+
+    def predict(variables, images):
+        return model.apply(variables, images)
+
+    return base.Task(
+        init=base.make_init(init_variables, optimizer.tx),
+        train_step=base.make_simple_step(loss_fn, optimizer, config.train.grad_accum_steps),
+        predict_fns={PREDICT: predict},
+    )

@@ -6,6 +6,8 @@ quickstart: 16x16 digits, a 4-block ViT with 4x4 patches (64 wide), batch 64.
 smoke: 8x8, 2 tiny blocks, a few steps, for tests (seconds).
 """
 
+import ml_collections
+
 from ham_synth import config_lib
 
 
@@ -27,8 +29,18 @@ def get_config(arg: str | None = None):
     config.model.dropout = 0.0
     config.model.attention_dropout = 0.0
     config.model.stochastic_depth = 0.0  # Drop-path rate of the last block (linear from 0).
+    # A local AugReg / big_vision ViT .npz to start from: the head is re-initialized and the
+    # position embeddings resampled to this image size (bicubic, as timm). Empty: random init.
+    config.model.init_from_npz = ""
 
     config.loss = dict(label_smoothing=0.1)
+
+    # Classification metrics on val during training and on test at the end; the best checkpoint
+    # by val balanced accuracy is kept (`ham-synth evaluate --step=best --evals=test`).
+    val_every = ml_collections.FieldReference(250)
+    config.evals.val = dict(type="classification", every_steps=val_every, split="val")
+    config.evals.test = dict(type="classification", every_steps=0, split="test")
+    config.train.best = dict(metric="val/balanced_accuracy", mode="max")
 
     config.train.batch_size = 64
     config.train.total_steps = 1000
@@ -43,4 +55,5 @@ def get_config(arg: str | None = None):
         config.model.num_heads = 2
         config.model.mlp_dim = 32
         config_lib.apply_smoke_schedule(config)
+        val_every.set(3)
     return config

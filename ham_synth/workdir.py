@@ -78,7 +78,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Built:
 
 
 def initial_state(built: Built, rng: jax.Array, mesh) -> state_lib.TrainState:
-    """Step 0: random init, then `config.init_from` (precedence 2) when set."""
+    """Step 0: random init, then `config.init_from` (precedence 2) or external weights
+    (precedence 3) when set."""
     config = built.config
     external = [f"model.{f}" for f in EXTERNAL_WEIGHT_FIELDS if config.model.get(f)]
     if config.init_from and external:
@@ -89,6 +90,11 @@ def initial_state(built: Built, rng: jax.Array, mesh) -> state_lib.TrainState:
     state = init(rng, example_batch(config))
     if config.init_from:
         state = warm_start(state, config.init_from, mesh)
+    elif external:
+        if built.task.load_external is None:
+            raise ValueError(f"{external[0]} is set, but the {config.task!r} family reads no "
+                             "external weights; clear it.")  # fmt: skip
+        state = jax.device_put(built.task.load_external(state), parallel.replicated(mesh))
     return state
 
 

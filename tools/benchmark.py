@@ -64,8 +64,8 @@ DEFAULT_CASES = CASES[:-1]
 # pipeline: the folder source over generated 600x450 JPEGs.
 PRESETS = {
     "tiny": dict(
-        ddpm=dict(image_size=8, channels=32, channel_mults=(1, 2), num_res_blocks=1,
-                  attention_resolutions=(4,), num_heads=1, batch=4),
+        ddpm=dict(image_size=8, channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                  attention_resolutions=(), num_heads=1, batch=4),
         vit=dict(image_size=16, patch_size=4, width=32, depth=2, num_heads=2, mlp_dim=64, batch=4),
         inception=dict(batch=2, sizes=(32,)),
         sampler=dict(batch=4, runs=(("ddim", 2), ("dpmpp_2m", 2))),
@@ -320,7 +320,10 @@ def diffusers_unet(shape: dict, num_classes: int):
     attention = [size // 2**i in shape["attention_resolutions"] for i in range(len(mults))]
     widths = [shape["channels"] * m for m in mults]
     # Our attention has num_heads heads at every level; diffusers fixes the head width instead.
-    attention_width = max((w for w, a in zip(widths, attention, strict=True) if a), default=64)
+    # The middle block (the last width) always has attention.
+    attention_width = max(
+        (w for w, a in zip(widths, attention, strict=True) if a), default=widths[-1]
+    )
     return diffusers.UNet2DModel(
         sample_size=size,
         block_out_channels=widths,

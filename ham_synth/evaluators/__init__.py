@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ham_synth.evaluators import common, realism, samples
+from ham_synth.evaluators import classification, common, realism, samples
 from ham_synth.tasks import base
 
 EVALS_DIR = "evals"
@@ -31,6 +31,7 @@ class Evaluator(Protocol):
 _EVALUATORS: dict[str, Callable[..., Evaluator]] = {
     "samples": samples.SamplesEvaluator,
     "fid": realism.FidEvaluator,
+    "classification": classification.ClassificationEvaluator,
 }
 _COMMON_FIELDS = ("type", "every_steps")  # Every entry's; the rest are the factory's options.
 _BUILD_ARGS = ("name", "config", "task", "mesh", "workdir")  # Passed by make_entry, not options.

@@ -38,6 +38,9 @@ class Task:
     # are keyword-only with the config's values as defaults; they are static under jit, so a new
     # value retraces that one function and never rebuilds the task.
     predict_fns: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+    # Step-0 state -> the same with external pretrained weights (a model field names them, e.g.
+    # the ViT's model.init_from_npz); None: the family reads none. workdir.initial_state calls it.
+    load_external: Callable[[state_lib.TrainState], state_lib.TrainState] | None = None
 
 
 def num_classes(config) -> int:
@@ -111,8 +114,7 @@ def split_microbatches(batch: Batch, accum_steps: int) -> Batch:
     def split(x):
         if x.shape[0] % accum_steps:
             raise ValueError(
-                f"train.grad_accum_steps={accum_steps} must divide train.batch_size "
-                f"({x.shape[0]})."
+                f"train.grad_accum_steps={accum_steps} must divide train.batch_size ({x.shape[0]})."
             )
         return x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
 

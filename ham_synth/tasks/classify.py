@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from ham_synth import config_lib, models, optim
-from ham_synth.models import vit
+from ham_synth.models import vit, vit_pretrained
 from ham_synth.tasks import base
 
 # predict_fns["predict"](variables, images float32[N, H, W, 3] in [-1, 1]) -> float32[N, classes]
@@ -62,4 +63,21 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         init=base.make_init(init_variables, optimizer.tx),
         train_step=base.make_simple_step(loss_fn, optimizer, config.train.grad_accum_steps),
         predict_fns={PREDICT: predict},
+        load_external=make_load_external(config.model.init_from_npz),
     )
+
+
+def make_load_external(path: str):
+    """Step-0 state -> params and EMA params from the AugReg .npz at `path` (head re-initialized,
+    position embeddings resampled); None when no path is set."""
+    if not path:
+        return None
+
+    def load_external(state):
+        params, report = vit_pretrained.load_into(
+            jax.device_get(state.params), vit_pretrained.read_npz(path)
+        )
+        logging.info("model.init_from_npz: %s", report.summary(path))
+        return state.replace(params=params, ema_params=params)
+
+    return load_external

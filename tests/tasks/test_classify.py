@@ -9,11 +9,19 @@ from conftest import load_config
 from flax import traverse_util
 
 from ham_synth import parallel, train, workdir
-from ham_synth.models import vit
+from ham_synth.models import vit, vit_pretrained
+
+
+def _import_timm():
+    """timm, after torch_reference stubs the CUDA-only torchvision modules it would load."""
+    pytest.importorskip("torch")
+    from evaluators import torch_reference  # noqa: F401, PLC0415
+
+    return pytest.importorskip("timm")
 
 
 def test_vit_s16_has_augreg_names_and_timms_parameter_count():
-    timm = pytest.importorskip("timm")
+    timm = _import_timm()
     model = vit.ViT(num_classes=7, patch_size=16, **vit.size_fields("S/16"))
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
     flat = traverse_util.flatten_dict(shapes["params"], sep="/")
@@ -57,3 +65,84 @@ def test_gradient_accumulation_matches_the_full_batch_on_eight_devices():
 def test_gradient_accumulation_must_divide_the_batch():
     with pytest.raises(ValueError, match="must divide train.batch_size"):
         _train(3, steps=1)
+
+
+def _vit(num_classes: int, **fields):
+    return vit.ViT(num_classes=num_classes, patch_size=4, **vit.size_fields("", **fields))
+
+
+def _augreg_npz(path, params, extra=()):
+    """`params` saved as an AugReg checkpoint is: flat '/'-joined keys, plus `extra` names."""
+    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+    flat.update({name: np.ones((2, 2), np.float32) for name in extra})
+    np.savez(path, **flat)
+    return flat
+
+
+@pytest.mark.parametrize("grid", [4, 24])  # Down- and upsampling a 14x14 grid.
+def test_position_embeddings_resample_as_timms_bicubic(grid):
+    torch = pytest.importorskip("torch")
+    timm_pos_embed = _import_timm().layers.pos_embed
+    pos = np.random.default_rng(0).normal(size=(1, 1 + 14 * 14, 8)).astype(np.float32)
+    ours = vit_pretrained.resample_pos_embedding(pos, (grid, grid), num_prefix=1)
+    reference = timm_pos_embed.resample_abs_pos_embed(
+        torch.from_numpy(pos), (grid, grid), num_prefix_tokens=1, antialias=False
+    ).numpy()
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    # jax.image.resize's cubic kernel (a = -0.5) is a different interpolation.
+    patches = jnp.asarray(pos[0, 1:].reshape(14, 14, 8))
+    theirs = jax.image.resize(patches, (grid, grid, 8), "cubic", antialias=False)
+    assert np.abs(np.asarray(theirs).reshape(-1) - reference[0, 1:].reshape(-1)).max() > 1e-3
+
+
+def test_augreg_npz_loads_with_new_head_resampled_positions_and_a_report(tmp_path):
+    fields = dict(width=16, depth=2, num_heads=2, mlp_dim=32)
+    pretrained = _vit(10, **fields).init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"]
+    saved = _augreg_npz(tmp_path / "augreg.npz", pretrained, extra=["pre_logits/kernel"])
+    fresh = _vit(7, **fields).init(jax.random.key(2), jnp.zeros((1, 16, 16, 3)))["params"]
+
+    params, report = vit_pretrained.load_into(
+        fresh, vit_pretrained.read_npz(tmp_path / "augreg.npz")
+    )
+    flat = traverse_util.flatten_dict(params, sep="/")
+    fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
+    assert report.reinitialized == ["head/bias", "head/kernel"]
+    assert report.unused == ["pre_logits/kernel"] and report.missing == []
+    assert report.resized == "(1, 65, 16) -> (1, 17, 16)"
+    for key, value in flat.items():
+        if key.startswith("head/"):
+            np.testing.assert_array_equal(value, fresh_flat[key])
+        elif key == vit_pretrained.POS_EMBEDDING:
+            expected = vit_pretrained.resample_pos_embedding(saved[key], (4, 4), num_prefix=1)
+            np.testing.assert_array_equal(value, expected)
+        else:
+            np.testing.assert_array_equal(value, saved[key])
+
+    wider = _vit(7, width=32, depth=2, num_heads=2, mlp_dim=32)
+    wider_params = wider.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)))["params"]
+    mismatch = r"embedding/\w+ has shape \(.*16,?\) in the file but \(.*32"
+    with pytest.raises(ValueError, match=mismatch):
+        vit_pretrained.load_into(wider_params, saved)
+
+
+def test_init_from_npz_starts_training_from_the_file(tmp_path):
+    config = load_config("vit.py:smoke", **{"train.num_devices": 1})
+    model = _vit(10, width=16, depth=2, num_heads=2, mlp_dim=32)
+    pretrained = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))["params"]
+    saved = _augreg_npz(tmp_path / "augreg.npz", pretrained)
+    config.model.init_from_npz = str(tmp_path / "augreg.npz")
+    mesh = parallel.make_mesh(1)
+    built = workdir.build(config, mesh)
+    state = workdir.initial_state(built, jax.random.key(0), mesh)
+    flat = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+    np.testing.assert_array_equal(flat["embedding/kernel"], saved["embedding/kernel"])
+    np.testing.assert_array_equal(
+        flat[vit_pretrained.POS_EMBEDDING], saved[vit_pretrained.POS_EMBEDDING]
+    )
+    assert flat["head/kernel"].shape == (16, 10)  # digits: 10 classes, re-initialized (zeros)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.ema_params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    config.model.init_from_npz = str(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz.*no such file"):
+        workdir.initial_state(workdir.build(config, mesh), jax.random.key(0), mesh)

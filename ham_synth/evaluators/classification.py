@@ -1,0 +1,211 @@
+"""The `classification` evaluator: a classifier's metrics on any split of its data, by
+scikit-learn, with a confusion-matrix and a reliability-diagram PNG.
+
+Scalars: accuracy, balanced_accuracy, {precision, recall, f1}_{macro, weighted}, roc_auc_macro
+(one-vs-rest over the classes present in the split), ece (expected calibration error), and
+`<class>/{precision, recall, f1}`. Macro averages run over the classes present in the split; a
+class absent from it is named in the JSON, not scored as zero.
+"""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from ham_synth import config_lib, parallel
+from ham_synth import state as state_lib
+from ham_synth.data import pipeline, sources
+from ham_synth.evaluators import common, inception
+from ham_synth.tasks import base, classify
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int) -> tuple:
+    """(ECE, per-bin rows): |accuracy - confidence| of the top class, averaged over equal-width
+    confidence bins weighted by their share of examples (Guo et al. 2017)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        count = int(members.sum())
+        accuracy = float(correct[members].mean()) if count else None
+        mean_confidence = float(confidence[members].mean()) if count else None
+        if count:
+            ece += count / len(labels) * abs(accuracy - mean_confidence)
+        rows.append(
+            {"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+             "accuracy": accuracy, "confidence": mean_confidence}
+        )  # fmt: skip
+    return ece, rows
+
+
+def macro_roc_auc(labels: np.ndarray, probs: np.ndarray, present: list[int]) -> float:
+    """One-vs-rest ROC-AUC averaged over the classes present, on probabilities renormalized over
+    them; nan with fewer than two classes."""
+    if len(present) < 2:
+        return float("nan")
+    scores = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
+    if len(present) == 2:
+        return float(sk_metrics.roc_auc_score(labels == present[1], scores[:, 1]))
+    return float(
+        sk_metrics.roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=present)
+    )
+
+
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, class_names: list[str], calibration_bins: int = 15
+) -> tuple[dict[str, float], dict]:
+    """(scalars, details) for true labels int[N] and class probabilities float[N, K]."""
+    predictions = probs.argmax(axis=1)
+    everyone = list(range(len(class_names)))
+    present = sorted(int(c) for c in np.unique(labels))
+    scalars = {
+        "accuracy": sk_metrics.accuracy_score(labels, predictions),
+        "balanced_accuracy": float(np.mean(
+            sk_metrics.recall_score(labels, predictions, labels=present, average=None,
+                                    zero_division=0)
+        )),
+    }  # fmt: skip
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(
+            labels, predictions, labels=present, average=average, zero_division=0
+        )
+        scalars |= {f"precision_{average}": precision, f"recall_{average}": recall,
+                    f"f1_{average}": f1}  # fmt: skip
+    scalars["roc_auc_macro"] = macro_roc_auc(labels, probs, present)
+    scalars["ece"], reliability = expected_calibration_error(probs, labels, calibration_bins)
+    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+        labels, predictions, labels=everyone, average=None, zero_division=0
+    )
+    per_class = {}
+    for c, name in enumerate(class_names):
+        per_class[name] = {"precision": float(precision[c]), "recall": float(recall[c]),
+                           "f1": float(f1[c]), "support": int(support[c])}  # fmt: skip
+        if c in present:
+            scalars |= {f"{name}/{k}": per_class[name][k] for k in ("precision", "recall", "f1")}
+    details = {
+        "num_examples": len(labels),
+        "absent_classes": [class_names[c] for c in everyone if c not in present],
+        "per_class": per_class,
+        "confusion_matrix": sk_metrics.confusion_matrix(labels, predictions, labels=everyone)
+        .astype(int)
+        .tolist(),
+        "reliability": reliability,
+    }
+    return {k: float(v) for k, v in scalars.items()}, details
+
+
+def plot_confusion(matrix: np.ndarray, class_names: list[str], path: pathlib.Path, title: str):
+    """Counts, with each row's share as the colour (rows: true class, columns: predicted)."""
+    matrix = np.asarray(matrix)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = 1.0 + 0.7 * len(class_names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if shares[i, j] > 0.5 else "black", fontsize=8)  # fmt: skip
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    _save(fig, path)
+
+
+def plot_reliability(rows: list[dict], ece: float, path: pathlib.Path, title: str):
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    filled = [r for r in rows if r["count"]]
+    ax.bar([r["low"] for r in filled], [r["accuracy"] for r in filled],
+           width=[r["high"] - r["low"] for r in filled], align="edge", edgecolor="black",
+           alpha=0.7, label="accuracy")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE {ece:.3f}")
+    ax.legend(loc="upper left")
+    _save(fig, path)
+
+
+def _save(fig, path: pathlib.Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)  # A reader never sees half a PNG.
+
+
+class ClassificationEvaluator:
+    """Reads the split's labels at construction (a missing split fails before training), then
+    at each run classifies every image with the EMA params and scores it."""
+
+    def __init__(
+        self,
+        *,
+        name,
+        config,
+        task,
+        mesh,
+        workdir,
+        split: str = "val",
+        batch_size: int = 256,
+        calibration_bins: int = 15,
+    ):
+        predict = base.get_predict_fn(task, classify.PREDICT, config.task)
+        self._jitted = jax.jit(
+            lambda variables, images: predict(variables, images.astype(jnp.float32) / 127.5 - 1),
+            out_shardings=parallel.batch_sharded(mesh),
+        )
+        self._source = sources.get_source(
+            config_lib.with_values(config, {"data.split": split}).data
+        )
+        self.labels = pipeline.source_labels(self._source)
+        if not len(self.labels):
+            raise ValueError(f"evals.{name}: the {split!r} split has no images.")
+        self.class_names = config_lib.class_names(config)
+        if list(self._source.class_names) != self.class_names:
+            raise ValueError(
+                f"evals.{name}: the {split!r} split's classes {list(self._source.class_names)} "
+                f"differ from the model's {self.class_names}."
+            )
+        self._name, self._split, self._mesh = name, split, mesh
+        self._batch_size = parallel.round_to_devices(batch_size, mesh)
+        self._bins = calibration_bins
+        self.outdir = pathlib.Path(workdir) / "evals" / name
+
+    def probabilities(self, state) -> np.ndarray:
+        """float32[N, K]: softmax of the EMA model's logits on every image of the split."""
+        variables = jax.device_put(state_lib.eval_variables(state), parallel.replicated(self._mesh))
+        logits = inception.extract_features(
+            lambda images: self._jitted(variables, images),
+            lambda indices: np.stack([self._source[int(i)]["image"] for i in indices]),
+            len(self.labels),
+            self._batch_size,
+            self._mesh,
+        )
+        return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+    def run(self, state, step: int) -> common.Result:
+        probs = self.probabilities(state)
+        scalars, details = classification_metrics(self.labels, probs, self.class_names, self._bins)
+        details = {"split": self._split, **details}
+        if jax.process_index() == 0:
+            title = f"{self._name}: {self._split} split, step {step}"
+            plot_confusion(details["confusion_matrix"], self.class_names,
+                           self.outdir / f"confusion_step_{step:07d}.png", title)  # fmt: skip
+            plot_reliability(details["reliability"], scalars["ece"],
+                             self.outdir / f"reliability_step_{step:07d}.png", title)  # fmt: skip
+        return common.Result(scalars=scalars, details=details)

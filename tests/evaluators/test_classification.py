@@ -1,0 +1,72 @@
+"""The classification evaluator: metrics against hand-computed values, absent classes named,
+and its files from a ViT training run."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import load_config
+
+from ham_synth import metric_writer, train
+from ham_synth.evaluators import classification
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def _probs(predictions, confidence=0.8, classes=4):
+    """Each row puts `confidence` on its prediction and spreads the rest evenly."""
+    probs = np.full((len(predictions), classes), (1 - confidence) / (classes - 1))
+    probs[np.arange(len(predictions)), predictions] = confidence
+    return probs
+
+
+def test_metrics_equal_hand_computed_values_and_name_the_absent_class():
+    labels = np.array([0, 0, 1, 1, 2])
+    scalars, details = classification.classification_metrics(
+        labels, _probs([0, 1, 1, 1, 0]), NAMES, calibration_bins=10
+    )
+    assert scalars["accuracy"] == pytest.approx(3 / 5)
+    # Recall per present class: a 1/2, b 2/2, c 0/1; class d is absent, so not averaged in.
+    assert scalars["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert scalars["recall_macro"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    # Precision: a 1/2 (one of two "a" predictions), b 2/3, c 0 (never predicted).
+    assert scalars["precision_macro"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+    f1 = [2 * p * r / (p + r) if p + r else 0 for p, r in ((1 / 2, 1 / 2), (2 / 3, 1), (0, 0))]
+    assert scalars["f1_macro"] == pytest.approx(sum(f1) / 3)
+    assert scalars["f1_weighted"] == pytest.approx((2 * f1[0] + 2 * f1[1] + f1[2]) / 5)
+    # Every confidence is 0.8 and 3 of 5 are right: ECE = |0.6 - 0.8|.
+    assert scalars["ece"] == pytest.approx(0.2)
+    assert details["absent_classes"] == ["d"]
+    assert details["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert "d/recall" not in scalars and scalars["b/recall"] == 1.0
+    assert details["confusion_matrix"][0] == [1, 1, 0, 0]
+
+
+def test_roc_auc_is_one_when_the_true_class_always_ranks_first_and_nan_for_one_class():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    scalars, _ = classification.classification_metrics(labels, _probs(labels), NAMES)
+    assert scalars["roc_auc_macro"] == pytest.approx(1.0)
+    scalars, details = classification.classification_metrics(
+        np.array([1, 1]), _probs([1, 0]), NAMES
+    )
+    assert math.isnan(scalars["roc_auc_macro"])
+    assert details["absent_classes"] == ["a", "c", "d"]
+
+
+def test_vit_run_writes_metrics_plots_and_keeps_the_best_checkpoint(tmp_path):
+    config = load_config("vit.py:smoke")
+    train.train_and_evaluate(config, tmp_path)
+    rows = metric_writer.read_metrics(tmp_path)
+    val_rows = [r for r in rows if "val/balanced_accuracy" in r]
+    assert [r["step"] for r in val_rows] == [3, 6]
+    assert "test/f1_macro" in rows[-1] and "test/roc_auc_macro" in rows[-1]
+    record = json.loads((tmp_path / "evals" / "test" / "step_0000006.json").read_text())
+    assert (
+        record["split"] == "test"
+        and sum(map(sum, record["confusion_matrix"])) == record["num_examples"]
+    )
+    for kind in ("confusion", "reliability"):
+        assert (tmp_path / "evals" / "val" / f"{kind}_step_0000003.png").stat().st_size > 1000
+    best = max(val_rows, key=lambda r: r["val/balanced_accuracy"])["step"]
+    assert (tmp_path / "checkpoints" / str(best)).is_dir()

@@ -33,7 +33,12 @@ def get_config(arg: str | None = None):
     # position embeddings resampled to this image size (bicubic, as timm). Empty: random init.
     config.model.init_from_npz = ""
 
-    config.loss = dict(label_smoothing=0.1)
+    config.loss = dict(
+        label_smoothing=0.1,
+        # none | inverse (N / (K n_c), scikit-learn's "balanced") | sqrt_inverse | "w0,w1,...":
+        # per-class loss weights from the training split's counts (data.class_counts).
+        class_weights="none",
+    )
 
     # Classification metrics on val during training and on test at the end; the best checkpoint
     # by val balanced accuracy is kept (`ham-synth evaluate --step=best --evals=test`).

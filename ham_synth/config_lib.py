@@ -135,6 +135,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # folder: comma-separated label order; empty: sorted folders. The trainer records every
     # source's names here (config.json), as it does num_classes.
     config.data.class_names = ""
+    # The training split's image count per class, comma-separated in label order; recorded by the
+    # trainer like class_names (class weights use it, and config.json keeps it for restores).
+    config.data.class_counts = ""
     # Keep only these classes (comma-separated names, as in data.class_names), any source; labels
     # become 0..k-1 in this order and the names are kept. One class trains unconditionally.
     config.data.classes = ""
@@ -257,6 +260,7 @@ def upgrade_config_dict(fields: dict) -> dict:
     reproduce its behaviour."""
     fields.setdefault("init_from", "")
     fields.setdefault("data", {}).setdefault("classes", "")
+    fields["data"].setdefault("class_counts", "")
     fields.setdefault("evals", {})
     train = fields.setdefault("train", {})
     train.setdefault("best", {"metric": "", "mode": "max"})

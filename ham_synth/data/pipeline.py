@@ -121,8 +121,8 @@ def make_train_dataset(
     config: ml_collections.ConfigDict,
 ) -> tuple[grain.IterDataset, ml_collections.ConfigDict]:
     """This process's training stream, from config.data and config.train, and `config` with
-    `data.num_classes` and `data.class_names` set from the source (the models are sized by the
-    count; sample grids name their rows)."""
+    `data.num_classes`, `data.class_names` and `data.class_counts` set from the source (the
+    models are sized by the count; sample grids name their rows; class weights use the counts)."""
     process_count = jax.process_count()
     if config.train.batch_size % process_count:
         raise ValueError(
@@ -140,8 +140,10 @@ def make_train_dataset(
         augment=config.data.get("augment", ""),
         balance_alpha=config.data.get("balance_alpha", 0.0),
     )
+    counts = np.bincount(source_labels(source), minlength=len(source.class_names))
     classes = {
         "data.num_classes": len(source.class_names),
         "data.class_names": ",".join(source.class_names),
+        "data.class_counts": ",".join(str(int(n)) for n in counts),
     }
     return dataset, config_lib.with_values(config, classes)

@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 
@@ -34,6 +35,44 @@ def make_model(config: ml_collections.ConfigDict, dtype=None) -> vit.ViT:
     )
 
 
+CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse")
+
+
+def class_weights(spec: str, class_counts: str, num_classes: int) -> np.ndarray | None:
+    """float32[num_classes] loss weight per class, or None for `none`.
+
+    inverse: N / (K n_c), scikit-learn's "balanced"; sqrt_inverse: proportional to n_c^-1/2,
+    scaled so the training set's mean weight is 1; or an explicit comma-separated list.
+    """
+    if spec == "none":
+        return None
+    if spec not in CLASS_WEIGHTS:
+        try:
+            weights = np.array([float(w) for w in spec.split(",")], np.float32)
+        except ValueError:
+            weights = np.zeros(0)
+        if len(weights) != num_classes or (weights <= 0).any():
+            raise ValueError(
+                f"loss.class_weights={spec!r}: use {' | '.join(CLASS_WEIGHTS)} or {num_classes} "
+                "positive comma-separated numbers, one per class."
+            )
+        return weights
+    if not class_counts:
+        raise ValueError(
+            f"loss.class_weights={spec!r} needs data.class_counts, which the trainer records; "
+            "build the task from the config pipeline.make_train_dataset returns."
+        )
+    counts = np.array([int(n) for n in class_counts.split(",")], np.float64)
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0).tolist()
+        raise ValueError(
+            f"loss.class_weights={spec!r}: classes {empty} have no training images; drop them "
+            "with data.classes or give explicit weights."
+        )
+    weights = 1.0 / counts if spec == "inverse" else counts**-0.5
+    return (weights * counts.sum() / (weights * counts).sum()).astype(np.float32)
+
+
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float) -> jax.Array:
     """Per-example cross-entropy against one-hot targets smoothed towards uniform."""
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
@@ -43,6 +82,7 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float) -> j
 def make_task(config: ml_collections.ConfigDict) -> base.Task:
     num_classes = base.num_classes(config)
     model = make_model(config, config_lib.compute_dtype(config.train.compute_dtype))
+    weights = class_weights(config.loss.class_weights, config.data.class_counts, num_classes)
     optimizer = optim.make_optimizer(config.optim, config.train.total_steps)
 
     def init_variables(rng, batch):
@@ -52,7 +92,12 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         del step
         logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
         labels = batch["label"]
-        loss = cross_entropy(logits, labels, num_classes, config.loss.label_smoothing).mean()
+        per_example = cross_entropy(logits, labels, num_classes, config.loss.label_smoothing)
+        if weights is None:
+            loss = per_example.mean()
+        else:  # Weighted by the true class, as torch's CrossEntropyLoss(weight=...).
+            w = jnp.asarray(weights)[labels]
+            loss = jnp.sum(w * per_example) / jnp.sum(w)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         return loss, {"accuracy": accuracy}
 

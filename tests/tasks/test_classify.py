@@ -9,7 +9,10 @@ from conftest import load_config
 from flax import traverse_util
 
 from ham_synth import parallel, train, workdir
+from ham_synth import state as state_lib
+from ham_synth.data import pipeline, sources
 from ham_synth.models import vit, vit_pretrained
+from ham_synth.tasks import classify
 
 
 def _import_timm():
@@ -146,3 +149,44 @@ def test_init_from_npz_starts_training_from_the_file(tmp_path):
     config.model.init_from_npz = str(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz.*no such file"):
         workdir.initial_state(workdir.build(config, mesh), jax.random.key(0), mesh)
+
+
+def test_class_weights_follow_the_counts():
+    utils = pytest.importorskip("sklearn.utils")
+    labels = np.repeat([0, 1, 2], [10, 30, 60])
+    balanced = utils.compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    np.testing.assert_allclose(classify.class_weights("inverse", "10,30,60", 3), balanced, 1e-6)
+    sqrt = classify.class_weights("sqrt_inverse", "10,30,60", 3)
+    assert np.dot(sqrt, [10, 30, 60]) / 100 == pytest.approx(1.0)  # Mean weight 1 over the data.
+    assert sqrt[0] / sqrt[1] == pytest.approx(np.sqrt(3))
+    np.testing.assert_array_equal(classify.class_weights("1,2,3", "", 3), [1, 2, 3])
+    assert classify.class_weights("none", "", 3) is None
+    with pytest.raises(ValueError, match="3 positive comma-separated numbers"):
+        classify.class_weights("1,2", "", 3)
+    with pytest.raises(ValueError, match=r"classes \[1\] have no training images"):
+        classify.class_weights("inverse", "5,0,7", 3)
+
+
+def test_weighted_loss_equals_torchs_weighted_cross_entropy():
+    torch = pytest.importorskip("torch")
+    config = load_config(
+        "vit.py:smoke",
+        **{"loss.class_weights": "inverse", "loss.label_smoothing": 0.0, "train.num_devices": 1},
+    )
+    mesh = parallel.make_mesh(1)
+    built = workdir.build(config, mesh)
+    counts = [int(n) for n in built.config.data.class_counts.split(",")]
+    assert len(counts) == 10 and sum(counts) == len(pipeline.source_labels(
+        sources.get_source(built.config.data)))  # fmt: skip
+    state = workdir.initial_state(built, jax.random.key(0), mesh)
+    batch = parallel.to_global_batch(next(iter(built.dataset)), mesh)
+    predict = built.task.predict_fns[classify.PREDICT]
+    logits = np.asarray(predict(state_lib.eval_variables(state), batch["image"]))
+    weights = classify.class_weights("inverse", built.config.data.class_counts, 10)
+    expected = torch.nn.functional.cross_entropy(
+        torch.tensor(logits),
+        torch.from_numpy(np.asarray(batch["label"])).long(),
+        weight=torch.from_numpy(weights),
+    )
+    _, metrics = train.make_train_step(built.task, mesh)(state, batch, jax.random.key(1))
+    assert float(metrics["train/loss"]) == pytest.approx(float(expected), rel=1e-5)

@@ -185,7 +185,7 @@ def test_weighted_loss_equals_torchs_weighted_cross_entropy():
     weights = classify.class_weights("inverse", built.config.data.class_counts, 10)
     expected = torch.nn.functional.cross_entropy(
         torch.tensor(logits),
-        torch.from_numpy(np.asarray(batch["label"])).long(),
+        torch.tensor(np.asarray(batch["label"])).long(),
         weight=torch.from_numpy(weights),
     )
     _, metrics = train.make_train_step(built.task, mesh)(state, batch, jax.random.key(1))

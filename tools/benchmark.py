@@ -268,13 +268,29 @@ def peak_matmul_flops(dtype: str, n: int) -> float:
 # --- The cases ---
 
 
-def jax_train_runner(config, batch: dict, label: str) -> tuple[Runner, int]:
-    """The trainer's own jitted step (task, mesh, donation) on one device and a fixed batch."""
+def one_device_task(config):
+    """(task, step-0 state, one-device mesh) for `config`, with random weights."""
     mesh = parallel.make_mesh(1)
     task = tasks.get_task(config.task)(config)
     state = jax.jit(task.init, out_shardings=parallel.replicated(mesh))(
         jax.random.key(0), workdir.example_batch(config)
     )
+    return task, state, mesh
+
+
+def random_inception(device):
+    """(flax variables, pytorch-fid's torch model on `device`) with the same random weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pth = pathlib.Path(tmp) / convert_inception.TORCH_WEIGHTS_FILENAME
+        tr.write_random_fid_weights(pth, seed=0)
+        torch_model = tr.load_fid_inception(pth).to(device)
+        variables = convert_inception.torch_to_flax(convert_inception.read_torch_weights(pth))
+    return variables, torch_model
+
+
+def jax_train_runner(config, batch: dict, label: str) -> tuple[Runner, int]:
+    """The trainer's own jitted step (task, mesh, donation) on one device and a fixed batch."""
+    task, state, mesh = one_device_task(config)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step = train.make_train_step(task, mesh)
     args = (state, parallel.to_global_batch(batch, mesh), jax.random.key(1))
@@ -290,25 +306,36 @@ def random_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict
     }
 
 
-def ddpm_config(shape: dict, dtype: str):
-    fields = {f"model.{k}": v for k, v in shape.items() if k not in ("image_size", "batch")}
-    fields.update(
+def bench_config(file: str, shape: dict, dtype: str, **fields):
+    """configs/`file` on one device for 7 classes, with the preset `shape` (image_size, batch and
+    model fields) and compute dtype, plus `fields`."""
+    values = {f"model.{k}": v for k, v in shape.items() if k not in ("image_size", "batch")}
+    values.update(
         {
             "data.image_size": shape["image_size"],
             "data.num_classes": 7,
             "train.batch_size": shape["batch"],
             "train.num_devices": 1,
             "train.compute_dtype": dtype,
+            **fields,
+        }
+    )
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / file
+    return config_lib.with_values(config_lib.load_config(str(path)), values)
+
+
+def ddpm_config(shape: dict, dtype: str):
+    """The DDPM at `shape` with Ho et al.'s linear schedule and eps-prediction."""
+    return bench_config(
+        "ddpm.py",
+        shape,
+        dtype,
+        **{
             "sample.compute_dtype": dtype,
             "diffusion.schedule": "linear",
             "diffusion.prediction": "eps",
-        }
+        },
     )
-    return config_lib.with_values(config_lib.load_config(_config_path("ddpm.py")), fields)
-
-
-def _config_path(name: str) -> str:
-    return str(pathlib.Path(__file__).resolve().parents[1] / "configs" / name)
 
 
 def diffusers_unet(shape: dict, num_classes: int):
@@ -389,19 +416,9 @@ def case_ddpm(preset: dict, dtype: str) -> list[Row]:
 def case_vit(preset: dict, dtype: str) -> list[Row]:
     import timm  # noqa: PLC0415  (test extra)
 
-    shape = dict(preset["vit"])
-    size, batch_size = shape.pop("image_size"), shape.pop("batch")
-    fields = {f"model.{k}": v for k, v in shape.items()}
-    fields.update(
-        {
-            "data.image_size": size,
-            "data.num_classes": 7,
-            "train.batch_size": batch_size,
-            "train.num_devices": 1,
-            "train.compute_dtype": dtype,
-        }
-    )
-    config = config_lib.with_values(config_lib.load_config(_config_path("vit.py")), fields)
+    shape = preset["vit"]
+    size, batch_size = shape["image_size"], shape["batch"]
+    config = bench_config("vit.py", shape, dtype)
     batch = random_batch(batch_size, size, 7)
     jax_side, jax_params = jax_train_runner(config, batch, "JAX")
 
@@ -438,11 +455,7 @@ def case_vit(preset: dict, dtype: str) -> list[Row]:
 def case_inception(preset: dict, dtype: str) -> list[Row]:
     """Pool features of uint8 images, resized to 299 inside each network, same random weights."""
     shape = preset["inception"]
-    with tempfile.TemporaryDirectory() as tmp:
-        pth = pathlib.Path(tmp) / convert_inception.TORCH_WEIGHTS_FILENAME
-        tr.write_random_fid_weights(pth, seed=0)
-        torch_model = tr.load_fid_inception(pth).to(torch_device())
-        variables = convert_inception.torch_to_flax(convert_inception.read_torch_weights(pth))
+    variables, torch_model = random_inception(torch_device())
     mesh = parallel.make_mesh(1)
     num_params = sum(v.size for v in jax.tree.leaves(variables["params"]))
     variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.dtype(dtype)), variables)
@@ -477,9 +490,7 @@ def case_sampler(preset: dict, dtype: str) -> list[Row]:
     step), and the time to 10k samples extrapolated from it."""
     shape, sampling = preset["ddpm"], preset["sampler"]
     config = ddpm_config(shape, dtype)
-    task = tasks.get_task(config.task)(config)
-    mesh = parallel.make_mesh(1)
-    state = jax.jit(task.init)(jax.random.key(0), workdir.example_batch(config))
+    task, state, mesh = one_device_task(config)
     labels = parallel.to_global_batch(np.arange(sampling["batch"], dtype=np.int32) % 7, mesh)
     variables = jax.device_put(state_lib.eval_variables(state), parallel.replicated(mesh))
     rows = []
@@ -575,10 +586,7 @@ def case_config(preset: dict) -> list[Row]:
 def full_10k(preset: dict, dtype: str) -> dict:
     """Wall time of 10,000 DDIM-50 samples from the ddpm shape (random weights) and their FID
     against 10,000 random images, Inception with random weights: the end-to-end evaluation cost."""
-    config = ddpm_config(preset["ddpm"], dtype)
-    task = tasks.get_task(config.task)(config)
-    mesh = parallel.make_mesh(1)
-    state = jax.jit(task.init)(jax.random.key(0), workdir.example_batch(config))
+    task, state, mesh = one_device_task(ddpm_config(preset["ddpm"], dtype))
     labels = np.arange(10_000, dtype=np.int32) % 7
     start = time.perf_counter()
     images = synthesize.generate_all(
@@ -586,10 +594,7 @@ def full_10k(preset: dict, dtype: str) -> dict:
         state, labels, jax.random.key(0), batch_size=preset["sampler"]["batch"], mesh=mesh,
     )  # fmt: skip
     sample_s = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:
-        pth = pathlib.Path(tmp) / convert_inception.TORCH_WEIGHTS_FILENAME
-        tr.write_random_fid_weights(pth, seed=0)
-        variables = convert_inception.torch_to_flax(convert_inception.read_torch_weights(pth))
+    variables, _ = random_inception("cpu")
     feature_fn = inception.make_feature_fn(variables, mesh, jnp.dtype(dtype))
     real = np.random.default_rng(0).integers(0, 256, (10_000, 64, 64, 3), dtype=np.uint8)
     start = time.perf_counter()

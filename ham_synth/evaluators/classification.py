@@ -18,7 +18,7 @@ from sklearn import metrics as sk_metrics
 from ham_synth import config_lib, parallel
 from ham_synth import state as state_lib
 from ham_synth.data import pipeline, sources
-from ham_synth.evaluators import common, inception
+from ham_synth.evaluators import common, features
 from ham_synth.tasks import base, classify
 
 matplotlib.use("Agg")
@@ -189,13 +189,8 @@ class ClassificationEvaluator:
     def probabilities(self, state) -> np.ndarray:
         """float32[N, K]: softmax of the EMA model's logits on every image of the split."""
         variables = jax.device_put(state_lib.eval_variables(state), parallel.replicated(self._mesh))
-        logits = inception.extract_features(
-            lambda images: self._jitted(variables, images),
-            lambda indices: np.stack([self._source[int(i)]["image"] for i in indices]),
-            len(self.labels),
-            self._batch_size,
-            self._mesh,
-        )
+        logits_net = features.FeatureNet("logits", lambda x: self._jitted(variables, x))
+        logits, _ = features.source_features(logits_net, self._source, self._batch_size, self._mesh)
         return np.asarray(jax.nn.softmax(logits, axis=-1))
 
     def run(self, state, step: int) -> common.Result:

@@ -2,19 +2,77 @@
 
     ham-synth train --config=configs/vit.py:quickstart --workdir=runs/vit_quickstart
 
-quickstart: 16x16 digits, a 4-block ViT with 4x4 patches (64 wide), batch 64.
+quickstart: imbalanced digits (HAM10000's class shares in train; balanced val and test of at
+  least 15 images per class) at 16x16; a 4-block ViT with 4x4 patches, 64 wide. The defaults.
 smoke: 8x8, 2 tiny blocks, a few steps, for tests (seconds).
+derma28: DermaMNIST at 28x28 (--config.data.path=dermamnist.npz); a 6-block ViT with 4x4
+  patches, 128 wide, trained from scratch.
+ham64: HAM10000 prepared at 64 (--config.data.data_dir=D), from scratch; 8x8 patches.
+ham_augreg: fine-tunes an AugReg ViT-S/16 (--config.model.init_from_npz=FILE.npz, e.g.
+  big_vision's `S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k
+  -lr_0.03-res_224.npz`) at 224x224 on HAM10000 prepared at 256: random 224 crops in training,
+  the central crop in evaluation; layer-wise lr decay 0.75.
+Times and results of each are in the README's "The classifier (ViT)" section.
 """
 
 import ml_collections
 
 from ham_synth import config_lib
 
+HAM_AUGMENT = "flip_lr|flip_ud|rotate(180)|zoom(0.9,1.1)|color_jitter(0.1,0.1,0.1)"
+# Each data variant's fields (besides the shared ones set below); val_every: evals.val's period.
+VARIANTS = {
+    "derma28": {
+        "data.name": "dermamnist",
+        "data.image_size": 28,
+        "data.augment": HAM_AUGMENT,
+        **{f"model.{k}": v for k, v in dict(width=128, depth=6, num_heads=4, mlp_dim=256).items()},
+        "model.patch_size": 4,
+        "train.batch_size": 128,
+        "train.total_steps": 3000,
+        "optim.lr": 5e-4,
+        "optim.warmup_steps": 300,
+        "val_every": 500,
+    },
+    "ham64": {
+        "data.name": "ham10000",
+        "data.image_size": 64,
+        "data.augment": HAM_AUGMENT,
+        **{f"model.{k}": v for k, v in dict(width=192, depth=6, num_heads=3, mlp_dim=768).items()},
+        "model.patch_size": 8,
+        "train.batch_size": 128,
+        "train.total_steps": 20000,
+        "optim.lr": 5e-4,
+        "optim.warmup_steps": 1000,
+        "val_every": 1000,
+    },
+    "ham_augreg": {
+        "data.name": "ham10000",
+        "data.image_size": 256,
+        "data.augment": "flip_lr|flip_ud|rotate(180)|random_crop(224)",
+        "data.eval_preprocess": "center_crop(224)",
+        # ViT-S by name; 0 keeps the named size's width, depth, heads and MLP width.
+        **{f"model.{k}": 0 for k in ("width", "depth", "num_heads", "mlp_dim")},
+        "model.variant": "S",
+        "model.patch_size": 16,
+        "train.batch_size": 64,
+        "train.total_steps": 5000,
+        "optim.lr": 1e-4,
+        "optim.warmup_steps": 500,
+        "optim.layer_decay": 0.75,
+        "val_every": 500,
+    },
+}
+
 
 def get_config(arg: str | None = None):
-    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False)
+    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, **dict.fromkeys(VARIANTS, False))
+    chosen = [name for name in VARIANTS if arg[name]]
+    if len(chosen) > 1:
+        raise ValueError(f"Choose one of {VARIANTS}, not {chosen}.")
     config = config_lib.get_base_config()
     config.task = "classify"
+    config.data.imbalance = True  # quickstart: imbalanced digits, 7 classes.
 
     config.model.name = "vit"
     # A named size: Ti | S | B | L (width, depth, heads and MLP width of the ViT papers); the
@@ -38,20 +96,45 @@ def get_config(arg: str | None = None):
         # none | inverse (N / (K n_c), scikit-learn's "balanced") | sqrt_inverse | "w0,w1,...":
         # per-class loss weights from the training split's counts (data.class_counts).
         class_weights="none",
+        # Mixup's Beta(alpha, alpha) mixing weight (images and targets of two examples); 0: off.
+        mixup_alpha=0.0,
     )
+    # Class-balanced draws (weight 1 / count**alpha): 1 shows every class equally often.
+    config.data.balance_alpha = 1.0
+    config.data.augment = "rotate(10)|zoom(0.9,1.1)"  # Digits are not mirror-symmetric.
 
-    # Classification metrics on val during training and on test at the end; the best checkpoint
-    # by val balanced accuracy is kept (`ham-synth evaluate --step=best --evals=test`).
+    # Classification metrics on val during training; the best checkpoint by val balanced accuracy
+    # is kept, and test is evaluated on it at the end (test/checkpoint_step says which step; later
+    # `ham-synth evaluate --workdir=W --step=best --evals=test` does the same).
     val_every = ml_collections.FieldReference(250)
     config.evals.val = dict(type="classification", every_steps=val_every, split="val")
-    config.evals.test = dict(type="classification", every_steps=0, split="test")
+    config.evals.test = dict(type="classification", every_steps=0, split="test", checkpoint="best")
+    # Attention rollout on test images of every class, correct and wrong side by side, drawn from
+    # the best checkpoint at the end: evals/attention/<class>_step_N.png.
+    config.evals.attention = dict(
+        type="attention", every_steps=0, split="test", checkpoint="best", per_class=4
+    )
     config.train.best = dict(metric="val/balanced_accuracy", mode="max")
 
     config.train.batch_size = 64
-    config.train.total_steps = 1000
+    config.train.total_steps = 3000
     config.optim.lr = 1e-3
     config.optim.weight_decay = 0.05
     config.optim.warmup_steps = 100
+    # Fine-tuning: lr of block i scaled by layer_decay**(depth - i), the stem's by
+    # layer_decay**(depth + 1); head and final LayerNorm at 1. 1: off (e.g. 0.75 for AugReg).
+    config.optim.layer_decay = 1.0
+    config.optim.trainable = "all"  # all | head (frozen backbone: a linear probe)
+
+    if chosen:
+        variant = dict(VARIANTS[chosen[0]])
+        # Real dermoscopy: 7 classes, not imbalanced digits; shares follow count**0.5, so df and
+        # vasc are drawn more often than their share without repeating them 1/7 of the time.
+        config.data.imbalance = False
+        config.data.balance_alpha = 0.5
+        config.model.stochastic_depth = 0.1
+        val_every.set(variant.pop("val_every"))
+        config.update_from_flattened_dict(variant)
 
     if arg.smoke:
         config.data.image_size = 8

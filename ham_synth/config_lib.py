@@ -148,12 +148,31 @@ def get_base_config() -> ml_collections.ConfigDict:
     # (uniform angle) | zoom(min_scale,max_scale) (log-uniform, >1 magnifies) |
     # color_jitter(brightness,contrast,saturation) (factors uniform in 1 +- x). rotate and zoom-out
     # fill the uncovered margin with a mirror reflection of the image, not black.
+    # random_crop(size) | center_crop(size) | resize(size) (bicubic) change the size; the result
+    # must match evaluation's (data.eval_preprocess).
     # E.g. "flip_lr|flip_ud|rotate(15)|zoom(0.9,1.1)"; empty: none.
     config.data.augment = ""
+    # Evaluation preprocessing (classifier evaluators, `ham-synth classify`): deterministic ops
+    # center_crop(size) | resize(size), e.g. "center_crop(224)" on images stored at 256 with
+    # augment "random_crop(224)|flip_lr". The model's input size is image_size after these.
+    config.data.eval_preprocess = ""
     # Class-balanced sampling: records drawn with replacement, weight 1/class_count**alpha (counts
     # in this process's shard), so class shares follow class_count**(1-alpha). 0: off (shuffled
     # epochs, each record once per epoch); 1: every class equally often.
     config.data.balance_alpha = 0.0
+    # Real + synthetic training data (data/synthetic.py); val and test stay real.
+    config.data.synthetic = ml_collections.ConfigDict(
+        {
+            # Comma-separated `ham-synth sample` output folders (their manifest.csv); empty: off.
+            "dirs": "",
+            # add (all, or per_class of each class) | balance (top each class up to per_class; 0:
+            # to the largest real class) | ratio (that share of each batch, in expectation) |
+            # only (synthetic alone: train on synthetic, test on real).
+            "policy": "add",
+            "per_class": 0,
+            "ratio": 0.0,  # The ratio policy's synthetic share of the stream, in (0, 1).
+        }
+    )
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64  # Global, over all devices and hosts.
@@ -261,6 +280,9 @@ def upgrade_config_dict(fields: dict) -> dict:
     fields.setdefault("init_from", "")
     fields.setdefault("data", {}).setdefault("classes", "")
     fields["data"].setdefault("class_counts", "")
+    fields["data"].setdefault("eval_preprocess", "")
+    fields["data"].setdefault("synthetic", {"dirs": "", "policy": "add", "per_class": 0,
+                                            "ratio": 0.0})  # fmt: skip
     fields.setdefault("evals", {})
     train = fields.setdefault("train", {})
     train.setdefault("best", {"metric": "", "mode": "max"})
@@ -270,6 +292,10 @@ def upgrade_config_dict(fields: dict) -> dict:
         fields.setdefault("sample", {}).setdefault("compute_dtype", "float32")
     if "fid" in fields["evals"]:
         fields["evals"]["fid"].setdefault("compute_dtype", "float32")
+    if fields.get("task") == "classify":
+        fields.setdefault("optim", {}).setdefault("layer_decay", 1.0)
+        fields["optim"].setdefault("trainable", "all")
+        fields.setdefault("loss", {}).setdefault("mixup_alpha", 0.0)
     if "sample_every_steps" in train and "samples" not in fields["evals"]:
         fields["evals"]["samples"] = {
             "type": "samples",

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ham_synth import evaluate, synthesize, train
+from ham_synth import evaluate, predict, synthesize, train
 from ham_synth.data import prepare
 from ham_synth.evaluators import convert_inception
 
@@ -61,6 +61,10 @@ _FLAG_SPECS = {
     "generator_workdir": (str, "Instead of --fake_dir: a generator to sample, then score."),
     "fid_batch_size": (int, "Images per Inception batch (default 64)."),
     "inception_weights": (str, "Converted weights (.npz); default: the cache."),
+    # classify
+    "images": (str, "A folder of images (sub-folders included) to classify."),
+    "out_csv": (str, "Where the predictions go; default: WORKDIR/predictions/<folder>.csv."),
+    "batch_size": (int, "Images per batch (default 256)."),
     # convert-inception
     "torch_weights": (str, f"{convert_inception.TORCH_WEIGHTS_FILENAME}; default: in the cache."),
     "download": (bool, "Fetch the .pth from pytorch-fid's release first (needs internet)."),
@@ -126,6 +130,14 @@ VERBS = {
             "fid_batch_size",
             "inception_weights",
         ),
+        quiet=True,
+    ),
+    "classify": Verb(
+        "a classifier run's predictions and class probabilities for a folder of images -> CSV "
+        "(default step: best when the run keeps one)",
+        predict.run,
+        required=("workdir", "images"),
+        optional=("step", "out_csv", "batch_size"),
         quiet=True,
     ),
     "convert-inception": Verb(

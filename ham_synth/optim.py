@@ -2,8 +2,9 @@
 one group per network (`optim.gen`, `optim.disc`) for a family with several."""
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import jax
 import ml_collections
 import optax
 
@@ -41,8 +42,37 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
     )
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> Optimizer:
-    """AdamW on the schedule, after global-norm clipping (off when `grad_clip` is 0)."""
+# A parameter's name ("Transformer/encoderblock_0/LayerNorm_0/scale") -> its lr multiple.
+LrScale = Callable[[str], float]
+
+
+def param_name(path) -> str:
+    """A params tree path as the "/"-joined module and parameter names."""
+    return "/".join(str(getattr(key, "key", key)) for key in path)
+
+
+def scale_by_name(lr_scale: LrScale) -> optax.GradientTransformation:
+    """Multiplies each update by `lr_scale(its parameter's name)` (no state)."""
+
+    def scale(updates, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(
+            lambda path, u: u * lr_scale(param_name(path)), updates
+        )
+
+    return optax.stateless(scale)
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict, total_steps: int, lr_scale: LrScale | None = None
+) -> Optimizer:
+    """AdamW on the schedule, after global-norm clipping (off when `grad_clip` is 0).
+
+    `lr_scale` gives each parameter a multiple of the lr (and so of its weight decay), e.g.
+    layer-wise decay when fine-tuning. A multiple of 0 freezes the parameter: optax's
+    multi_transform gives it no update, no weight decay and no optimizer state, and leaves its
+    gradient out of the clipping norm.
+    """
     missing = [field for field in GROUP_FIELDS if field not in optim]
     if missing:
         raise ValueError(
@@ -50,8 +80,18 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> Optimi
         )
     schedule = make_schedule(optim, total_steps)
     tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+    if lr_scale is not None:
+        tx = optax.chain(tx, scale_by_name(lr_scale))
     if optim.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+    if lr_scale is not None:
+
+        def labels(params):
+            return jax.tree_util.tree_map_with_path(
+                lambda path, _: "frozen" if lr_scale(param_name(path)) == 0 else "trained", params
+            )
+
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return Optimizer(tx, schedule, optim.ema_decay)
 
 

@@ -90,6 +90,31 @@ def check_finite(means: dict[str, float], step: int, last_good_step: int, ckpt) 
     )
 
 
+def evaluate_best(entries, config, abstract_state, ckpt_dir, writer, step: int) -> None:
+    """Runs the `checkpoint="best"` entries on the checkpoint train.best kept, restored the way
+    `ham-synth evaluate --step=best` restores it; logs them at `step` with the step they used
+    as `<name>/checkpoint_step`."""
+    best = config.train.best
+    state, best_step = checkpoint.restore_state(
+        ckpt_dir, abstract_state, "best", best_metric=best.metric, best_mode=best.mode
+    )
+    row = {}
+    for entry in entries:
+        logging.info(
+            "evals.%s: the best checkpoint by %s, step %d of %d.",
+            entry.name,
+            best.metric,
+            best_step,
+            step,
+        )
+        scalars, images = evaluators.run_entry(entry, state, best_step)
+        row.update(scalars, **{f"{entry.name}/checkpoint_step": best_step})
+        for image_name, image in images.items():
+            writer.write_image(step, f"{entry.name}/{image_name}", image)
+    writer.write_scalars(step, row)
+    writer.write_curves()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     """Trains `config.task` to `config.train.total_steps`, resuming from `workdir` if it holds a
     checkpoint, and runs the evaluators of `config.evals` on their schedule. Returns the final
@@ -121,6 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     entries = evaluators.from_config(config, built.task, mesh, workdir)
     best = config.train.best
     evaluators.check_metric(best.metric, entries)
+    on_best = [entry for entry in entries if entry.checkpoint == "best"]  # Run after the loop.
+    entries = [entry for entry in entries if entry.checkpoint != "best"]
 
     # --- Checkpointing: resume > init_from > external weights > random (workdir.py) ---
     ckpt = checkpoint.Checkpointer(
@@ -142,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         f"{num_params:,}",
         first_step + 1,
         total_steps,
-        {e.name: e.every_steps for e in entries},
+        {e.name: e.every_steps for e in entries} | {e.name: "end, best" for e in on_best},
     )
 
     # --- Loop ---
@@ -216,6 +243,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 saved_step,
                 f", best {best.metric} at step {best_step}" if best_step is not None else "",
             )
+            if on_best:
+                ckpt.wait()
+                evaluate_best(on_best, config, built.abstract_state, ckpt.directory, writer, step)
     finally:
         ckpt.wait()
         ckpt.close()

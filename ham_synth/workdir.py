@@ -56,11 +56,12 @@ class Run:
 def example_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """A one-record batch of zeros with the shapes the task is initialized from; it depends on the
     config only, so training and restoring build the same state."""
-    size = config.data.image_size
+    size = pipeline.model_input_size(config.data)
     return {
         "image": np.zeros((1, size, size, 3), np.float32),
         "label": np.zeros((1,), np.int32),
         "index": np.zeros((1,), np.int32),
+        "synthetic": np.zeros((1,), np.bool_),
     }
 
 

@@ -37,3 +37,14 @@ def load_config(spec: str, **overrides):
 @pytest.fixture
 def repo() -> pathlib.Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def vit_run(tmp_path_factory) -> pathlib.Path:
+    """One `vit.py:smoke` training run (8 devices; val at steps 3 and 6, then test and attention
+    on the best checkpoint), shared read-only by the tests that inspect its outputs."""
+    from ham_synth import train  # noqa: PLC0415  (after XLA_FLAGS above)
+
+    workdir = tmp_path_factory.mktemp("vit_smoke")
+    train.train_and_evaluate(load_config("vit.py:smoke"), workdir)
+    return workdir

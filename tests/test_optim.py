@@ -1,7 +1,8 @@
-"""The learning-rate schedule and clipping, against their closed forms."""
+"""The learning-rate schedule, clipping and per-parameter lr scales, against their closed forms."""
 
 import math
 
+import jax
 import numpy as np
 import pytest
 from conftest import load_config
@@ -32,3 +33,39 @@ def test_schedule_steps_overrides_the_run_length():
 def test_warmup_longer_than_the_schedule_is_refused():
     with pytest.raises(ValueError, match="optim.warmup_steps"):
         optim.make_schedule(_optim(warmup_steps=50), total_steps=20)
+
+
+def _one_update(tx, params, grads):
+    updates, state = tx.update(grads, tx.init(params), params)
+    return updates, state
+
+
+def test_lr_scale_multiplies_the_adamw_update_and_zero_freezes():
+    config = _optim(lr=0.1, warmup_steps=0, weight_decay=0.01, grad_clip=0.0)
+    rng = np.random.default_rng(0)
+    params = {name: {"kernel": rng.normal(size=(3, 2)).astype(np.float32)} for name in "abc"}
+    grads = {name: {"kernel": rng.normal(size=(3, 2)).astype(np.float32)} for name in "abc"}
+    scales = {"a/kernel": 0.0, "b/kernel": 0.25, "c/kernel": 1.0}
+    scaled = optim.make_optimizer(config, 10, lr_scale=scales.__getitem__).tx
+    plain = optim.make_optimizer(config, 10).tx
+
+    updates, state = _one_update(scaled, params, grads)
+    reference, _ = _one_update(plain, params, grads)
+    np.testing.assert_array_equal(updates["a"]["kernel"], 0.0)
+    np.testing.assert_allclose(updates["b"]["kernel"], 0.25 * reference["b"]["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(updates["c"]["kernel"], reference["c"]["kernel"], rtol=1e-6)
+    # The frozen parameter has no Adam moments: only b's and c's are in the state.
+    moments = [x for x in jax.tree.leaves(state) if getattr(x, "shape", ()) == (3, 2)]
+    assert len(moments) == 4  # mu and nu of b and c
+
+
+def test_frozen_gradients_are_left_out_of_the_clipping_norm():
+    config = _optim(lr=1.0, warmup_steps=0, weight_decay=0.0, grad_clip=1.0, b1=0.0, b2=0.0)
+    params = {"frozen": np.zeros(1, np.float32), "trained": np.zeros(1, np.float32)}
+    grads = {"frozen": np.full(1, 1e6, np.float32), "trained": np.full(1, 0.5, np.float32)}
+    lr_scale = {"frozen": 0.0, "trained": 1.0}.__getitem__
+    tx = optim.make_optimizer(config, 10, lr_scale=lr_scale).tx
+    _, state = _one_update(tx, params, grads)
+    # b2 = 0: nu holds the squared clipped gradient, which the frozen 1e6 did not shrink.
+    nus = [x for x in jax.tree.leaves(state) if getattr(x, "shape", ()) == (1,)]
+    np.testing.assert_allclose(nus[-1], 0.25, rtol=1e-6)

@@ -303,6 +303,7 @@ def random_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict
         "image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
         "label": rng.integers(0, num_classes, batch).astype(np.int32),
         "index": np.arange(batch, dtype=np.int32),
+        "synthetic": np.zeros(batch, np.bool_),
     }
 
 

@@ -54,7 +54,7 @@ def main(argv) -> None:
     # or on imbalanced digits ("3:df") numbers its classes differently.
     fake_labels = np.array([digit_of(r["class"]) for r in rows])
 
-    real, real_labels = sources.load_digits(fake.shape[1], imbalance=False, seed=0)
+    real, real_labels = sources.load_digits(fake.shape[1], imbalance=False)
     train_x, test_x, train_y, test_y = model_selection.train_test_split(
         _features(real), real_labels, test_size=0.2, stratify=real_labels, random_state=0
     )

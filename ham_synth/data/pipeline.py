@@ -1,7 +1,7 @@
 """config.data -> a per-process, seeded, checkpointable grain iterator of host-local batches.
 
 source -> this process's shard -> per-epoch shuffle -> repeat (or class-balanced draws) ->
-augmentation ops -> float conversion -> batch.
+[mixed with synthetic images, data.synthetic] -> augmentation ops -> float conversion -> batch.
 The iterator's `get_state()` is saved in every checkpoint, so a resumed run sees the same data.
 """
 
@@ -12,11 +12,14 @@ import numpy as np
 from absl import logging
 
 from ham_synth import config_lib
-from ham_synth.data import sources, transforms
+from ham_synth.data import sources, synthetic, transforms
 
-# Tags that keep the balanced draws' and each augment op's random streams apart.
+# Tags that keep the random streams apart: balanced draws, each augment op, the synthetic
+# records' shuffle and the real-or-synthetic choice.
 _BALANCE_STREAM = 0
 _AUGMENT_STREAM = 1
+_SYNTHETIC_STREAM = 2
+_MIX_STREAM = 3
 
 
 def derive_seed(seed: int, shard_index: int, stream: int, position: int = 0) -> int:
@@ -62,6 +65,68 @@ class WeightedDraws(grain.transforms.DatasetSelectionMap):
         return 0, min(int(np.searchsorted(self._cdf, u, side="right")), len(self._cdf) - 1)
 
 
+class MixDraws(grain.transforms.DatasetSelectionMap):
+    """Stream position i -> (1 with probability `weight` else 0, i): position i of the synthetic
+    (1) or the real (0) endless stream. Stateless like WeightedDraws, so the position is all a
+    checkpoint needs."""
+
+    def __init__(self, weight: float, seed: int):
+        self._weight = weight
+        self._seed = seed
+
+    def __len__(self) -> int:
+        return np.iinfo(np.int64).max
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        return int(np.random.default_rng((self._seed, index)).random() < self._weight), index
+
+
+def model_input_size(data: ml_collections.ConfigDict) -> int:
+    """The side of the images the model sees: data.image_size after data.eval_preprocess."""
+    ops = transforms.parse_ops(data.get("eval_preprocess", ""), deterministic=True)
+    h, w = transforms.output_size(ops, data.image_size)
+    if h != w:
+        raise ValueError(f"data.eval_preprocess={data.eval_preprocess!r} gives {h}x{w} images.")
+    return h
+
+
+def check_augment_size(data: ml_collections.ConfigDict) -> None:
+    """Training (data.augment) and evaluation (data.eval_preprocess) must give the model one
+    size; e.g. random_crop(224) in augment goes with center_crop(224) in eval_preprocess."""
+    train_size = transforms.output_size(transforms.parse_ops(data.augment), data.image_size)
+    size = model_input_size(data)
+    if train_size != (size, size):
+        raise ValueError(
+            f"data.augment={data.augment!r} turns {data.image_size}x{data.image_size} images into "
+            f"{train_size[0]}x{train_size[1]}, but evaluation (data.eval_preprocess="
+            f"{data.eval_preprocess!r}) gives {size}x{size}; make them agree, e.g. "
+            "random_crop(224) in augment with center_crop(224) in eval_preprocess."
+        )
+
+
+class Preprocessed:
+    """A source whose images pass through deterministic ops (evaluation preprocessing)."""
+
+    def __init__(self, source, ops):
+        self.source, self.ops = source, ops
+        self.class_names = source.class_names
+        self.labels = source_labels(source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.source[index]
+        return {**record, "image": transforms.apply_ops(self.ops, record["image"])}
+
+
+def eval_source(data: ml_collections.ConfigDict):
+    """The split `data` names, as the classifier evaluates it (data.eval_preprocess applied)."""
+    source = sources.get_source(data)
+    ops = transforms.parse_ops(data.get("eval_preprocess", ""), deterministic=True)
+    return Preprocessed(source, ops) if ops else source
+
+
 def make_dataset(
     source,
     *,
@@ -71,12 +136,15 @@ def make_dataset(
     shard_count: int,
     augment: str = "",
     balance_alpha: float = 0.0,
+    mix: synthetic.Mix | None = None,
 ) -> grain.IterDataset:
     """Infinite stream of `batch_size` batches from shard `shard_index` of `shard_count`.
 
     `augment`: an op string for `transforms.parse_ops`, applied to the uint8 image.
     `balance_alpha` > 0: draw records with replacement, weight 1 / class_count**alpha with the
     counts of this shard, instead of shuffled epochs.
+    `mix`: synthetic records (this shard of them, in shuffled epochs) take each stream position
+    with probability `mix.weight`; batches then carry `synthetic` True for them.
     """
     ops = transforms.parse_ops(augment)  # Fails on a typo before any data is read.
     if not 0 <= balance_alpha <= 1:
@@ -105,6 +173,8 @@ def make_dataset(
         records = grain.MapDataset.select_from_datasets([shard], draws)
     else:
         records = shard.shuffle(seed).repeat()  # Reseeded every epoch by `repeat`.
+    if mix is not None:
+        records = mix_synthetic(records, mix, seed, shard_index, shard_count)
     for position, op in enumerate(ops):
         # grain seeds each record's rng from this seed and the stream position.
         records = records.random_map(
@@ -115,6 +185,26 @@ def make_dataset(
         .batch(batch_size, drop_remainder=True)
         .to_iter_dataset()
     )
+
+
+def mix_synthetic(real: grain.MapDataset, mix: synthetic.Mix, seed: int, shard_index: int,
+                  shard_count: int) -> grain.MapDataset:  # fmt: skip
+    """The endless real stream mixed with this shard's synthetic records (flagged)."""
+    shard = grain.MapDataset.source(mix.source)[shard_index::shard_count]
+    if not len(shard):
+        raise ValueError(
+            f"{len(mix.source)} synthetic images leave none for process {shard_index} of "
+            f"{shard_count}; sample more."
+        )
+    fake = (
+        shard.shuffle(derive_seed(seed, shard_index, _SYNTHETIC_STREAM))
+        .repeat()
+        .map(transforms.MarkSynthetic())
+    )
+    if mix.weight == 1.0:
+        return fake
+    draws = MixDraws(mix.weight, derive_seed(seed, shard_index, _MIX_STREAM))
+    return grain.MapDataset.select_from_datasets([real, fake], draws)
 
 
 def make_train_dataset(
@@ -130,6 +220,20 @@ def make_train_dataset(
             f"{process_count} processes."
         )
     source = sources.get_source(config.data)
+    check_augment_size(config.data)
+    mix = None
+    if "synthetic" in config.data:  # Configs saved before data.synthetic existed have none.
+        mix = synthetic.make_mix(
+            config.data.synthetic, source.class_names, source_labels(source), config.data.image_size
+        )
+    if mix is not None:
+        logging.info(
+            "data.synthetic (%s): %d synthetic images %s take %.1f%% of the training stream.",
+            config.data.synthetic.policy,
+            len(mix.source),
+            dict(zip(source.class_names, mix.counts.tolist(), strict=True)),
+            100 * mix.weight,
+        )
     dataset = make_dataset(
         source,
         batch_size=config.train.batch_size // process_count,
@@ -139,6 +243,7 @@ def make_train_dataset(
         # Training only; .get keeps configs saved before these fields existed loadable.
         augment=config.data.get("augment", ""),
         balance_alpha=config.data.get("balance_alpha", 0.0),
+        mix=mix,
     )
     counts = np.bincount(source_labels(source), minlength=len(source.class_names))
     classes = {

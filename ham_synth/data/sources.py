@@ -81,27 +81,48 @@ def imbalance_counts(class_sizes: np.ndarray, shares: np.ndarray) -> np.ndarray:
     return np.minimum(np.round(total * shares).astype(int), class_sizes)
 
 
-def load_digits(image_size: int, imbalance: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 digits upscaled (bicubic) to RGB uint8 at `image_size`.
+# Imbalanced digits: val and test are drawn before train is subsampled, at least this many images
+# of each class each, so every class can be scored (a curated test set, as a clinic's would be).
+MIN_EVAL_PER_CLASS = 15
 
-    With `imbalance`, digits 0..6 stand for HAM10000's classes in label order and are
-    subsampled (seeded) to HAM10000's class shares, so digit 5 plays nv and 3 plays df.
-    """
+
+def imbalanced_split(
+    labels: np.ndarray, split: str, *, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Sorted indices of `split` for imbalanced digits: per class, a seeded shuffle gives val and
+    test their fractions of the balanced digits (at least MIN_EVAL_PER_CLASS each), and only the
+    rest, train, is subsampled to HAM10000's class shares."""
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
+    rng = np.random.default_rng(seed)
+    parts = {"train": [], "val": [], "test": []}
+    pools = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val, n_test = (
+            max(MIN_EVAL_PER_CLASS, round(len(members) * f)) if f > 0 else 0
+            for f in (val_fraction, test_fraction)
+        )
+        parts["val"].append(members[:n_val])
+        parts["test"].append(members[n_val : n_val + n_test])
+        pools.append(members[n_val + n_test :])
+    shares = np.asarray(ham10000.CLASS_SHARES)
+    counts = imbalance_counts(np.array([len(pool) for pool in pools]), shares)
+    parts["train"] = [
+        rng.choice(pool, n, replace=False) for pool, n in zip(pools, counts, strict=True)
+    ]
+    chosen = [x for part in parts.values() for x in part] if split == "all" else parts[split]
+    return np.sort(np.concatenate(chosen))
+
+
+def load_digits(image_size: int, imbalance: bool) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits upscaled (bicubic) to RGB uint8 at `image_size`; with
+    `imbalance`, only digits 0..6, which stand for HAM10000's classes in label order."""
     digits = sk_datasets.load_digits()
     gray = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     labels = digits.target.astype(np.int32)
     if imbalance:
-        num_classes = len(ham10000.CLASS_NAMES)
-        sizes = np.bincount(labels, minlength=10)[:num_classes]
-        counts = imbalance_counts(sizes, np.asarray(ham10000.CLASS_SHARES))
-        rng = np.random.default_rng(seed)
-        keep = np.concatenate(
-            [
-                rng.choice(np.flatnonzero(labels == c), n, replace=False)
-                for c, n in enumerate(counts)
-            ]
-        )
-        keep.sort()
+        keep = labels < len(ham10000.CLASS_NAMES)
         gray, labels = gray[keep], labels[keep]
     resized = np.stack(
         [
@@ -113,9 +134,20 @@ def load_digits(image_size: int, imbalance: bool, seed: int) -> tuple[np.ndarray
 
 
 def make_digits(data: ml_collections.ConfigDict) -> ArraySource:
-    """The embedded default dataset (ships with scikit-learn), split as `data.split`."""
-    images, labels = load_digits(data.image_size, data.imbalance, data.split_seed)
-    keep = split_from_config(labels, data)
+    """The embedded default dataset (ships with scikit-learn), split as `data.split`. With
+    `data.imbalance`, train is subsampled to HAM10000's shares (digit 5 plays nv, 3 plays df)
+    after balanced val and test are drawn (`imbalanced_split`)."""
+    images, labels = load_digits(data.image_size, data.imbalance)
+    if data.imbalance:
+        keep = imbalanced_split(
+            labels,
+            data.split,
+            val_fraction=split_fraction(data.val_fraction),
+            test_fraction=split_fraction(data.test_fraction),
+            seed=data.split_seed,
+        )
+    else:
+        keep = split_from_config(labels, data)
     class_names = (
         tuple(f"{d}:{name}" for d, name in enumerate(ham10000.CLASS_NAMES))
         if data.imbalance

@@ -2,7 +2,8 @@
 
 Augmentation ops are `grain.transforms.RandomMap`s on the uint8 record, chosen by an op string
 (`parse_ops("flip_lr|rotate(15)|zoom(0.9,1.1)")`); grain seeds each record's rng, so a restored
-iterator redraws the same augmentation.
+iterator redraws the same augmentation. The deterministic ops (`resize`, `center_crop`) also
+serve evaluation preprocessing (`parse_ops(spec, deterministic=True)`, `apply_ops`).
 """
 
 import dataclasses
@@ -16,7 +17,8 @@ from PIL import Image
 
 
 class ToModelInputs(grain.transforms.Map):
-    """uint8 image -> float32 in [-1, 1]; keeps only the numeric fields the model sees."""
+    """uint8 image -> float32 in [-1, 1]; keeps only the numeric fields the model sees, and
+    whether the record is synthetic (data.synthetic; False for real records)."""
 
     def map(self, record: dict) -> dict:
         image = record["image"].astype(np.float32) * (2.0 / 255.0) - 1.0
@@ -24,7 +26,15 @@ class ToModelInputs(grain.transforms.Map):
             "image": image,
             "label": np.int32(record["label"]),
             "index": np.int32(record["index"]),
+            "synthetic": np.bool_(record.get("synthetic", False)),
         }
+
+
+class MarkSynthetic(grain.transforms.Map):
+    """Flags a record as synthetic (a `ham-synth sample` image, data.synthetic)."""
+
+    def map(self, record: dict) -> dict:
+        return {**record, "synthetic": True}
 
 
 # --- Geometry helpers: pure functions of a uint8[H, W, 3] image ---
@@ -89,6 +99,32 @@ def jitter_colors(
     gray = (x @ luma)[..., None]
     x = gray + (x - gray) * saturation
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """`image` resized to size x size, bicubic (antialiased when shrinking, as PIL does)."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
+def crop_image(image: np.ndarray, size: int, top: int, left: int) -> np.ndarray:
+    return image[top : top + size, left : left + size]
+
+
+def check_crop(image: np.ndarray, size: int, op: str) -> None:
+    h, w = image.shape[:2]
+    if size > min(h, w):
+        raise ValueError(
+            f"{op}({size}) on a {h}x{w} image: the crop must fit; prepare the data at a larger "
+            "data.image_size or crop smaller."
+        )
+
+
+def center_offsets(image: np.ndarray, size: int) -> tuple[int, int]:
+    """The top-left corner of the central crop, rounded as torchvision's CenterCrop does."""
+    h, w = image.shape[:2]
+    return int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
 
 
 # --- Augmentation ops: RandomMaps on records {"image": uint8[H, W, 3], ...} ---
@@ -169,7 +205,56 @@ class ColorJitter(grain.transforms.RandomMap):
         return _with_image(record, jitter_colors(record["image"], *factors))
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomCrop(grain.transforms.RandomMap):
+    """A size x size crop at a uniformly drawn position."""
+
+    size: int
+
+    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+        image = record["image"]
+        check_crop(image, self.size, "random_crop")
+        top = int(rng.integers(image.shape[0] - self.size + 1))
+        left = int(rng.integers(image.shape[1] - self.size + 1))
+        return _with_image(record, crop_image(image, self.size, top, left))
+
+
+class DeterministicOp(grain.transforms.RandomMap):
+    """An op that draws nothing: `apply(image)`, also usable outside grain (evaluation)."""
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+        del rng
+        return _with_image(record, self.apply(record["image"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class CenterCrop(DeterministicOp):
+    """The central size x size crop."""
+
+    size: int
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        check_crop(image, self.size, "center_crop")
+        return crop_image(image, self.size, *center_offsets(image, self.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Resize(DeterministicOp):
+    """Resized to size x size; see `resize_image`."""
+
+    size: int
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        return resize_image(image, self.size)
+
+
 _OPS = {
+    "random_crop": RandomCrop,
+    "center_crop": CenterCrop,
+    "resize": Resize,
     "flip_lr": FlipLR,
     "flip_ud": FlipUD,
     "rotate": Rotate,
@@ -185,8 +270,12 @@ def _signature(name: str) -> str:
     return f"{name}({', '.join(fields)})" if fields else name
 
 
-def parse_ops(spec: str) -> list[grain.transforms.RandomMap]:
-    """`"flip_lr|rotate(15)|zoom(0.9,1.1)"` -> the ops in order; "" -> []. Arguments are numbers."""
+_INT_OPS = (RandomCrop, CenterCrop, Resize)  # Their argument is a size in pixels.
+
+
+def parse_ops(spec: str, deterministic: bool = False) -> list[grain.transforms.RandomMap]:
+    """`"flip_lr|rotate(15)|zoom(0.9,1.1)"` -> the ops in order; "" -> []. Arguments are numbers.
+    `deterministic`: only ops that draw nothing (evaluation preprocessing)."""
     ops = []
     for token in filter(str.strip, spec.split("|")):
         match = _OP_PATTERN.match(token)
@@ -196,9 +285,15 @@ def parse_ops(spec: str) -> list[grain.transforms.RandomMap]:
         if name not in _OPS:
             valid = ", ".join(_signature(n) for n in _OPS)
             raise ValueError(f"Unknown augment op {name!r} in {spec!r}; choose from: {valid}.")
+        if deterministic and not issubclass(_OPS[name], DeterministicOp):
+            valid = [n for n, op in _OPS.items() if issubclass(op, DeterministicOp)]
+            raise ValueError(
+                f"{name!r} in {spec!r} is random; evaluation preprocessing takes only {valid}."
+            )
         args = match.group(2) or ""
-        try:  # float() and the op's own checks raise ValueError; a wrong arg count TypeError.
-            values = [float(a) for a in filter(str.strip, args.split(","))]
+        number = int if _OPS[name] in _INT_OPS else float
+        try:  # int(), float() and the op's own checks raise ValueError; arg count TypeError.
+            values = [number(a) for a in filter(str.strip, args.split(","))]
             ops.append(_OPS[name](*values))
         except (TypeError, ValueError) as error:
             raise ValueError(
@@ -206,3 +301,19 @@ def parse_ops(spec: str) -> list[grain.transforms.RandomMap]:
                 f"Write it as {_signature(name)} with numbers."
             ) from error
     return ops
+
+
+def apply_ops(ops, image: np.ndarray) -> np.ndarray:
+    """Deterministic ops applied in order to one uint8 image."""
+    for op in ops:
+        image = op.apply(image)
+    return image
+
+
+def output_size(ops, image_size: int) -> tuple[int, int]:
+    """(H, W) of an image_size x image_size image after `ops` (drawn with a fixed rng)."""
+    record = {"image": np.zeros((image_size, image_size, 3), np.uint8)}
+    rng = np.random.default_rng(0)
+    for op in ops:
+        record = op.random_map(record, rng)
+    return record["image"].shape[:2]

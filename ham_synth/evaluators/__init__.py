@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ham_synth.evaluators import classification, common, realism, samples
+from ham_synth.evaluators import attention, classification, common, realism, samples
 from ham_synth.tasks import base
 
 EVALS_DIR = "evals"
@@ -32,8 +32,12 @@ _EVALUATORS: dict[str, Callable[..., Evaluator]] = {
     "samples": samples.SamplesEvaluator,
     "fid": realism.FidEvaluator,
     "classification": classification.ClassificationEvaluator,
+    "attention": attention.AttentionEvaluator,
 }
 _COMMON_FIELDS = ("type", "every_steps")  # Every entry's; the rest are the factory's options.
+# An entry's optional `checkpoint`: "current" evaluates the state in training; "best" (only at the
+# end: every_steps 0) evaluates the checkpoint train.best kept, e.g. the final test evaluation.
+CHECKPOINTS = ("current", "best")
 _BUILD_ARGS = ("name", "config", "task", "mesh", "workdir")  # Passed by make_entry, not options.
 
 
@@ -43,6 +47,7 @@ class Entry:
     every_steps: int
     evaluator: Evaluator
     outdir: pathlib.Path  # workdir/evals/<name>
+    checkpoint: str = "current"  # One of CHECKPOINTS.
 
     def is_due(self, step: int, total_steps: int) -> bool:
         """Every `every_steps` steps and at the end of training; 0: only at the end."""
@@ -64,7 +69,15 @@ def make_entry(name: str, config, task: base.Task, mesh, workdir: pathlib.Path) 
     if spec.type not in _EVALUATORS:
         raise ValueError(f"evals.{name}.type={spec.type!r}; choose one of {sorted(_EVALUATORS)}.")
     factory = _EVALUATORS[spec.type]
-    options = {k: v for k, v in spec.items() if k not in _COMMON_FIELDS}
+    checkpoint = spec.get("checkpoint", "current")
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"evals.{name}.checkpoint={checkpoint!r}; choose one of {CHECKPOINTS}.")
+    if checkpoint == "best" and (spec.every_steps > 0 or not config.train.best.metric):
+        raise ValueError(
+            f"evals.{name}.checkpoint='best' evaluates the best checkpoint at the end of training: "
+            "it needs every_steps 0 (or -1) and a train.best.metric to rank checkpoints by."
+        )
+    options = {k: v for k, v in spec.items() if k not in (*_COMMON_FIELDS, "checkpoint")}
     accepted = [p for p in inspect.signature(factory).parameters if p not in _BUILD_ARGS]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -72,7 +85,7 @@ def make_entry(name: str, config, task: base.Task, mesh, workdir: pathlib.Path) 
             f"evals.{name} has unknown option(s) {unknown}; type {spec.type!r} takes {accepted}."
         )
     evaluator = factory(name=name, config=config, task=task, mesh=mesh, workdir=workdir, **options)
-    return Entry(name, spec.every_steps, evaluator, output_dir(workdir, name))
+    return Entry(name, spec.every_steps, evaluator, output_dir(workdir, name), checkpoint)
 
 
 def from_config(

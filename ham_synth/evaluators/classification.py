@@ -17,7 +17,7 @@ from sklearn import metrics as sk_metrics
 
 from ham_synth import config_lib, parallel
 from ham_synth import state as state_lib
-from ham_synth.data import pipeline, sources
+from ham_synth.data import pipeline
 from ham_synth.evaluators import common, features
 from ham_synth.tasks import base, classify
 
@@ -120,7 +120,7 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: pathlib.Pat
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="share of the true class")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_reliability(rows: list[dict], ece: float, path: pathlib.Path, title: str):
@@ -137,10 +137,10 @@ def plot_reliability(rows: list[dict], ece: float, path: pathlib.Path, title: st
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title}\nECE {ece:.3f}")
     ax.legend(loc="upper left")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: pathlib.Path) -> None:
+def save_figure(fig, path: pathlib.Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100, bbox_inches="tight")
@@ -148,9 +148,54 @@ def _save(fig, path: pathlib.Path) -> None:
     tmp.replace(path)  # A reader never sees half a PNG.
 
 
+def make_logits_fn(task, config, mesh):
+    """Jitted (variables, uint8 images [B, H, W, 3]) -> float32 logits [B, K], split over the
+    batch: the classifier's predict function on images scaled to [-1, 1] as in training."""
+    predict = base.get_predict_fn(task, classify.PREDICT, config.task)
+    return jax.jit(
+        lambda variables, images: predict(variables, images.astype(jnp.float32) / 127.5 - 1),
+        out_shardings=parallel.batch_sharded(mesh),
+    )
+
+
+def logits_net(logits_fn, state, mesh) -> features.FeatureNet:
+    """The EMA classifier as a FeatureNet (uint8 images -> logits) for features' batch loops."""
+    variables = jax.device_put(state_lib.eval_variables(state), parallel.replicated(mesh))
+    return features.FeatureNet("logits", lambda images: logits_fn(variables, images))
+
+
+class SplitClassifier:
+    """A classifier's view of one split, as its evaluators share it: the split read as evaluation
+    reads it (data.eval_preprocess), its labels and class names checked against the model's
+    (a missing or empty split fails at construction, before training), and the EMA model's
+    logits on every image."""
+
+    def __init__(self, name: str, config, task, mesh, split: str, batch_size: int):
+        self.logits_fn = make_logits_fn(task, config, mesh)
+        self.source = pipeline.eval_source(
+            config_lib.with_values(config, {"data.split": split}).data
+        )
+        self.labels = pipeline.source_labels(self.source)
+        if not len(self.labels):
+            raise ValueError(f"evals.{name}: the {split!r} split has no images.")
+        self.class_names = config_lib.class_names(config)
+        if list(self.source.class_names) != self.class_names:
+            raise ValueError(
+                f"evals.{name}: the {split!r} split's classes {list(self.source.class_names)} "
+                f"differ from the model's {self.class_names}."
+            )
+        self.split, self.mesh = split, mesh
+        self.batch_size = parallel.round_to_devices(batch_size, mesh)
+
+    def logits(self, state) -> np.ndarray:
+        """float32[N, K]: the EMA model's logits on every image of the split."""
+        net = logits_net(self.logits_fn, state, self.mesh)
+        logits, _ = features.source_features(net, self.source, self.batch_size, self.mesh)
+        return np.asarray(logits)
+
+
 class ClassificationEvaluator:
-    """Reads the split's labels at construction (a missing split fails before training), then
-    at each run classifies every image with the EMA params and scores it."""
+    """Scores the EMA model on the split at each run (SplitClassifier reads it)."""
 
     def __init__(
         self,
@@ -164,42 +209,23 @@ class ClassificationEvaluator:
         batch_size: int = 256,
         calibration_bins: int = 15,
     ):
-        predict = base.get_predict_fn(task, classify.PREDICT, config.task)
-        self._jitted = jax.jit(
-            lambda variables, images: predict(variables, images.astype(jnp.float32) / 127.5 - 1),
-            out_shardings=parallel.batch_sharded(mesh),
-        )
-        self._source = sources.get_source(
-            config_lib.with_values(config, {"data.split": split}).data
-        )
-        self.labels = pipeline.source_labels(self._source)
-        if not len(self.labels):
-            raise ValueError(f"evals.{name}: the {split!r} split has no images.")
-        self.class_names = config_lib.class_names(config)
-        if list(self._source.class_names) != self.class_names:
-            raise ValueError(
-                f"evals.{name}: the {split!r} split's classes {list(self._source.class_names)} "
-                f"differ from the model's {self.class_names}."
-            )
-        self._name, self._split, self._mesh = name, split, mesh
-        self._batch_size = parallel.round_to_devices(batch_size, mesh)
+        self.split = SplitClassifier(name, config, task, mesh, split, batch_size)
+        self._name = name
         self._bins = calibration_bins
         self.outdir = pathlib.Path(workdir) / "evals" / name
 
     def probabilities(self, state) -> np.ndarray:
         """float32[N, K]: softmax of the EMA model's logits on every image of the split."""
-        variables = jax.device_put(state_lib.eval_variables(state), parallel.replicated(self._mesh))
-        logits_net = features.FeatureNet("logits", lambda x: self._jitted(variables, x))
-        logits, _ = features.source_features(logits_net, self._source, self._batch_size, self._mesh)
-        return np.asarray(jax.nn.softmax(logits, axis=-1))
+        return np.asarray(jax.nn.softmax(self.split.logits(state), axis=-1))
 
     def run(self, state, step: int) -> common.Result:
         probs = self.probabilities(state)
-        scalars, details = classification_metrics(self.labels, probs, self.class_names, self._bins)
-        details = {"split": self._split, **details}
+        names = self.split.class_names
+        scalars, details = classification_metrics(self.split.labels, probs, names, self._bins)
+        details = {"split": self.split.split, **details}
         if jax.process_index() == 0:
-            title = f"{self._name}: {self._split} split, step {step}"
-            plot_confusion(details["confusion_matrix"], self.class_names,
+            title = f"{self._name}: {self.split.split} split, step {step}"
+            plot_confusion(details["confusion_matrix"], names,
                            self.outdir / f"confusion_step_{step:07d}.png", title)  # fmt: skip
             plot_reliability(details["reliability"], scalars["ece"],
                              self.outdir / f"reliability_step_{step:07d}.png", title)  # fmt: skip

@@ -38,6 +38,18 @@ def size_fields(variant: str, **explicit) -> dict[str, int]:
     return fields
 
 
+def layer_index(param_name: str, depth: int) -> int:
+    """A parameter's depth in the network, for layer-wise lr decay: 0 for the patch embedding,
+    class token and position embeddings, i + 1 for encoder block i, depth + 1 for the final
+    LayerNorm and the head."""
+    parts = param_name.split("/")
+    if parts[0] in ("embedding", "cls") or parts[1:2] == ["posembed_input"]:
+        return 0
+    if parts[1:2] and parts[1].startswith("encoderblock_"):
+        return int(parts[1].removeprefix("encoderblock_")) + 1
+    return depth + 1
+
+
 class MlpBlock(nn.Module):
     mlp_dim: int
     dropout: float = 0.0

@@ -17,7 +17,8 @@ import optax
 from ham_synth import optim, parallel
 from ham_synth import state as state_lib
 
-# {"image": float32[B, H, W, C] in [-1, 1], "label": int32[B], "index": int32[B] record ids}
+# {"image": float32[B, H, W, C] in [-1, 1], "label": int32[B], "index": int32[B] record ids,
+#  "synthetic": bool[B] (a data.synthetic image)}
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]  # Scalars, keyed `train/<name>`.
 # (params, batch, rng, step) -> (scalar loss, {name: scalar}).

@@ -14,6 +14,9 @@ from ham_synth.tasks import base
 
 # predict_fns["predict"](variables, images float32[N, H, W, 3] in [-1, 1]) -> float32[N, classes]
 PREDICT = "predict"
+# predict_fns["attention"](variables, images) -> float32[depth, N, heads, tokens, tokens]: every
+# block's attention probabilities (the attention evaluator's rollout).
+ATTENTION = "attention"
 
 
 def make_model(config: ml_collections.ConfigDict, dtype=None) -> vit.ViT:
@@ -79,35 +82,88 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float) -> j
     return optax.softmax_cross_entropy(logits, targets)
 
 
+TRAINABLE = ("all", "head")
+
+
+def make_lr_scale(optim_config: ml_collections.ConfigDict, depth: int) -> optim.LrScale | None:
+    """Fine-tuning: `trainable="head"` freezes all but the head (a linear probe); `layer_decay`
+    < 1 scales block i's lr by layer_decay**(depth + 1 - (i + 1)), the stem's by
+    layer_decay**(depth + 1), and leaves the head and final LayerNorm at 1 (BEiT's layer-wise lr
+    decay). None when neither is on."""
+    trainable, decay = optim_config.trainable, optim_config.layer_decay
+    if trainable not in TRAINABLE:
+        raise ValueError(f"optim.trainable={trainable!r}; choose one of {TRAINABLE}.")
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"optim.layer_decay={decay} must be in (0, 1]; 1 turns it off.")
+    if trainable == "all" and decay == 1.0:
+        return None
+
+    def lr_scale(name: str) -> float:
+        if trainable == "head" and not name.startswith("head/"):
+            return 0.0
+        return decay ** (depth + 1 - vit.layer_index(name, depth))
+
+    return lr_scale
+
+
+def mixup(images, labels, rng, alpha: float):
+    """Mixup (Zhang et al. 2018): (images mixed with a permutation of the batch, the permuted
+    labels, lam ~ Beta(alpha, alpha)); the loss is lam * loss(labels) + (1 - lam) * loss(perm)."""
+    lam_rng, perm_rng = jax.random.split(rng)
+    lam = jax.random.beta(lam_rng, alpha, alpha)
+    perm = jax.random.permutation(perm_rng, images.shape[0])
+    mixed = lam * images + (1.0 - lam) * images[perm]
+    return mixed, labels[perm], lam
+
+
 def make_task(config: ml_collections.ConfigDict) -> base.Task:
     num_classes = base.num_classes(config)
     model = make_model(config, config_lib.compute_dtype(config.train.compute_dtype))
     weights = class_weights(config.loss.class_weights, config.data.class_counts, num_classes)
-    optimizer = optim.make_optimizer(config.optim, config.train.total_steps)
+    lr_scale = make_lr_scale(config.optim, model.depth)
+    optimizer = optim.make_optimizer(config.optim, config.train.total_steps, lr_scale)
+    alpha = config.loss.mixup_alpha
 
     def init_variables(rng, batch):
         return model.init(rng, batch["image"])
 
-    def loss_fn(params, batch, rng, step):
-        del step
-        logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
-        labels = batch["label"]
+    def weighted_ce(logits, labels):
         per_example = cross_entropy(logits, labels, num_classes, config.loss.label_smoothing)
         if weights is None:
-            loss = per_example.mean()
-        else:  # Weighted by the true class, as torch's CrossEntropyLoss(weight=...).
-            w = jnp.asarray(weights)[labels]
-            loss = jnp.sum(w * per_example) / jnp.sum(w)
+            return per_example.mean()
+        # Weighted by the true class, as torch's CrossEntropyLoss(weight=...).
+        w = jnp.asarray(weights)[labels]
+        return jnp.sum(w * per_example) / jnp.sum(w)
+
+    def loss_fn(params, batch, rng, step):
+        del step
+        images, labels = batch["image"], batch["label"]
+        dropout_rng, mixup_rng = jax.random.split(rng)
+        if alpha > 0:
+            images, mixed_labels, lam = mixup(images, labels, mixup_rng, alpha)
+        logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_rng})
+        loss = weighted_ce(logits, labels)
+        if alpha > 0:
+            loss = lam * loss + (1.0 - lam) * weighted_ce(logits, mixed_labels)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return loss, {"accuracy": accuracy}
+        # The share of this batch that is synthetic (data.synthetic), as actually drawn.
+        synthetic_share = jnp.mean(batch["synthetic"].astype(jnp.float32))
+        return loss, {"accuracy": accuracy, "synthetic_share": synthetic_share}
 
     def predict(variables, images):
         return model.apply(variables, images)
 
+    def attention(variables, images):
+        _, state = model.apply(variables, images, sow_weights=True, mutable=["intermediates"])
+        blocks = state["intermediates"]["Transformer"]
+        weights = [blocks[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]
+                   ["attention_weights"][0] for i in range(model.depth)]  # fmt: skip
+        return jnp.stack(weights).astype(jnp.float32)
+
     return base.Task(
         init=base.make_init(init_variables, optimizer.tx),
         train_step=base.make_simple_step(loss_fn, optimizer, config.train.grad_accum_steps),
-        predict_fns={PREDICT: predict},
+        predict_fns={PREDICT: predict, ATTENTION: attention},
         load_external=make_load_external(config.model.init_from_npz),
     )
 

@@ -49,18 +49,28 @@ def test_splits_are_disjoint_stratified_and_deterministic():
     np.testing.assert_array_equal(again.labels, splits["val"].labels)
 
 
-def test_imbalance_follows_ham10000_class_shares():
-    source = sources.get_source(_data(split="all", imbalance=True, num_classes=7))
-    counts = np.bincount(source.labels, minlength=7)
-    assert len(source.class_names) == 7 and source.class_names[5] == "5:nv"
-    shares = counts / counts.sum()
-    # Each count is the share rounded to a whole image.
-    np.testing.assert_allclose(shares, ham10000.CLASS_SHARES, atol=1.0 / counts.sum())
-    assert counts[5] == counts.max() and counts[3] == counts.min() >= 3
-    # Even df's three images reach every split.
-    for split in ("train", "val", "test"):
-        labels = sources.get_source(_data(split=split, imbalance=True, num_classes=7)).labels
-        assert set(labels) == set(range(7)), split
+def test_imbalance_subsamples_train_to_ham10000_shares_after_balanced_val_and_test():
+    splits = {
+        split: sources.get_source(_data(split=split, imbalance=True, num_classes=7))
+        for split in ("train", "val", "test", "all")
+    }
+    assert splits["train"].class_names[5] == "5:nv" and len(splits["train"].class_names) == 7
+    counts = np.bincount(splits["train"].labels, minlength=7)
+    # Each train count is the share rounded to a whole image.
+    np.testing.assert_allclose(
+        counts / counts.sum(), ham10000.CLASS_SHARES, atol=1.0 / counts.sum()
+    )
+    assert counts[5] == counts.max() and counts[3] == counts.min() >= 1
+    for split in ("val", "test"):  # Curated: balanced, at least 15 of every class.
+        eval_counts = np.bincount(splits[split].labels, minlength=7)
+        assert eval_counts.min() >= sources.MIN_EVAL_PER_CLASS, split
+        assert eval_counts.max() - eval_counts.min() <= 2, split
+    keys = {
+        split: {src.images[i].tobytes() for i in range(len(src))} for split, src in splits.items()
+    }
+    assert len(keys["train"] & keys["test"]) <= 3  # Digits holds a few exact duplicates.
+    assert len(splits["all"]) == sum(len(splits[s]) for s in ("train", "val", "test"))
+    assert keys["all"] == keys["train"] | keys["val"] | keys["test"]
 
 
 def test_num_classes_comes_from_the_data_or_a_mismatch_says_how_to_fix_it():

@@ -1,4 +1,5 @@
-"""Augmentation ops: the parser, shapes and ranges, flips, rotation geometry and zoom bounds."""
+"""Augmentation and preprocessing ops: the parser, shapes and ranges, flips, rotation geometry,
+zoom bounds, crops and resizing."""
 
 import numpy as np
 import pytest
@@ -127,3 +128,46 @@ def test_color_jitter_with_unit_factors_is_identity_and_stays_in_uint8():
     assert bright.dtype == np.uint8 and bright.max() == 255
     gray = transforms.jitter_colors(image, 1.0, 1.0, 0.0)
     assert np.abs(gray.astype(int) - gray[..., :1]).max() <= 1
+
+
+def test_center_crop_takes_torchvisions_central_window():
+    image = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    # torchvision: top = round((5 - 2) / 2) = 2 (half to even), left = round((6 - 2) / 2) = 2.
+    (op,) = transforms.parse_ops("center_crop(2)", deterministic=True)
+    np.testing.assert_array_equal(op.apply(image), image[2:4, 2:4])
+    with pytest.raises(ValueError, match=r"center_crop\(8\) on a 5x6 image: the crop must fit"):
+        transforms.CenterCrop(8).apply(image)
+
+
+def test_random_crop_draws_every_window_position_and_copies_it_exactly():
+    image = _noise(6, 7)
+    seen = set()
+    for seed in range(400):
+        out = transforms.RandomCrop(4).random_map(_record(image), np.random.default_rng(seed))
+        windows = [
+            (t, l)
+            for t in range(3)
+            for l in range(4)  # noqa: E741
+            if np.array_equal(out["image"], image[t : t + 4, l : l + 4])
+        ]
+        assert len(windows) == 1
+        seen.add(windows[0])
+    assert len(seen) == 3 * 4
+
+
+def test_resize_keeps_a_constant_image_and_only_the_size_changes():
+    flat = np.full((32, 32, 3), 77, np.uint8)
+    (op,) = transforms.parse_ops("resize(12)", deterministic=True)
+    np.testing.assert_array_equal(op.apply(flat), np.full((12, 12, 3), 77, np.uint8))
+    image = _noise(12, 12)
+    assert op.apply(image) is image  # Already that size: untouched.
+
+
+def test_evaluation_preprocessing_refuses_random_ops_and_sizes_are_integers():
+    with pytest.raises(ValueError, match=r"'random_crop'.*is random.*\['center_crop', 'resize'\]"):
+        transforms.parse_ops("random_crop(8)", deterministic=True)
+    with pytest.raises(ValueError, match=r"center_crop\(size\) with numbers"):
+        transforms.parse_ops("center_crop(7.5)")
+    ops = transforms.parse_ops("resize(20)|center_crop(16)", deterministic=True)
+    assert transforms.output_size(ops, 64) == (16, 16)
+    assert transforms.output_size(transforms.parse_ops("random_crop(12)|flip_lr"), 16) == (12, 12)

@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import load_config
 
-from ham_synth import metric_writer, train
+from ham_synth import evaluate, metric_writer
 from ham_synth.evaluators import classification
 
 NAMES = ["a", "b", "c", "d"]
@@ -54,19 +53,25 @@ def test_roc_auc_is_one_when_the_true_class_always_ranks_first_and_nan_for_one_c
     assert details["absent_classes"] == ["a", "c", "d"]
 
 
-def test_vit_run_writes_metrics_plots_and_keeps_the_best_checkpoint(tmp_path):
-    config = load_config("vit.py:smoke")
-    train.train_and_evaluate(config, tmp_path)
+def test_vit_run_writes_metrics_plots_and_tests_the_best_checkpoint(vit_run):
+    tmp_path = vit_run
     rows = metric_writer.read_metrics(tmp_path)
     val_rows = [r for r in rows if "val/balanced_accuracy" in r]
     assert [r["step"] for r in val_rows] == [3, 6]
-    assert "test/f1_macro" in rows[-1] and "test/roc_auc_macro" in rows[-1]
-    record = json.loads((tmp_path / "evals" / "test" / "step_0000006.json").read_text())
+    top = max(r["val/balanced_accuracy"] for r in val_rows)
+    final = rows[-1]
+    assert final["step"] == 6 and "test/f1_macro" in final and "test/roc_auc_macro" in final
+    best = int(final["test/checkpoint_step"])
+    assert best in [r["step"] for r in val_rows if r["val/balanced_accuracy"] == top]
+    assert (tmp_path / "checkpoints" / str(best)).is_dir()
+    record = json.loads((tmp_path / "evals" / "test" / f"step_{best:07d}.json").read_text())
     assert (
         record["split"] == "test"
         and sum(map(sum, record["confusion_matrix"])) == record["num_examples"]
     )
     for kind in ("confusion", "reliability"):
         assert (tmp_path / "evals" / "val" / f"{kind}_step_0000003.png").stat().st_size > 1000
-    best = max(val_rows, key=lambda r: r["val/balanced_accuracy"])["step"]
-    assert (tmp_path / "checkpoints" / str(best)).is_dir()
+    # The same numbers as evaluating the best checkpoint afterwards.
+    again = evaluate.evaluate_run(str(tmp_path), "best", ["test"])
+    for key, value in again.items():
+        np.testing.assert_allclose(final[key], value, rtol=1e-6, err_msg=key)

@@ -118,6 +118,18 @@ def test_unknown_type_or_option_names_the_valid_ones(tmp_path, scripted):
         train.train_and_evaluate(config, tmp_path)
 
 
+def test_a_best_checkpoint_entry_must_run_at_the_end_with_a_best_metric(tmp_path):
+    config = load_config("vit.py:smoke", **{"evals.test.every_steps": 3})
+    with pytest.raises(ValueError, match="every_steps 0 .* and a train.best.metric"):
+        train.train_and_evaluate(config, tmp_path)
+    config = load_config("vit.py:smoke", **{"train.best.metric": ""})
+    with pytest.raises(ValueError, match="checkpoint='best' evaluates the best checkpoint"):
+        train.train_and_evaluate(config, tmp_path)
+    config = load_config("vit.py:smoke", **{"evals.test.checkpoint": "last"})
+    with pytest.raises(ValueError, match=r"checkpoint='last'; choose one of \('current', 'best'"):
+        train.train_and_evaluate(config, tmp_path)
+
+
 def test_fid_on_with_missing_inception_weights_fails_before_training(tmp_path):
     config = _config(
         **{

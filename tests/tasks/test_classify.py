@@ -8,7 +8,7 @@ import pytest
 from conftest import load_config
 from flax import traverse_util
 
-from ham_synth import parallel, train, workdir
+from ham_synth import metric_writer, parallel, train, workdir
 from ham_synth import state as state_lib
 from ham_synth.data import pipeline, sources
 from ham_synth.models import vit, vit_pretrained
@@ -142,7 +142,7 @@ def test_init_from_npz_starts_training_from_the_file(tmp_path):
     np.testing.assert_array_equal(
         flat[vit_pretrained.POS_EMBEDDING], saved[vit_pretrained.POS_EMBEDDING]
     )
-    assert flat["head/kernel"].shape == (16, 10)  # digits: 10 classes, re-initialized (zeros)
+    assert flat["head/kernel"].shape == (16, 7)  # imbalanced digits: 7 classes, re-initialized
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.ema_params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -176,13 +176,13 @@ def test_weighted_loss_equals_torchs_weighted_cross_entropy():
     mesh = parallel.make_mesh(1)
     built = workdir.build(config, mesh)
     counts = [int(n) for n in built.config.data.class_counts.split(",")]
-    assert len(counts) == 10 and sum(counts) == len(pipeline.source_labels(
+    assert len(counts) == 7 and sum(counts) == len(pipeline.source_labels(
         sources.get_source(built.config.data)))  # fmt: skip
     state = workdir.initial_state(built, jax.random.key(0), mesh)
     batch = parallel.to_global_batch(next(iter(built.dataset)), mesh)
     predict = built.task.predict_fns[classify.PREDICT]
     logits = np.asarray(predict(state_lib.eval_variables(state), batch["image"]))
-    weights = classify.class_weights("inverse", built.config.data.class_counts, 10)
+    weights = classify.class_weights("inverse", built.config.data.class_counts, 7)
     expected = torch.nn.functional.cross_entropy(
         torch.tensor(logits),
         torch.tensor(np.asarray(batch["label"])).long(),
@@ -190,3 +190,113 @@ def test_weighted_loss_equals_torchs_weighted_cross_entropy():
     )
     _, metrics = train.make_train_step(built.task, mesh)(state, batch, jax.random.key(1))
     assert float(metrics["train/loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_layer_decay_scales_each_depth_and_head_training_freezes_the_rest():
+    base = load_config("vit.py:smoke").optim  # depth 2
+    base.layer_decay = 0.5
+    lr_scale = classify.make_lr_scale(base, depth=2)
+    assert lr_scale("embedding/kernel") == lr_scale("cls") == 0.125
+    assert lr_scale("Transformer/posembed_input/pos_embedding") == 0.125
+    assert lr_scale("Transformer/encoderblock_0/LayerNorm_0/scale") == 0.25
+    assert lr_scale("Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel") == 0.5
+    assert lr_scale("Transformer/encoder_norm/bias") == lr_scale("head/kernel") == 1.0
+    base.layer_decay, base.trainable = 1.0, "head"
+    probe = classify.make_lr_scale(base, depth=2)
+    assert probe("head/bias") == 1.0 and probe("Transformer/encoder_norm/bias") == 0.0
+    base.trainable = "all"
+    assert classify.make_lr_scale(base, depth=2) is None
+    base.trainable = "backbone"
+    with pytest.raises(ValueError, match="optim.trainable='backbone'; choose one of"):
+        classify.make_lr_scale(base, depth=2)
+
+
+def test_a_linear_probe_trains_only_the_head():
+    config = load_config("vit.py:smoke", **{"optim.trainable": "head", "train.num_devices": 1})
+    mesh = parallel.make_mesh(1)
+    built = workdir.build(config, mesh)
+    state = workdir.initial_state(built, jax.random.key(0), mesh)
+    before = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+    step = train.make_train_step(built.task, mesh)
+    batches = iter(built.dataset)
+    for i in range(3):
+        state, _ = step(state, parallel.to_global_batch(next(batches), mesh), jax.random.key(i))
+    after = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+    for name, value in after.items():
+        if name.startswith("head/"):
+            assert np.abs(value - before[name]).max() > 0, name
+        else:
+            np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+def test_mixup_mixes_images_and_pairs_the_permuted_labels():
+    images = jnp.arange(8 * 2 * 2 * 3, dtype=jnp.float32).reshape(8, 2, 2, 3)
+    labels = jnp.arange(8)
+    mixed, partner_labels, lam = classify.mixup(images, labels, jax.random.key(0), alpha=0.4)
+    assert 0.0 < float(lam) < 1.0
+    perm = np.asarray(partner_labels)  # labels are the indices, so they name each partner
+    assert sorted(perm) == list(range(8))
+    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[perm], rtol=1e-6)
+
+
+def test_the_mixup_loss_is_the_lam_weighted_pair_of_torch_cross_entropies():
+    torch = pytest.importorskip("torch")
+    config = load_config("vit.py:smoke", **{"loss.mixup_alpha": 0.4, "train.num_devices": 1})
+    mesh = parallel.make_mesh(1)
+    built = workdir.build(config, mesh)
+    state = workdir.initial_state(built, jax.random.key(0), mesh)
+    batch = parallel.to_global_batch(next(iter(built.dataset)), mesh)
+    rng = jax.random.key(1)
+    # The loss splits its rng into (dropout, mixup): redo the mixup it will draw.
+    mixed, partner, lam = classify.mixup(
+        batch["image"], batch["label"], jax.random.split(rng)[1], 0.4
+    )
+    predict = built.task.predict_fns[classify.PREDICT]
+    logits = torch.tensor(np.asarray(predict(state_lib.eval_variables(state), mixed)))
+    _, metrics = train.make_train_step(built.task, mesh)(state, batch, rng)  # Donates state.
+
+    def ce(labels):
+        labels = torch.tensor(np.asarray(labels)).long()
+        return float(torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
+
+    expected = float(lam) * ce(batch["label"]) + (1 - float(lam)) * ce(partner)
+    assert float(metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_ham_augreg_settings_fine_tune_an_augreg_npz_on_digits_at_32(tmp_path):
+    fields = dict(width=16, depth=2, num_heads=2, mlp_dim=32)
+    pretrained = vit.ViT(num_classes=1000, patch_size=16, **fields).init(
+        jax.random.key(1), jnp.zeros((1, 224, 224, 3))
+    )["params"]
+    saved = _augreg_npz(tmp_path / "augreg.npz", pretrained)
+    assert saved[vit_pretrained.POS_EMBEDDING].shape == (1, 1 + 14 * 14, 16)
+    overrides = {f"model.{k}": v for k, v in fields.items()}
+    settings = {
+        "data.name": "digits",
+        "data.image_size": 36,
+        "data.augment": "flip_lr|random_crop(32)",
+        "data.eval_preprocess": "center_crop(32)",
+        "model.init_from_npz": str(tmp_path / "augreg.npz"),
+        "train.total_steps": 4,
+        "train.batch_size": 16,
+        "train.log_every_steps": 2,
+        "evals.val.every_steps": 4,
+        "evals.attention.every_steps": -1,
+        "optim.warmup_steps": 1,
+        "train.num_devices": 1,
+    }
+    config = load_config("vit.py:ham_augreg", **overrides, **settings)
+    assert config.optim.layer_decay == 0.75 and config.model.variant == "S"
+    mesh = parallel.make_mesh(1)
+    built = workdir.build(config, mesh)
+    start = traverse_util.flatten_dict(
+        jax.device_get(workdir.initial_state(built, jax.random.key(0), mesh).params), sep="/"
+    )
+    expected = vit_pretrained.resample_pos_embedding(
+        saved[vit_pretrained.POS_EMBEDDING], (2, 2), num_prefix=1
+    )
+    np.testing.assert_array_equal(start[vit_pretrained.POS_EMBEDDING], expected)
+    state = train.train_and_evaluate(config, tmp_path / "run")
+    assert int(state.step) == 4
+    rows = [r for r in metric_writer.read_metrics(tmp_path / "run") if "test/accuracy" in r]
+    assert rows and np.isfinite(rows[-1]["test/balanced_accuracy"])

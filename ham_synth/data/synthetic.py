@@ -1,0 +1,128 @@
+"""Real + synthetic training data (`config.data.synthetic`): `ham-synth sample` folders, read
+through their manifest.csv, matched to the real classes by name, and chosen by a policy.
+
+- add: every synthetic image (or `per_class` of each class) joins the real ones.
+- balance: each class is topped up to `per_class` images (0: to the largest real class).
+- ratio: a `ratio` share of each batch is synthetic, in expectation.
+- only: train on synthetic images alone (still tested on real ones).
+
+The pipeline mixes the real stream (shuffled epochs or class-balanced draws: `data.balance_alpha`
+weighs the real records only) with the synthetic one at `Mix.weight`; evaluation never reads
+synthetic images.
+"""
+
+import csv
+import dataclasses
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from ham_synth.data import sources
+
+POLICIES = ("add", "balance", "ratio", "only")
+MANIFEST = "manifest.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mix:
+    """The chosen synthetic records and the share of the training stream they take."""
+
+    source: sources.FolderSource
+    weight: float  # Probability that a stream position reads a synthetic record.
+    counts: np.ndarray  # int64[K]: synthetic images chosen per class.
+
+
+def read_manifests(dirs: list[str]) -> list[tuple[pathlib.Path, str]]:
+    """(image path, class name) of every row of each folder's manifest.csv, in order."""
+    rows = []
+    for folder in map(pathlib.Path, dirs):
+        manifest = folder / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(
+                f"data.synthetic.dirs: no {MANIFEST} in {folder}; point it at a `ham-synth "
+                "sample` output folder."
+            )
+        with open(manifest, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"file", "class"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{manifest} lacks the column(s) {sorted(missing)}.")
+            rows += [(folder / row["file"], row["class"]) for row in reader]
+    return rows
+
+
+def make_mix(
+    synthetic: ml_collections.ConfigDict,
+    class_names: tuple[str, ...],
+    real_labels: np.ndarray,
+    image_size: int,
+) -> Mix | None:
+    """The synthetic side of the training stream, or None when `synthetic.dirs` is empty."""
+    dirs = [d.strip() for d in synthetic.dirs.split(",") if d.strip()]
+    if not dirs:
+        return None
+    if synthetic.policy not in POLICIES:
+        raise ValueError(f"data.synthetic.policy={synthetic.policy!r}; choose one of {POLICIES}.")
+    if synthetic.policy == "ratio" and not 0 < synthetic.ratio < 1:
+        raise ValueError(f"data.synthetic.ratio={synthetic.ratio}; the ratio policy needs (0, 1).")
+    if synthetic.per_class < 0:
+        raise ValueError(f"data.synthetic.per_class={synthetic.per_class} must be >= 0.")
+    rows = read_manifests(dirs)
+    names = sorted({name for _, name in rows})
+    unknown = [name for name in names if name not in class_names]
+    if unknown:
+        raise ValueError(
+            f"data.synthetic: classes {unknown} of {dirs} are not among the real data's "
+            f"{list(class_names)}; the manifests name {names}. Sample with the same class names "
+            "(a generator trained on this data), or drop those folders."
+        )
+    labels = np.asarray([class_names.index(name) for _, name in rows], np.int32)
+    real_counts = np.bincount(real_labels, minlength=len(class_names))
+    wanted = _wanted(synthetic, labels, real_counts)
+    available = np.bincount(labels, minlength=len(class_names))
+    short = {class_names[c]: (int(wanted[c]), int(available[c]))
+             for c in range(len(class_names)) if wanted[c] > available[c]}  # fmt: skip
+    if short:
+        detail = ", ".join(f"{name}: needs {w}, has {a}" for name, (w, a) in short.items())
+        raise ValueError(
+            f"data.synthetic policy {synthetic.policy!r} (per_class={synthetic.per_class}) needs "
+            f"more synthetic images than {dirs} hold ({detail}); sample more with `ham-synth "
+            "sample --num_per_class`, or lower data.synthetic.per_class."
+        )
+    # The first `wanted[c]` images of each class, in manifest order.
+    keep = np.sort(np.concatenate(
+        [np.flatnonzero(labels == c)[: wanted[c]] for c in range(len(class_names))]
+    ))  # fmt: skip
+    if not len(keep):
+        raise ValueError(
+            f"data.synthetic policy {synthetic.policy!r} chose no synthetic image from {dirs}."
+        )
+    paths = tuple(rows[i][0] for i in keep)
+    absent = [str(path) for path in paths if not path.is_file()]
+    if absent:
+        raise FileNotFoundError(
+            f"data.synthetic: {len(absent)} image(s) listed in the manifests are missing, e.g. "
+            f"{absent[:3]}; sample the folder again or remove their rows."
+        )
+    counts = np.bincount(labels[keep], minlength=len(class_names))
+    if synthetic.policy == "ratio":
+        weight = synthetic.ratio
+    elif synthetic.policy == "only":
+        weight = 1.0
+    else:  # add, balance: each record, real or synthetic, equally likely at every position.
+        weight = len(keep) / (len(keep) + len(real_labels))
+    source = sources.FolderSource(paths, labels[keep], class_names, image_size)
+    return Mix(source, weight, counts)
+
+
+def _wanted(synthetic, labels: np.ndarray, real_counts: np.ndarray) -> np.ndarray:
+    """Synthetic images to take per class: balance tops each class up to `per_class` (0: the
+    largest real class); add, ratio and only take `per_class` of each class they have (0: all)."""
+    available = np.bincount(labels, minlength=len(real_counts))
+    if synthetic.policy == "balance":
+        target = synthetic.per_class or int(real_counts.max())
+        return np.maximum(target - real_counts, 0)
+    if synthetic.per_class:
+        return np.where(available > 0, synthetic.per_class, 0)
+    return available

@@ -1,0 +1,130 @@
+"""Real + synthetic training data: each policy's class and synthetic shares over many batches,
+class names matched by name, val and test left real, and a bit-exact resume with mixing on."""
+
+import csv
+import itertools
+import json
+
+import numpy as np
+import pytest
+from conftest import load_config
+from PIL import Image
+
+from ham_synth import metric_writer, train
+from ham_synth.data import pipeline, sources
+
+NAMES = [f"{d}:{name}" for d, name in enumerate(("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"))]
+
+
+def _sample_folder(root, per_class: dict[str, int], size=8, seed=0):
+    """A `ham-synth sample`-like folder: noise PNGs under root/<class>/ and a manifest.csv."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, count in per_class.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            file = f"{name}/{name}_{i:06d}.png"
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(root / file)
+            rows.append({"file": file, "class": name, "synthetic": "true"})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "class", "synthetic"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def _config(folder, **synthetic_fields):
+    overrides = {f"data.synthetic.{k}": v for k, v in synthetic_fields.items()}
+    return load_config(
+        "vit.py:smoke",
+        **{"data.synthetic.dirs": str(folder), "data.balance_alpha": 0.0, "data.augment": "",
+           "train.batch_size": 200},
+        **overrides,
+    )  # fmt: skip
+
+
+def _stream(config, num_batches=20):
+    dataset, config = pipeline.make_train_dataset(config)
+    batches = list(itertools.islice(iter(dataset), num_batches))
+    labels = np.concatenate([b["label"] for b in batches])
+    fake = np.concatenate([b["synthetic"] for b in batches])
+    return labels, fake, config
+
+
+def _real_counts():
+    return np.bincount(sources.get_source(load_config("vit.py:smoke").data).labels, minlength=7)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return _sample_folder(tmp_path_factory.mktemp("synthetic"), dict.fromkeys(NAMES, 240))
+
+
+def test_balance_tops_every_class_up_to_the_largest(folder):
+    counts = _real_counts()
+    labels, fake, _ = _stream(_config(folder, policy="balance"))
+    # 4,000 draws: a share's standard error is at most 0.008.
+    np.testing.assert_allclose(np.bincount(labels, minlength=7) / len(labels), 1 / 7, atol=0.03)
+    added = counts.max() - counts
+    assert fake.mean() == pytest.approx(added.sum() / (added.sum() + counts.sum()), abs=0.03)
+    assert not fake[labels == 5].any()  # nv, the largest class, gets none.
+
+
+def test_add_per_class_and_ratio_and_only_follow_their_shares(folder):
+    counts = _real_counts()
+    labels, fake, _ = _stream(_config(folder, policy="add", per_class=30))
+    assert fake.mean() == pytest.approx(210 / (210 + counts.sum()), abs=0.03)
+    synthetic_shares = np.bincount(labels[fake], minlength=7) / fake.sum()
+    np.testing.assert_allclose(synthetic_shares, 1 / 7, atol=0.03)
+    _, fake, _ = _stream(_config(folder, policy="ratio", ratio=0.3))
+    assert fake.mean() == pytest.approx(0.3, abs=0.03)
+    labels, fake, _ = _stream(_config(folder, policy="only"), num_batches=5)
+    assert fake.all()
+    np.testing.assert_allclose(np.bincount(labels, minlength=7) / len(labels), 1 / 7, atol=0.04)
+
+
+def test_class_names_are_matched_by_name_and_shortfalls_are_named(tmp_path):
+    odd = _sample_folder(tmp_path / "odd", {"melanoma": 3, NAMES[0]: 2})
+    with pytest.raises(ValueError, match=r"classes \['melanoma'\].*not among the real data's"):
+        _stream(_config(odd))
+    few = _sample_folder(tmp_path / "few", {NAMES[3]: 2})
+    with pytest.raises(ValueError, match=r"0:akiec: needs \d+, has 0.*3:df: needs \d+, has 2"):
+        _stream(_config(few, policy="balance"))
+    with pytest.raises(FileNotFoundError, match="no manifest.csv in"):
+        _stream(_config(tmp_path))
+    with pytest.raises(ValueError, match="policy='mix'; choose one of"):
+        _stream(_config(few, policy="mix"))
+
+
+def test_resume_is_bit_exact_with_mixing(folder):
+    config = _config(folder, policy="ratio", ratio=0.5)
+    config.data.augment = "flip_lr|rotate(10)"
+    config.data.balance_alpha = 1.0
+    dataset, _ = pipeline.make_train_dataset(config)
+    iterator = iter(dataset)
+    next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(2)]
+    resumed = iter(pipeline.make_train_dataset(config)[0])
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        for key in ("image", "label", "index", "synthetic"):
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_training_reports_the_synthetic_share_and_evaluates_on_real_images_only(folder, tmp_path):
+    config = _config(folder, policy="ratio", ratio=0.5)
+    config.train.batch_size = 16
+    config.train.num_devices = 1
+    config.evals.attention.every_steps = -1
+    train.train_and_evaluate(config, tmp_path)
+    rows = metric_writer.read_metrics(tmp_path)
+    shares = [r["train/synthetic_share"] for r in rows if "train/synthetic_share" in r]
+    assert shares and 0.2 < np.mean(shares) < 0.8
+    for split in ("val", "test"):
+        real = sources.get_source(load_config("vit.py:smoke", **{"data.split": split}).data)
+        record = json.loads(next((tmp_path / "evals" / split).glob("step_*.json")).read_text())
+        assert record["num_examples"] == len(real), split
+    eval_source = pipeline.eval_source(load_config("vit.py:smoke", **{"data.split": "val"}).data)
+    assert "synthetic" not in eval_source[0]

@@ -141,7 +141,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Keep only these classes (comma-separated names, as in data.class_names), any source; labels
     # become 0..k-1 in this order and the names are kept. One class trains unconditionally.
     config.data.classes = ""
-    config.data.imbalance = False  # digits: keep 7 classes, subsampled to HAM10000's shares.
+    # digits: keep 7 classes; train subsampled to HAM10000's shares, val and test balanced (at
+    # least 15 of each class; sources.imbalanced_split).
+    config.data.imbalance = False
     # Training-only augmentation (make_train_dataset; evaluation never augments): ops applied in
     # order to the uint8 image, each with its own grain-seeded rng per stream position, so a
     # resumed run redraws the same ones. Ops: flip_lr | flip_ud (each p=1/2) | rotate(max_degrees)

@@ -187,8 +187,9 @@ def make_dataset(
     )
 
 
-def mix_synthetic(real: grain.MapDataset, mix: synthetic.Mix, seed: int, shard_index: int,
-                  shard_count: int) -> grain.MapDataset:  # fmt: skip
+def mix_synthetic(
+    real: grain.MapDataset, mix: synthetic.Mix, seed: int, shard_index: int, shard_count: int
+) -> grain.MapDataset:
     """The endless real stream mixed with this shard's synthetic records (flagged)."""
     shard = grain.MapDataset.source(mix.source)[shard_index::shard_count]
     if not len(shard):

@@ -8,12 +8,15 @@ import subprocess
 import sys
 
 import fake_ham10000
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from conftest import REPO, load_config
 
+from ham_synth import parallel, tasks, workdir
 from ham_synth.data import ham10000, ham10000_tfds, prepare, sources
+from ham_synth.evaluators import classification
 
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "ham10000_sample"
 
@@ -324,6 +327,21 @@ def test_isic2018_test_set_becomes_a_held_out_split(download, tmp_path, layout):
     }
     data = load_config("vae.py:smoke", **{f"data.{k}": v for k, v in data.items()}).data
     assert len(sources.get_source(data)) == len(rows)
+    # The classifier's evaluator scores it like any split, with the model's class names.
+    fields = {"name": "ham10000", "image_size": 64, "data_dir": str(tmp_path / "tfds"),
+              "class_names": ",".join(ham10000.CLASS_NAMES), "num_classes": 7,
+              "imbalance": False}  # fmt: skip
+    vit = load_config("vit.py:smoke", **{f"data.{k}": v for k, v in fields.items()})
+    mesh = parallel.make_mesh(1)
+    task = tasks.get_task("classify")(vit)
+    state = task.init(jax.random.key(0), workdir.example_batch(vit))
+    evaluator = classification.ClassificationEvaluator(
+        name="isic", config=vit, task=task, mesh=mesh, workdir=tmp_path,
+        split=ham10000.ISIC2018_TEST_SPLIT,
+    )  # fmt: skip
+    result = evaluator.run(state, 0)
+    assert result.details["num_examples"] == 7
+    assert sorted(evaluator.split.labels) == sorted(r["label"] for r in records)
 
 
 def test_isic2018_test_set_bad_rows_and_overlap_are_errors(download, tmp_path):

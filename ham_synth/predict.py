@@ -12,11 +12,10 @@ import pathlib
 import jax
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from ham_synth import config_lib, parallel
 from ham_synth import workdir as workdir_lib
-from ham_synth.data import sources, transforms
+from ham_synth.data import ham10000, pipeline, sources, transforms
 from ham_synth.evaluators import classification, features
 
 
@@ -30,13 +29,6 @@ def find_images(root: pathlib.Path) -> list[pathlib.Path]:
     if not paths:
         raise FileNotFoundError(f"No .png or .jpg images under {root}.")
     return paths
-
-
-def read_image(path: pathlib.Path, image_size: int, ops) -> np.ndarray:
-    """uint8[S, S, 3] as the model sees it; OSError-like failures propagate to the caller."""
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    return transforms.apply_ops(ops, sources.resize_square(pixels, image_size))
 
 
 def run(
@@ -60,16 +52,22 @@ def run(
     ops = transforms.parse_ops(config.data.eval_preprocess, deterministic=True)
     root = pathlib.Path(images)
     paths = find_images(root)
+    class_names = config_lib.class_names(config)
+    # Decoded as the folder source decodes (central square, data.image_size), then evaluation's ops.
+    unlabelled = np.zeros(len(paths), np.int32)
+    folder = sources.FolderSource(
+        tuple(paths), unlabelled, tuple(class_names), config.data.image_size
+    )
+    source = pipeline.Preprocessed(folder, ops)
     pixels, errors = [], {}
-    for path in paths:
+    for i, path in enumerate(paths):
         try:
-            pixels.append(read_image(path, config.data.image_size, ops))
-        except (OSError, SyntaxError, ValueError) as error:
-            errors[path] = f"cannot decode the image: {error}"
+            pixels.append(source[i]["image"])
+        except ham10000.DataError as error:
+            errors[path] = str(error)
     if errors:
         logging.warning("%d of %d images could not be read; their rows say why.", len(errors),
                         len(paths))  # fmt: skip
-    class_names = config_lib.class_names(config)
     probs = np.zeros((0, len(class_names)), np.float32)
     if pixels:
         logits_fn = classification.make_logits_fn(restored.task, config, mesh)

@@ -222,10 +222,11 @@ def make_train_dataset(
         )
     source = sources.get_source(config.data)
     check_augment_size(config.data)
+    labels = source_labels(source)
     mix = None
     if "synthetic" in config.data:  # Configs saved before data.synthetic existed have none.
         mix = synthetic.make_mix(
-            config.data.synthetic, source.class_names, source_labels(source), config.data.image_size
+            config.data.synthetic, source.class_names, labels, config.data.image_size
         )
     if mix is not None:
         logging.info(
@@ -246,7 +247,7 @@ def make_train_dataset(
         balance_alpha=config.data.get("balance_alpha", 0.0),
         mix=mix,
     )
-    counts = np.bincount(source_labels(source), minlength=len(source.class_names))
+    counts = np.bincount(labels, minlength=len(source.class_names))
     classes = {
         "data.num_classes": len(source.class_names),
         "data.class_names": ",".join(source.class_names),

@@ -81,7 +81,7 @@ class AttentionEvaluator:
 
     def __init__(self, *, name, config, task, mesh, workdir, split: str = "test",
                  per_class: int = 4, batch_size: int = 256):  # fmt: skip
-        self._attention = base.get_predict_fn(task, classify.ATTENTION, config.task)
+        self._attention = jax.jit(base.get_predict_fn(task, classify.ATTENTION, config.task))
         self.split = classification.SplitClassifier(name, config, task, mesh, split, batch_size)
         self._pool = config.model.pool
         self._name = name
@@ -92,7 +92,7 @@ class AttentionEvaluator:
         """float[N, g, g] rollout maps of uint8 images [N, H, W, 3] under the EMA params."""
         variables = jax.device_get(state_lib.eval_variables(state))  # A handful of images.
         attentions = jax.device_get(
-            jax.jit(self._attention)(variables, images.astype(np.float32) / 127.5 - 1)
+            self._attention(variables, images.astype(np.float32) / 127.5 - 1)
         )
         return patch_maps(attention_rollout(attentions), self._pool)
 

@@ -156,9 +156,9 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
     def attention(variables, images):
         _, state = model.apply(variables, images, sow_weights=True, mutable=["intermediates"])
         blocks = state["intermediates"]["Transformer"]
-        weights = [blocks[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]
-                   ["attention_weights"][0] for i in range(model.depth)]  # fmt: skip
-        return jnp.stack(weights).astype(jnp.float32)
+        probs = [blocks[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]
+                 ["attention_weights"][0] for i in range(model.depth)]  # fmt: skip
+        return jnp.stack(probs).astype(jnp.float32)
 
     return base.Task(
         init=base.make_init(init_variables, optimizer.tx),

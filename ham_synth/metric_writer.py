@@ -27,19 +27,40 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(rows: list[dict], path: pathlib.Path) -> None:
-    """One panel per scalar, against step."""
-    keys = sorted({k for row in rows for k in row if k != "step"})
+def curve_keys(rows: list[dict]) -> list[str]:
+    """The scalars worth a curve: logged at two steps or more, and not per class (keys with a
+    class level, like `val/nv/f1`, stay in metrics.jsonl and TensorBoard)."""
+    counts = {}
+    for row in rows:
+        for key in row:
+            counts[key] = counts.get(key, 0) + 1
+    return sorted(k for k, n in counts.items() if k != "step" and n > 1 and k.count("/") < 2)
+
+
+def plot_curves(rows: list[dict], path: pathlib.Path, columns: int = 3) -> None:
+    """One panel per curve (`curve_keys`) against step, `columns` panels a row."""
+    keys = curve_keys(rows)
     if not keys:
         return
-    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), sharex=True, squeeze=False)
-    for ax, key in zip(axes[:, 0], keys, strict=True):
+    grid_rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(
+        grid_rows, columns, figsize=(4 * columns, 2.2 * grid_rows), sharex=True, squeeze=False
+    )
+    for ax, key in zip(axes.flat, keys, strict=False):
         points = [(row["step"], row[key]) for row in rows if key in row]
         ax.plot(*zip(*points, strict=True))
-        ax.set_ylabel(key, fontsize=8)
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
+    for i in range(len(keys), axes.size):
+        axes.flat[i].set_visible(False)
+        axes.flat[i - columns].tick_params(labelbottom=True)  # The panel above shows the steps.
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    # Fixed margins: tight_layout measured every tick label and took seconds per call.
+    inch = 1 / fig.get_figheight()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.5 * inch, top=1 - 0.3 * inch,
+                        hspace=0.45, wspace=0.25)  # fmt: skip
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

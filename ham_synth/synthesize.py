@@ -94,9 +94,38 @@ def select_labels(class_names, classes: str) -> list[int]:
     return [class_names.index(c) for c in wanted]
 
 
+def parse_counts(num_per_class: int | str, class_names, classes: str = "") -> dict[str, int]:
+    """Images to generate per class name: N for each class in `classes` (all when empty), or
+    "name=N,name=N" for counts of their own (then `classes` must be empty)."""
+    text = str(num_per_class).strip()
+    if "=" not in text:
+        try:
+            count = int(text)
+        except ValueError:
+            raise ValueError(
+                f"--num_per_class={text!r}; give a count, or name=count pairs like akiec=50,df=80."
+            ) from None
+        counts = {class_names[label]: count for label in select_labels(class_names, classes)}
+    else:
+        if classes:
+            raise ValueError("--num_per_class=name=count,... names its classes; drop --classes.")
+        pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+        try:
+            counts = {name.strip(): int(count) for name, _, count in pairs}
+        except ValueError:
+            raise ValueError(
+                f"--num_per_class={text!r}: each pair must be name=count, like akiec=50,df=80."
+            ) from None
+        select_labels(class_names, ",".join(counts))  # Unknown names fail here.
+    small = {name: count for name, count in counts.items() if count < 1}
+    if small:
+        raise ValueError(f"--num_per_class asks for {small}; generate at least one per class.")
+    return counts
+
+
 def run(
     workdir: str,
-    num_per_class: int,
+    num_per_class: int | str,
     step: str | int = "latest",
     sampler: str | None = None,
     steps: int | None = None,
@@ -108,7 +137,7 @@ def run(
     out_dir: str = "",
 ) -> pathlib.Path:
     """The `sample` verb: restores `workdir` at `step` and writes its samples; returns the
-    folder."""
+    folder. `num_per_class` is a count for each of `classes`, or "name=count,..."."""
     out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(workdir) / "synthetic"
     check_empty(out_dir)
     restored = workdir_lib.load(workdir, step)
@@ -132,7 +161,7 @@ def check_empty(out_dir: pathlib.Path) -> None:
 
 def write_samples(
     restored: workdir_lib.Run,
-    num_per_class: int,
+    num_per_class: int | str,
     out_dir: pathlib.Path,
     *,
     settings: dict | None = None,
@@ -140,23 +169,23 @@ def write_samples(
     seed: int = 0,
     sample_batch_size: int = 256,
 ) -> pathlib.Path:
-    """Writes `num_per_class` images per class of a restored run into `out_dir`, with the
-    manifest; `settings` override the sampler's config defaults."""
-    if num_per_class < 1:
-        raise ValueError(f"--num_per_class={num_per_class}; generate at least one per class.")
+    """Writes `num_per_class` images per class of a restored run (a count for each of `classes`,
+    or "name=count,...") into `out_dir`, with the manifest; `settings` override the sampler's
+    config defaults."""
     check_empty(out_dir)
     config = restored.config
     class_names = config_lib.class_names(config)
-    labels = np.repeat(select_labels(class_names, classes), num_per_class).astype(np.int32)
+    counts = parse_counts(num_per_class, class_names, classes)
+    labels = np.repeat([class_names.index(name) for name in counts], list(counts.values()))
+    labels = labels.astype(np.int32)
     sample_fn = base.get_predict_fn(restored.task, base.SAMPLE, config.task)
     recorded = {"sampler": "prior", "steps": "", "guidance": "", "truncation": ""}
     defaults = base.predict_settings(sample_fn)
     recorded.update({k: v for k, v in {**defaults, **(settings or {})}.items() if k in recorded})
     logging.info(
-        "Sampling %d images (%d classes x %d) from step %d of %s with %s.",
+        "Sampling %d images (%s) from step %d of %s with %s.",
         len(labels),
-        len(labels) // num_per_class,
-        num_per_class,
+        ", ".join(f"{name} {count}" for name, count in counts.items()),
         restored.step,
         restored.workdir,
         recorded,

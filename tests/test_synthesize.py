@@ -132,3 +132,20 @@ def test_gan_samples_through_the_same_contract_with_truncation(tmp_path):
     tight = np.asarray(sample(variables, labels, jax.random.key(0), truncation=1e-3))
     loose = np.asarray(sample(variables, labels, jax.random.key(0)))
     assert tight.std(axis=0).mean() < 0.1 * loose.std(axis=0).mean()
+
+
+def test_counts_per_class_name(ddpm_workdir, tmp_path):
+    names = [str(d) for d in range(10)]
+    assert synthesize.parse_counts(2, names, "3,7") == {"3": 2, "7": 2}
+    assert synthesize.parse_counts("3=1, 7=4", names) == {"3": 1, "7": 4}
+    for bad, message in [("x=1", "Unknown classes"), ("3=two", "name=count"), ("3=0", "at least")]:
+        with pytest.raises(ValueError, match=message):
+            synthesize.parse_counts(bad, names)
+    with pytest.raises(ValueError, match="drop --classes"):
+        synthesize.parse_counts("3=1", names, "3")
+    out = synthesize.run(
+        str(ddpm_workdir), num_per_class="7=3,3=1", steps=2, out_dir=str(tmp_path / "s")
+    )
+    with open(out / "manifest.csv") as f:
+        classes = [row["class"] for row in csv.DictReader(f)]
+    assert classes == ["7", "7", "7", "3"]

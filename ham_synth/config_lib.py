@@ -91,11 +91,13 @@ def add_generator_evals(config: ml_collections.ConfigDict) -> None:
             "split": "test",  # The real images compared with, from config.data.
             "num_samples": 0,  # Generated images; 0: as many as the split, with its labels.
             "per_class": False,  # Also `fid/<class>/<metric>` per class.
-            # inception (the FID network; needs `ham-synth convert-inception`) | pixels (images
-            # average-pooled to pixel_grid x pixel_grid; not FID, keys say `fd`).
+            # inception (the FID network; needs `ham-synth convert-inception`) | classifier (a
+            # ViT run's pre-logits features: classifier_workdir) | pixels (images average-pooled
+            # to pixel_grid x pixel_grid). Only inception gives FID and KID; others say fd, kd.
             "features": "inception",
             "pixel_grid": 4,
             "inception_weights": "",  # Converted weights; empty: the ham_synth cache.
+            "classifier_workdir": "",  # The classifier run whose features `classifier` uses.
             "batch_size": 64,  # Images per feature batch (rounded up to the devices).
             "sample_batch_size": 256,  # Images per sampling call.
             "compute_dtype": "float32",  # The feature network's: float32 | bfloat16.
@@ -294,6 +296,7 @@ def upgrade_config_dict(fields: dict) -> dict:
         fields.setdefault("sample", {}).setdefault("compute_dtype", "float32")
     if "fid" in fields["evals"]:
         fields["evals"]["fid"].setdefault("compute_dtype", "float32")
+        fields["evals"]["fid"].setdefault("classifier_workdir", "")
     if fields.get("task") == "classify":
         fields.setdefault("optim", {}).setdefault("layer_decay", 1.0)
         fields["optim"].setdefault("trainable", "all")

@@ -5,6 +5,8 @@
 - Images: `--config --workdir --fake_dir=DIR` (or `--generator_workdir=G --num_per_class=N`, which
   samples G into WORKDIR/eval/synthetic first) scores a folder against `config.data`: FID, KID and
   precision/recall, overall and per class, in WORKDIR/eval/metrics.json and a printed table.
+  `--features=classifier --classifier_workdir=V` scores in a ViT run's feature space instead
+  (`fd`, `kd`: not FID), `--features=pixels` in average-pooled pixels.
 """
 
 import json
@@ -19,7 +21,8 @@ from absl import logging
 from ham_synth import evaluators, parallel, synthesize
 from ham_synth import workdir as workdir_lib
 from ham_synth.data import sources
-from ham_synth.evaluators import features, fid
+from ham_synth.evaluators import features as features_lib
+from ham_synth.evaluators import fid, realism
 
 
 def evaluate(
@@ -32,6 +35,8 @@ def evaluate(
     evals: str = "",
     fid_batch_size: int = 64,
     inception_weights: str | None = None,
+    features: str | None = None,
+    classifier_workdir: str | None = None,
     **sample_options,
 ) -> dict:
     """The `evaluate` verb; returns the metrics. `sample_options` go to synthesize.run."""
@@ -43,10 +48,13 @@ def evaluate(
                 "its --workdir."
             )
         sampler_flags = [f"--{k}" for k, v in sample_options.items() if v is not None]
+        given = {"features": features, "classifier_workdir": classifier_workdir}
+        sampler_flags += [f"--{k}" for k, v in given.items() if v]
         if num_per_class or sampler_flags:
             raise ValueError(
                 f"{', '.join(sampler_flags + ['--num_per_class'] * bool(num_per_class))} only "
-                "apply with --generator_workdir; a run's evaluators take theirs from its config."
+                "apply to scoring images (--fake_dir or --generator_workdir); a run's evaluators "
+                "take theirs from its config."
             )
         return evaluate_run(workdir, step, [n for n in evals.split(",") if n] or None)
     if config is None:
@@ -61,6 +69,8 @@ def evaluate(
         num_per_class,
         fid_batch_size,
         inception_weights,
+        features or features_lib.INCEPTION,
+        classifier_workdir or "",
         **sample_options,
     )
 
@@ -114,7 +124,8 @@ def fake_data_config(data: ml_collections.ConfigDict, fake_dir: str, class_names
 
 
 def format_table(metrics: dict) -> str:
-    columns = ("n_real", "n_fake", "fid", "kid", "precision", "recall")
+    columns = ("n_real", "n_fake", *[k for k in ("fid", "fd", "kid", "kd") if k in
+               metrics["overall"]], "precision", "recall")  # fmt: skip
     rows = [("overall", metrics["overall"]), *metrics["per_class"].items()]
     lines = [f"{'':12s}" + "".join(f"{c:>11s}" for c in columns)]
     for name, row in rows:
@@ -133,10 +144,12 @@ def score_images(
     num_per_class: int | None,
     fid_batch_size: int = 64,
     inception_weights: str | None = None,
+    features: str = features_lib.INCEPTION,
+    classifier_workdir: str = "",
     **sample_options,
 ) -> dict:
     """Scores `fake_dir`, or samples from `generator_workdir` and scores that, against
-    `config.data` in the Inception space."""
+    `config.data` in the `features` space (Inception: FID and KID; others: fd and kd)."""
     if (fake_dir is None) == (generator_workdir is None):
         raise ValueError(
             "Pass one of --fake_dir (a folder of images) or --generator_workdir (a trained "
@@ -150,7 +163,10 @@ def score_images(
     if fake_dir and sampler_flags:
         raise ValueError(f"{', '.join(sampler_flags)} only apply with --generator_workdir.")
     mesh = parallel.make_mesh()
-    net = features.make_inception(mesh, inception_weights=inception_weights or "")
+    net = features_lib.get_feature_net(
+        features, mesh, inception_weights=inception_weights or "",
+        classifier_workdir=classifier_workdir,
+    )  # fmt: skip
     out = pathlib.Path(workdir) / "eval"
     if generator_workdir:
         fake_dir = sample_fake_dir(
@@ -158,9 +174,9 @@ def score_images(
         )
     batch_size = parallel.round_to_devices(fid_batch_size, mesh)
 
-    real, real_labels, class_names = features.real_features(net, config.data, batch_size, mesh)
+    real, real_labels, class_names = features_lib.real_features(net, config.data, batch_size, mesh)
     fake_source = sources.get_source(fake_data_config(config.data, fake_dir, class_names))
-    fake, fake_labels = features.source_features(net, fake_source, batch_size, mesh)
+    fake, fake_labels = features_lib.source_features(net, fake_source, batch_size, mesh)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -170,6 +186,14 @@ def score_images(
                 real, real_labels, fake, fake_labels, class_names, seed=config.seed
             ),
         }
+    metrics = {
+        "feature_space": net.name,
+        "overall": realism.space_names(metrics["overall"], net.is_inception),
+        "per_class": {
+            name: realism.space_names(row, net.is_inception)
+            for name, row in metrics["per_class"].items()
+        },
+    }
     metrics["warnings"] = sorted({str(w.message) for w in caught})
     metrics["real"] = {"data": config.data.to_dict()}
     metrics["fake"] = {"dir": fake_dir, "generator_workdir": generator_workdir}

@@ -13,9 +13,10 @@ from conftest import load_config
 from flax import traverse_util
 from PIL import Image
 
-from ham_synth import evaluate, train
+from ham_synth import config_lib, evaluate, parallel, state, train, workdir
 from ham_synth.data import sources
 from ham_synth.evaluators import features, fid, inception
+from ham_synth.tasks import base, classify
 
 
 def write_folder(root, images_per_class: int, seed: int):
@@ -211,3 +212,34 @@ def test_two_processes_each_read_their_share_and_get_every_feature_in_order(tmp_
     read = [set(result["read"].tolist()) for result in results]
     assert read[0] | read[1] == set(range(len(source)))
     assert read[0] & read[1] <= {0, len(source) - 1}
+
+
+def test_classifier_feature_space_scores_real_images_as_real(vit_run, tmp_path):
+    """The test split written as PNGs, scored against itself in a ViT run's features: fd and kd
+    about 0, precision and recall 1, and nothing called FID."""
+    config = config_lib.with_values(config_lib.load_workdir_config(vit_run), {"data.split": "test"})
+    source = sources.get_source(config.data)
+    for i in range(len(source)):
+        record = source[i]
+        path = tmp_path / "fake" / source.class_names[record["label"]] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(record["image"]).save(path)
+    metrics = evaluate.evaluate(
+        str(tmp_path / "w"), config, fake_dir=str(tmp_path / "fake"), features="classifier",
+        classifier_workdir=str(vit_run),
+    )  # fmt: skip
+    overall = metrics["overall"]
+    assert "fid" not in overall and "kid" not in overall
+    assert abs(overall["fd"]) < 1e-6 and abs(overall["kd"]) < 1e-6
+    assert overall["precision"] == overall["recall"] == 1.0
+    assert metrics["feature_space"].startswith("classifier (step ")
+    # The features are the ViT's pre-logits on the best checkpoint: its head maps them to logits.
+    mesh = parallel.make_mesh()
+    run = workdir.load(vit_run, "best", mesh)
+    net = features.get_feature_net("classifier", mesh, classifier_workdir=str(vit_run))
+    images = np.stack([source[i]["image"] for i in range(8)])
+    head = run.state.ema_params["head"]
+    from_features = np.asarray(net.fn(images)) @ np.asarray(head["kernel"]) + head["bias"]
+    predict = base.get_predict_fn(run.task, classify.PREDICT, "classify")
+    logits = predict(state.eval_variables(run.state), images.astype(np.float32) / 127.5 - 1)
+    np.testing.assert_allclose(from_features, logits, atol=1e-5)

@@ -1,7 +1,9 @@
 """Feature spaces for realism metrics, chosen by name, and a dataset split's features (cached).
 
 `inception` is the FID network (converted pytorch-fid weights); only metrics in its space are
-called FID and KID. `pixels` (images average-pooled to a small grid) needs no weights: a cheap,
+called FID and KID. `classifier` is a trained classifier run's pooled representation (the ViT's
+pre-logits, EMA params, best checkpoint when the run keeps one): a domain feature space that
+needs no download. `pixels` (images average-pooled to a small grid) needs no weights: a cheap,
 weak space for tests and sanity checks.
 """
 
@@ -18,9 +20,12 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ham_synth import config_lib
+from ham_synth import config_lib, parallel
+from ham_synth import state as state_lib
+from ham_synth import workdir as workdir_lib
 from ham_synth.data import pipeline, sources
 from ham_synth.evaluators import inception
+from ham_synth.tasks import base, classify
 
 INCEPTION = "inception"
 
@@ -80,7 +85,33 @@ def make_pixels(mesh, *, pixel_grid: int = 4, **_) -> FeatureNet:
     return FeatureNet(f"pixels{pixel_grid}", pool)
 
 
-_FEATURE_NETS = {INCEPTION: make_inception, "pixels": make_pixels}
+def make_classifier(mesh, *, classifier_workdir: str = "", **_) -> FeatureNet:
+    """A classifier run's features (tasks/classify.py FEATURES) of uint8 images at its input
+    size."""
+    if not classifier_workdir:
+        raise ValueError(
+            "The classifier feature space needs classifier_workdir: a `ham-synth train` run of "
+            "configs/vit.py."
+        )
+    config = config_lib.load_workdir_config(classifier_workdir)
+    run = workdir_lib.load(classifier_workdir, "best" if config.train.best.metric else "latest")
+    if run.config.data.eval_preprocess:
+        raise ValueError(
+            f"{classifier_workdir} evaluates through data.eval_preprocess="
+            f"{run.config.data.eval_preprocess!r}; its feature space takes images at the model's "
+            "input size, so use a classifier trained without it."
+        )
+    predict = base.get_predict_fn(run.task, classify.FEATURES, run.config.task)
+    variables = jax.device_put(state_lib.eval_variables(run.state), parallel.replicated(mesh))
+    fn = jax.jit(
+        lambda images: predict(variables, images.astype(jnp.float32) / 127.5 - 1),
+        out_shardings=parallel.batch_sharded(mesh),
+    )
+    # Not cached: a retrained run in the same folder would hit a stale cache entry.
+    return FeatureNet(f"classifier (step {run.step} of {classifier_workdir})", fn)
+
+
+_FEATURE_NETS = {INCEPTION: make_inception, "classifier": make_classifier, "pixels": make_pixels}
 
 
 def get_feature_net(name: str, mesh, **options) -> FeatureNet:

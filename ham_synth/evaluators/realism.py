@@ -29,6 +29,12 @@ def fake_labels(real_labels: np.ndarray, num_samples: int, seed: int) -> np.ndar
     return np.resize(order, num_samples).astype(np.int32)
 
 
+def space_names(metrics: dict, is_inception: bool) -> dict:
+    """One `fid.compute_metrics` row with every key renamed outside the Inception space."""
+    names = {} if is_inception else _NON_INCEPTION_NAMES
+    return {names.get(k, k): v for k, v in metrics.items()}
+
+
 def named_metrics(metrics: dict, is_inception: bool) -> dict[str, float]:
     """The scalars of one `fid.compute_metrics` row, renamed outside the Inception space."""
     names = {} if is_inception else _NON_INCEPTION_NAMES
@@ -53,6 +59,7 @@ class FidEvaluator:
         features: str = features_lib.INCEPTION,
         pixel_grid: int = 4,
         inception_weights: str = "",
+        classifier_workdir: str = "",
         batch_size: int = 64,
         sample_batch_size: int = 256,
         compute_dtype: str = "float32",
@@ -70,6 +77,7 @@ class FidEvaluator:
             mesh,
             pixel_grid=pixel_grid,
             inception_weights=inception_weights,
+            classifier_workdir=classifier_workdir,
             compute_dtype=compute_dtype,
         )
         data = config_lib.with_values(config, {"data.split": split}).data

@@ -17,6 +17,9 @@ PREDICT = "predict"
 # predict_fns["attention"](variables, images) -> float32[depth, N, heads, tokens, tokens]: every
 # block's attention probabilities (the attention evaluator's rollout).
 ATTENTION = "attention"
+# predict_fns["features"](variables, images) -> float32[N, width]: the pooled representation the
+# head reads (class token or patch mean after the final LayerNorm), a feature space for realism.
+FEATURES = "features"
 
 
 def make_model(config: ml_collections.ConfigDict, dtype=None) -> vit.ViT:
@@ -160,10 +163,14 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
                  ["attention_weights"][0] for i in range(model.depth)]  # fmt: skip
         return jnp.stack(probs).astype(jnp.float32)
 
+    def features(variables, images):
+        _, state = model.apply(variables, images, mutable=["intermediates"])
+        return state["intermediates"]["pre_logits"][0].astype(jnp.float32)
+
     return base.Task(
         init=base.make_init(init_variables, optimizer.tx),
         train_step=base.make_simple_step(loss_fn, optimizer, config.train.grad_accum_steps),
-        predict_fns={PREDICT: predict, ATTENTION: attention},
+        predict_fns={PREDICT: predict, ATTENTION: attention, FEATURES: features},
         load_external=make_load_external(config.model.init_from_npz),
     )
 

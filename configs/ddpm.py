@@ -8,6 +8,9 @@ batch 32, 2,000 steps: 8.5 minutes on 2 CPU cores (loss 0.69 -> 0.067). `sample`
 guidance 2 then takes 2.5 minutes for 500 images, and a classifier trained on real digits labels
 99.8% of them as their conditioned class (tools/check_digit_samples.py).
 smoke: 8x8, a tiny UNet, a few steps, for tests (seconds).
+derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`): the quickstart UNet at 32
+channels (levels 28² and 14², attention only at the 14² bottleneck), batch 32, 2,500 steps.
+Measured on 2 CPU cores: 0.57 s per step (0.21 s at 16 channels), so about 25 minutes.
 ham64: Ho et al.'s CIFAR-10 recipe (128 channels, mults 1-2-2-2, 2 res blocks, attention at
 16², dropout 0.1, linear β 1e-4..0.02, T=1000, ε-prediction, lr 2e-4 with 5,000 warmup steps,
 EMA 0.9999, grad clip 1) at 64²: the same four levels now run at 64/32/16/8, so attention at
@@ -20,7 +23,7 @@ from ham_synth import config_lib
 
 
 def get_config(arg: str | None = None):
-    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, ham64=False)
+    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, derma28=False, ham64=False)
     config = config_lib.get_base_config()
     config_lib.add_generator_evals(config)  # samples (on) and fid (off)
     config.task = "ddpm"
@@ -65,6 +68,14 @@ def get_config(arg: str | None = None):
         config.diffusion.num_train_steps = 50
         config.sample.steps = 5
         config_lib.apply_smoke_schedule(config)
+    if arg.derma28:
+        config.data.name = "dermamnist"
+        config.data.image_size = 28
+        config.model.channels = 32
+        config.model.attention_resolutions = ()
+        config.train.total_steps = 2500
+        config.train.ckpt_every_steps = 500
+        config.train.sample_every_steps = 500
     if arg.ham64:
         config.data.name = "ham10000"
         config.data.image_size = 64

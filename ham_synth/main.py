@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from ham_synth import evaluate, predict, synthesize, train
 from ham_synth.data import prepare
 from ham_synth.evaluators import convert_inception
+from ham_synth.study import runner as study_runner
 
 EXIT_USER_ERROR = 2
 # What the library raises for a user's mistake, each with a message that says how to fix it.
@@ -45,7 +46,7 @@ flags.DEFINE_bool("traceback", False, "On an error, show the traceback, not only
 _FLAG_SPECS = {
     "workdir": (str, "The run's folder: checkpoints, metrics, samples, evals."),
     # sample, evaluate
-    "num_per_class": (int, "Images to generate for each class."),
+    "num_per_class": (str, "Images to generate: N for each class, or name=N,name=M,..."),
     "step": (str, "Checkpoint to restore: latest (default), best or a step number."),
     "sampler": (str, "Diffusion sampler: ddpm | ddim | dpmpp_2m; default: config."),
     "steps": (int, "Sampler steps; default: config.sample.steps."),
@@ -61,10 +62,18 @@ _FLAG_SPECS = {
     "generator_workdir": (str, "Instead of --fake_dir: a generator to sample, then score."),
     "fid_batch_size": (int, "Images per Inception batch (default 64)."),
     "inception_weights": (str, "Converted weights (.npz); default: the cache."),
+    "features": (str, "Feature space: inception (default; FID), classifier or pixels (fd, kd)."),
+    "classifier_workdir": (str, "With --features=classifier: the ViT run whose features to use."),
     # classify
     "images": (str, "A folder of images (sub-folders included) to classify."),
     "out_csv": (str, "Where the predictions go; default: WORKDIR/predictions/<folder>.csv."),
     "batch_size": (int, "Images per batch (default 256)."),
+    # study
+    "only": (
+        str,
+        "Comma-separated stages to run (generators, synthetic, real, conditions, report).",
+    ),
+    "dry_run": (bool, "Print the plan (each run, its status and command) and stop."),
     # convert-inception
     "torch_weights": (str, f"{convert_inception.TORCH_WEIGHTS_FILENAME}; default: in the cache."),
     "download": (bool, "Fetch the .pth from pytorch-fid's release first (needs internet)."),
@@ -129,6 +138,8 @@ VERBS = {
             *_SAMPLER_FLAGS,
             "fid_batch_size",
             "inception_weights",
+            "features",
+            "classifier_workdir",
         ),
         quiet=True,
     ),
@@ -139,6 +150,12 @@ VERBS = {
         required=("workdir", "images"),
         optional=("step", "out_csv", "batch_size"),
         quiet=True,
+    ),
+    "study": Verb(
+        "generators -> synthetic sets -> classifiers over seeds -> WORKDIR/report.md; skips "
+        "finished runs, resumes interrupted ones",
+        study_runner.run,
+        optional=("only", "dry_run"),
     ),
     "convert-inception": Verb(
         "pytorch-fid's Inception weights -> ~/.cache/ham_synth (--download or --torch_weights)",

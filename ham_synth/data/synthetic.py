@@ -80,7 +80,7 @@ def make_mix(
     labels = np.asarray([class_names.index(name) for _, name in rows], np.int32)
     real_counts = np.bincount(real_labels, minlength=len(class_names))
     available = np.bincount(labels, minlength=len(class_names))
-    wanted = _wanted(synthetic, available, real_counts)
+    wanted = wanted_counts(synthetic, available, real_counts)
     short = {class_names[c]: (int(wanted[c]), int(available[c]))
              for c in range(len(class_names)) if wanted[c] > available[c]}  # fmt: skip
     if short:
@@ -116,7 +116,7 @@ def make_mix(
     return Mix(source, weight, counts)
 
 
-def _wanted(synthetic, available: np.ndarray, real_counts: np.ndarray) -> np.ndarray:
+def wanted_counts(synthetic, available: np.ndarray, real_counts: np.ndarray) -> np.ndarray:
     """Synthetic images to take per class, given how many the folders hold (`available`):
     balance tops each class up to `per_class` (0: the largest real class); add, ratio and only
     take `per_class` of each class they have (0: all)."""

@@ -1,0 +1,76 @@
+"""`ham-synth study`: does synthetic data help the classifier? (ham_synth/study/plan.py)
+
+    ham-synth study --config=configs/study.py:quickstart --workdir=runs/study
+
+Trains each generator, samples its synthetic set, trains the ViT on real data and on real +
+each set (and on synthetic only) over several seeds, and writes W/report.md.
+
+quickstart: imbalanced embedded digits at 16² (HAM10000's class shares in train; balanced val
+  and test); the VAE, GAN and DDPM quickstart recipes at a few hundred steps; each set tops the
+  six minority classes up to the largest; the ViT quickstart at 600 steps over 3 seeds. It
+  demonstrates the machinery, not a scientific result.
+smoke: 8x8, every family's smoke config, 2 seeds, for tests (about a minute).
+"""
+
+import ml_collections
+
+from ham_synth import config_lib
+
+
+def get_config(arg: str | None = None):
+    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False)
+    config = ml_collections.ConfigDict()
+    # The data every run trains and tests on (the `data.*` fields of each run's config).
+    config.data = dict(name="digits", image_size=16, imbalance=True, path="", data_dir="")
+    # Each generator: its config file and variant, and overrides of that config's fields (nested
+    # as in the config), and sampler flags for its `sample` run (e.g. steps=20).
+    config.generators = dict(
+        vae=dict(config="configs/vae.py:quickstart", overrides=dict(train=dict(total_steps=800)),
+                 sample={}),
+        gan=dict(config="configs/gan.py:quickstart", overrides=dict(train=dict(total_steps=600)),
+                 sample={}),
+        ddpm=dict(config="configs/ddpm.py:quickstart", overrides=dict(train=dict(total_steps=600)),
+                  sample=dict(steps=20)),
+    )  # fmt: skip
+    # How many synthetic images to make and how the classifier mixes them in (its
+    # data.synthetic): the one place these are set.
+    config.synthetic = dict(
+        classes="",  # Comma-separated classes to generate; empty: all but the largest real one.
+        # balance: top each class up to per_class (0: the largest real class) | add: per_class of
+        # each generated class | ratio: that share of each batch (per_class sampled per class).
+        policy="balance",
+        per_class=0,
+        ratio=0.0,
+        tstr_per_class=50,  # Images of every class for the synthetic-only condition.
+    )
+    # The classifier: config file and variant, and overrides (nested as in the config).
+    config.classifier = dict(
+        config="configs/vit.py:quickstart", overrides=dict(train=dict(total_steps=600))
+    )
+    config.seeds = 3  # Each classifier condition trains this many times (config.seed 0..S-1).
+    config.conditions = dict(
+        real_plus_all=False,  # Also real + every generator's set at once.
+        # Also these generators' sets alone (comma-separated; TSTR: tested on real); empty: none.
+        synthetic_only="ddpm",
+    )
+    # The realism stage: each set against the real test split in the real-only ViT's features
+    # (always) and in Inception's when its weights exist (`ham-synth convert-inception`).
+    config.realism = dict(inception_weights="")  # Converted weights; empty: the ham_synth cache.
+    config.report = dict(primary_metric="balanced_accuracy")  # The verdicts' metric.
+    # JAX's persistent compilation cache, shared by the runs; empty: $JAX_COMPILATION_CACHE_DIR,
+    # else ~/.cache/ham_synth/jax.
+    config.study = dict(compilation_cache="")
+
+    if arg.smoke:
+        config.data.image_size = 8
+        for name in config.generators:
+            config.generators[name].config = f"configs/{name}.py:smoke"
+            config.generators[name].overrides = {}
+        config.generators.ddpm.sample = dict(steps=3)
+        config.synthetic.per_class = 30
+        config.synthetic.tstr_per_class = 10
+        config.classifier.config = "configs/vit.py:smoke"
+        config.classifier.overrides = {}
+        config.seeds = 2
+        config.conditions.synthetic_only = "vae"
+    return config

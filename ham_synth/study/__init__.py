@@ -1,0 +1,1 @@
+"""`ham-synth study`: generators -> synthetic sets -> classifiers over seeds -> report (plan.py)."""

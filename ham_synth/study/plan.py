@@ -1,0 +1,316 @@
+"""The study's plan: its config -> the runs to make, in order, each an ordinary `ham-synth` run.
+
+Stages, in order: what each makes, where under the study's workdir W, and what it depends on.
+
+- generators: `train` each generator -> generators/<name>/; data, generators.<name>.
+- synthetic: `sample` each generator -> synthetic/<name>/; its generator, synthetic.*.
+- real: `train` the real-only ViT per seed -> classifiers/real/seed_<s>/; data, classifier.
+- realism: score each set against the real test split -> realism/<name>/: `evaluate` in the
+  real-only seed-0 ViT's feature space (classifier/), and in Inception's when its weights exist
+  (inception/); `classify` each image with that ViT for CAS (cas/); its set and that ViT.
+- conditions: `train` the ViT per seed on real + each set (optionally all sets at once) and on
+  a set alone -> classifiers/<condition>/seed_<s>/; real's inputs, the sets read, synthetic.*.
+- report: tables, paired intervals and verdicts -> report.md, report.json, report/*.png; every
+  run above.
+
+Conditions are named after what the ViT trains on: `real`, `real+<generator>`, `real+all`, and
+`synthetic_<generator>` (train on synthetic, test on real: TSTR).
+
+Each run has a key: a hash of everything it reads (its resolved config or flags, and its
+dependencies' keys, with W written as `$W`, so a moved study keeps its keys). A changed config
+changes the keys of exactly the runs that depend on the change. How many images to sample is set
+once, by `synthetic`: each class gets what its policy draws (e.g. balance: the real largest class,
+or `per_class`, minus the real count), and at least `tstr_per_class` of every class when the
+synthetic-only condition is on.
+"""
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import shlex
+
+import ml_collections
+import numpy as np
+
+from ham_synth import config_lib
+from ham_synth.data import pipeline, sources, synthetic
+from ham_synth.evaluators import inception
+
+STAGES = ("generators", "synthetic", "real", "realism", "conditions", "report")
+REAL = "real"
+ALL = "all"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run of the study: a `ham-synth` verb with its config and flags."""
+
+    name: str  # Its folder under W, e.g. "classifiers/real/seed_0"; also its id.
+    stage: str
+    verb: str  # train | sample | report
+    flags: dict  # The verb's flags (paths under W begin with "$W/").
+    config: str = ""  # A config file and variant, e.g. "configs/vit.py:quickstart".
+    overrides: dict = dataclasses.field(default_factory=dict)  # "a.b" -> value
+    deps: tuple[str, ...] = ()
+    key: str = ""  # Hash of its inputs (see the module docstring).
+
+    def command(self, root: pathlib.Path) -> list[str]:
+        """The command line that makes this run by hand."""
+        argv = ["ham-synth", self.verb]
+        if self.config:
+            argv.append(f"--config={self.config}")
+            argv += [f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()]
+        argv += [f"--{k}={resolve(v, root)}" for k, v in self.flags.items()]
+        return [resolve(a, root) for a in argv]
+
+    def resolved_config(self, root: pathlib.Path) -> ml_collections.ConfigDict:
+        """The run's config: the file's variant with the overrides, paths under `root`."""
+        values = {k: resolve(v, root) for k, v in self.overrides.items()}
+        return config_lib.with_values(config_lib.load_config(self.config), values)
+
+
+def resolve(value, root: pathlib.Path):
+    """`value` with the "$W" placeholder replaced by the study's workdir."""
+    return value.replace("$W", str(root)) if isinstance(value, str) else value
+
+
+def format_value(value) -> str:
+    """A config value as `--config.x=...` parses it back."""
+    if isinstance(value, tuple | list):
+        return "(" + "".join(f"{format_value(v)}," for v in value) + ")"
+    return str(value)
+
+
+def shell_command(run: Run, root: pathlib.Path) -> str:
+    return shlex.join(run.command(root))
+
+
+def flatten(tree: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in dict(tree).items():
+        if isinstance(value, ml_collections.ConfigDict | dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _key(content: dict) -> str:
+    text = json.dumps(content, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _with_key(run: Run, keys: dict[str, str], root: pathlib.Path) -> Run:
+    """`run` with its key: its flags, its resolved config and its dependencies' keys."""
+    config = run.resolved_config(root).to_dict() if run.config else {}
+    content = {
+        "verb": run.verb,
+        "flags": run.flags,
+        "config": json.loads(json.dumps(config, default=str).replace(str(root), "$W")),
+        "deps": [keys[d] for d in run.deps],
+    }
+    return dataclasses.replace(run, key=_key(content))
+
+
+def real_train_counts(study: ml_collections.ConfigDict) -> tuple[tuple[str, ...], np.ndarray]:
+    """(class names, int64[K] train images per class) of the study's data."""
+    config = config_lib.with_values(
+        config_lib.load_config(study.classifier.config), data_values(study)
+    )
+    source = sources.get_source(config.data)
+    labels = pipeline.source_labels(source)
+    return tuple(source.class_names), np.bincount(labels, minlength=len(source.class_names))
+
+
+def data_values(study: ml_collections.ConfigDict) -> dict:
+    """The `data.*` fields every run of the study shares."""
+    return {f"data.{k}": v for k, v in flatten(study.data).items()}
+
+
+def sample_counts(
+    study: ml_collections.ConfigDict, class_names: tuple[str, ...], real_counts: np.ndarray
+) -> dict[str, int]:
+    """Images to sample per class: what the mixing policy draws for the classes
+    `synthetic.classes` names (empty: all but the largest), and at least `tstr_per_class` of
+    every class when the synthetic-only condition is on."""
+    block = study.synthetic
+    generated = [c.strip() for c in block.classes.split(",") if c.strip()] or [
+        name for name, n in zip(class_names, real_counts, strict=True) if n < real_counts.max()
+    ]
+    unknown = sorted(set(generated) - set(class_names))
+    if unknown:
+        raise ValueError(f"synthetic.classes names {unknown}; the data's are {list(class_names)}.")
+    available = np.asarray([block.per_class if n in generated else 0 for n in class_names])
+    wanted = synthetic.wanted_counts(block, available, real_counts)
+    wanted = np.where(np.isin(class_names, generated), wanted, 0)
+    if synthetic_only(study):
+        wanted = np.maximum(wanted, block.tstr_per_class)
+    return {name: int(n) for name, n in zip(class_names, wanted, strict=True) if n > 0}
+
+
+def synthetic_only(study: ml_collections.ConfigDict) -> list[str]:
+    """The generators whose sets also train a classifier alone (conditions.synthetic_only)."""
+    names = [g.strip() for g in study.conditions.synthetic_only.split(",") if g.strip()]
+    unknown = sorted(set(names) - set(study.generators))
+    if unknown:
+        raise ValueError(
+            f"conditions.synthetic_only names {unknown}; the generators are "
+            f"{list(study.generators)}."
+        )
+    return names
+
+
+def make_plan(study: ml_collections.ConfigDict, root: pathlib.Path) -> list[Run]:
+    """Every run of the study, in dependency order, each with its key."""
+    block = study.synthetic
+    if block.policy not in ("add", "balance", "ratio"):
+        raise ValueError(
+            f"synthetic.policy={block.policy!r}; the study mixes with add, balance or ratio (the "
+            "synthetic-only condition is conditions.synthetic_only)."
+        )
+    if block.policy != "balance" and block.per_class < 1:
+        raise ValueError(
+            f"synthetic.per_class={block.per_class}: the {block.policy!r} policy samples "
+            "per_class images of each generated class; set it above 0."
+        )
+    class_names, real_counts = real_train_counts(study)
+    counts = sample_counts(study, class_names, real_counts)
+    if not counts:
+        raise ValueError(
+            f"synthetic: the policy asks for no synthetic image (train counts "
+            f"{dict(zip(class_names, real_counts.tolist(), strict=True))}); raise "
+            "synthetic.per_class or name synthetic.classes."
+        )
+    runs = []
+    for name, generator in study.generators.items():
+        runs.append(
+            Run(
+                f"generators/{name}",
+                "generators",
+                "train",
+                {"workdir": f"$W/generators/{name}"},
+                generator.config,
+                {**data_values(study), **flatten(generator.overrides)},
+            )
+        )
+        runs.append(
+            Run(
+                f"synthetic/{name}",
+                "synthetic",
+                "sample",
+                {
+                    "workdir": f"$W/generators/{name}",
+                    "num_per_class": ",".join(f"{c}={n}" for c, n in counts.items()),
+                    "out_dir": f"$W/synthetic/{name}",
+                    **flatten(generator.sample),
+                },
+                deps=(f"generators/{name}",),
+            )
+        )
+    runs += _classifier_runs(study, list(study.generators), REAL, "", "real")
+    runs += _realism_runs(study)
+    mix = {f"data.synthetic.{k}": study.synthetic[k] for k in ("policy", "per_class", "ratio")}
+    mixes = {f"real+{g}": [g] for g in study.generators}
+    if study.conditions.real_plus_all and len(study.generators) > 1:
+        mixes[f"real+{ALL}"] = list(study.generators)
+    for condition, generators in mixes.items():
+        runs += _classifier_runs(study, generators, condition, mix, "conditions")
+    only = {"data.synthetic.policy": "only", "data.synthetic.per_class": 0}
+    for g in synthetic_only(study):
+        runs += _classifier_runs(study, [g], f"synthetic_{g}", only, "conditions")
+    runs.sort(key=lambda r: STAGES.index(r.stage))  # Stable: generators in config order.
+    runs.append(Run("report", "report", "report", {}, deps=tuple(r.name for r in runs)))
+    keys = {}
+    for i, run in enumerate(runs):
+        runs[i] = _with_key(run, keys, root)
+        keys[run.name] = runs[i].key
+    return runs
+
+
+def reference_classifier() -> str:
+    """The real-only seed-0 ViT: the study's domain feature network and CAS labeller."""
+    return f"classifiers/{REAL}/seed_0"
+
+
+def inception_weights(study: ml_collections.ConfigDict) -> pathlib.Path | None:
+    """The converted Inception weights the realism stage uses, when they exist."""
+    path = pathlib.Path(study.realism.inception_weights or inception.default_weights_path())
+    return path if path.is_file() else None
+
+
+def _realism_runs(study) -> list[Run]:
+    """Per generator: its set scored in the reference ViT's features (and Inception's, when the
+    weights exist) against the real test split, and labelled by that ViT (CAS)."""
+    test_data = {**data_values(study), **flatten(study.classifier.overrides), "data.split": "test"}
+    reference = reference_classifier()
+    weights = inception_weights(study)
+    runs = []
+    for g in study.generators:
+        scored = {"fake_dir": f"$W/synthetic/{g}"}
+        runs.append(
+            Run(
+                f"realism/{g}/classifier",
+                "realism",
+                "evaluate",
+                {"workdir": f"$W/realism/{g}/classifier", **scored, "features": "classifier",
+                 "classifier_workdir": f"$W/{reference}"},
+                study.classifier.config,
+                test_data,
+                (f"synthetic/{g}", reference),
+            )
+        )  # fmt: skip
+        if weights is not None:
+            runs.append(
+                Run(
+                    f"realism/{g}/inception",
+                    "realism",
+                    "evaluate",
+                    {"workdir": f"$W/realism/{g}/inception", **scored,
+                     "inception_weights": str(weights)},
+                    study.classifier.config,
+                    test_data,
+                    (f"synthetic/{g}",),
+                )
+            )  # fmt: skip
+        runs.append(
+            Run(
+                f"realism/{g}/cas",
+                "realism",
+                "classify",
+                {"workdir": f"$W/{reference}", "images": f"$W/synthetic/{g}",
+                 "out_csv": f"$W/realism/{g}/cas/predictions.csv"},
+                deps=(f"synthetic/{g}", reference),
+            )
+        )  # fmt: skip
+    return runs
+
+
+def _classifier_runs(study, generators, condition: str, mix, stage: str) -> list[Run]:
+    """The ViT runs of one condition, one per seed; `mix` empty: real data only."""
+    dirs = ",".join(f"$W/synthetic/{g}" for g in generators) if mix else ""
+    deps = tuple(f"synthetic/{g}" for g in generators) if mix else ()
+    return [
+        Run(
+            f"classifiers/{condition}/seed_{seed}",
+            stage,
+            "train",
+            {"workdir": f"$W/classifiers/{condition}/seed_{seed}"},
+            study.classifier.config,
+            {
+                **data_values(study),
+                **flatten(study.classifier.overrides),
+                "seed": seed,
+                **({"data.synthetic.dirs": dirs, **mix} if mix else {}),
+            },
+            deps,
+        )
+        for seed in range(study.seeds)
+    ]
+
+
+def conditions(plan: list[Run]) -> list[str]:
+    """Condition names in plan order, `real` first."""
+    names = [r.name.split("/")[1] for r in plan if r.name.startswith("classifiers/")]
+    return list(dict.fromkeys(names))

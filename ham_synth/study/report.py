@@ -1,0 +1,370 @@
+"""The study's report: W/report.md, W/report.json and W/report/*.png, from the runs' own files.
+
+Every number comes from a classifier run's metrics.jsonl (the test evaluator's row, on the best
+checkpoint) and report.json names that file and step. A condition's change from real-only is
+paired over seeds: the mean difference, scipy's paired t-test and its 95% interval, with Holm's
+correction over the conditions compared (and, for the per-class table, over conditions x
+classes).
+"""
+
+import csv
+import json
+import math
+import pathlib
+
+import matplotlib
+import ml_collections
+import numpy as np
+from scipy import stats
+
+from ham_synth import config_lib, metric_writer
+from ham_synth.study import plan as plan_lib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+# Column title -> the test evaluator's metric.
+METRICS = {
+    "Accuracy": "accuracy",
+    "Balanced accuracy": "balanced_accuracy",
+    "Precision (macro)": "precision_macro",
+    "Recall (macro)": "recall_macro",
+    "F1 (macro)": "f1_macro",
+}
+ALPHA = 0.05
+
+
+def test_metrics(workdir: pathlib.Path, split: str = "test") -> dict:
+    """{"file", "step", "checkpoint_step", "metrics": {name: value}} from the last row of a
+    classifier run's metrics.jsonl that holds its `split` evaluator's results."""
+    rows = [r for r in metric_writer.read_metrics(workdir) if f"{split}/accuracy" in r]
+    if not rows:
+        raise FileNotFoundError(
+            f"{workdir / metric_writer.METRICS_FILE} has no {split}/* row: did the run finish "
+            "its final evaluation?"
+        )
+    row = rows[-1]
+    prefix = f"{split}/"
+    return {
+        "file": str(workdir / metric_writer.METRICS_FILE),
+        "step": row["step"],
+        "checkpoint_step": row.get(f"{split}/checkpoint_step", row["step"]),
+        "metrics": {
+            k[len(prefix) :]: v
+            for k, v in row.items()
+            if k.startswith(prefix) and k != f"{split}/checkpoint_step"
+        },
+    }
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the input order."""
+    p = np.asarray(p_values, np.float64)
+    order = np.argsort(p)
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_change(condition: list[float], real: list[float]) -> dict:
+    """Mean of condition - real over paired seeds, scipy's paired t-test p and 95% interval
+    (nan with fewer than two seeds)."""
+    a, b = np.asarray(condition, np.float64), np.asarray(real, np.float64)
+    diff = a - b
+    if len(diff) < 2:
+        nan = float("nan")
+        return {"mean": float(diff.mean()), "low": nan, "high": nan, "p": nan, "n": len(diff)}
+    result = stats.ttest_rel(a, b)
+    interval = result.confidence_interval(1 - ALPHA)
+    return {
+        "mean": float(diff.mean()),
+        "low": float(interval.low),
+        "high": float(interval.high),
+        "p": float(result.pvalue),
+        "n": len(diff),
+    }
+
+
+def verdict(change: dict, p_holm: float) -> str:
+    if math.isnan(p_holm):
+        return "not testable (fewer than two seeds, or no variation between them)"
+    if p_holm < ALPHA:
+        return "helped" if change["mean"] > 0 else "hurt"
+    return "no measurable effect"
+
+
+def _mean_std(values) -> str:
+    values = np.asarray(values, np.float64)
+    std = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return f"{values.mean():.3f} ± {std:.3f}" if len(values) > 1 else f"{values.mean():.3f}"
+
+
+def _signed(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:+.3f}"
+
+
+def collect(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
+    """condition -> [per-seed test_metrics], seeds in order."""
+    results = {}
+    for run in plan:
+        if run.name.startswith("classifiers/"):
+            condition = run.name.split("/")[1]
+            results.setdefault(condition, []).append(test_metrics(root / run.name))
+    return results
+
+
+def classification_agreement(csv_path: pathlib.Path) -> dict:
+    """CAS from a `ham-synth classify` CSV of a synthetic set: the share of images whose predicted
+    class is the class they were generated for (their folder), overall and per class."""
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not r["error"]]
+    conditioned = np.asarray([r["path"].split("/")[0] for r in rows])
+    correct = conditioned == np.asarray([r["predicted"] for r in rows])
+    return {
+        "file": str(csv_path),
+        "overall": float(correct.mean()),
+        "per_class": {c: float(correct[conditioned == c].mean()) for c in np.unique(conditioned)},
+        "count": {c: int((conditioned == c).sum()) for c in np.unique(conditioned)},
+    }
+
+
+def collect_realism(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
+    """generator -> {"classifier": metrics.json, "inception": metrics.json (when run), "cas"}."""
+    realism = {}
+    for run in plan:
+        if not run.name.startswith("realism/"):
+            continue
+        _, generator, kind = run.name.split("/")
+        if kind == "cas":
+            entry = classification_agreement(root / run.name / "predictions.csv")
+        else:
+            path = root / run.name / "eval" / "metrics.json"
+            entry = {"file": str(path), **json.loads(path.read_text())}
+        realism.setdefault(generator, {})[kind] = entry
+    return realism
+
+
+def compare(results: dict, metric: str, class_names=None) -> dict:
+    """(condition[, class]) -> paired change vs real with Holm-adjusted p and a verdict."""
+    keys = [
+        (condition, cls)
+        for condition in results
+        if condition != plan_lib.REAL
+        for cls in (class_names or [None])
+    ]
+
+    def values(condition, cls):
+        name = f"{cls}/{metric}" if cls else metric
+        return [seed["metrics"][name] for seed in results[condition]]
+
+    changes = [paired_change(values(c, k), values(plan_lib.REAL, k)) for c, k in keys]
+    tested = [i for i, ch in enumerate(changes) if not math.isnan(ch["p"])]
+    adjusted = np.full(len(changes), np.nan)
+    adjusted[tested] = holm([changes[i]["p"] for i in tested])
+    return {
+        key: {
+            **change,
+            "p_holm": float(p),
+            "comparisons": len(tested),
+            "verdict": verdict(change, p),
+        }
+        for key, change, p in zip(keys, changes, adjusted, strict=True)
+    }
+
+
+def per_class_f1_plot(results: dict, class_names: list[str], path: pathlib.Path) -> None:
+    """Grouped bars: each condition's mean test F1 per class, with the seeds' std."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(class_names)), 3.5))
+    width = 0.8 / len(results)
+    x = np.arange(len(class_names))
+    for i, (condition, seeds) in enumerate(results.items()):
+        values = np.asarray([[s["metrics"][f"{c}/f1"] for c in class_names] for s in seeds])
+        ax.bar(x + i * width, values.mean(0), width, yerr=values.std(0), label=condition)
+    ax.set_xticks(x + 0.4 - width / 2, class_names)
+    ax.set_ylabel("test F1")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _generator_of(condition: str, realism: dict) -> str:
+    """The one generator whose set a condition reads (real+<g>, synthetic_<g>), else ""."""
+    for prefix in ("real+", "synthetic_"):
+        name = condition.removeprefix(prefix)
+        if condition.startswith(prefix) and name in realism:
+            return name
+    return ""
+
+
+def realism_section(realism: dict, has_inception: bool) -> list[str]:
+    """Per generator: FD / KD / precision / recall in the ViT's features, CAS, and Inception's
+    FID / KID when present; then KD and CAS per class."""
+    if not realism:
+        return []
+    space = next(iter(realism.values()))["classifier"]["feature_space"]
+    lines = [
+        "## Realism of each synthetic set",
+        "",
+        f"Against the real test split. FD and KD: Fréchet and kernel (KID's) distances in the "
+        f"real-only seed-0 ViT's feature space ({space}), not FID; precision and recall: the "
+        "k-NN manifold coverage (Kynkäänniemi et al.) in that space. CAS: the share of images "
+        "that ViT labels as the class they were generated for.",
+        "",
+        "| generator | images | FD | KD | precision | recall | CAS | FID (Inception) | KID "
+        "(Inception) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for generator, entry in realism.items():
+        ours = entry["classifier"]["overall"]
+        inception_entry = entry.get("inception")
+        fid_cells = (
+            [f"{inception_entry['overall'][k]:.4g}" for k in ("fid", "kid")]
+            if inception_entry else ["not computed: no Inception weights"] * 2
+        )  # fmt: skip
+        lines.append(
+            f"| {generator} | {ours['n_fake']} | {ours['fd']:.4g} | {ours['kd']:.4g} | "
+            f"{ours['precision']:.3f} | {ours['recall']:.3f} | {entry['cas']['overall']:.3f} | "
+            + " | ".join(fid_cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "Per class (KD is unbiased at small sample sizes, where a per-class Fréchet distance is "
+        "not; classes with too few images on either side are left out):",
+        "",
+        "| generator | class | images | KD | CAS |",
+        "|---|---|---|---|---|",
+    ]
+    for generator, entry in realism.items():
+        per_class = entry["classifier"]["per_class"]
+        for cls, cas in entry["cas"]["per_class"].items():
+            kd = f"{per_class[cls]['kd']:.4g}" if cls in per_class else "too few images"
+            lines.append(
+                f"| {generator} | {cls} | {entry['cas']['count'][cls]} | {kd} | {cas:.3f} |"
+            )
+    if not has_inception:
+        lines += [
+            "",
+            "Inception columns: no converted Inception weights were found, so FID and KID were "
+            "not computed; `ham-synth convert-inception` adds them on a rerun.",
+        ]
+    return lines
+
+
+def write_report(study: ml_collections.ConfigDict, plan: list[plan_lib.Run], root) -> dict:
+    """Writes report.md, report.json and report/per_class_f1.png; returns the JSON's content."""
+    root = pathlib.Path(root)
+    results = collect(plan, root)
+    real_run = next(r for r in plan if r.name.startswith(f"classifiers/{plan_lib.REAL}/"))
+    class_names = config_lib.class_names(config_lib.load_workdir_config(root / real_run.name))
+    primary = study.report.primary_metric
+    changes = {metric: compare(results, metric) for metric in METRICS.values()}
+    class_changes = compare(results, "f1", class_names)
+    seeds = len(results[plan_lib.REAL])
+    per_class_f1_plot(results, class_names, root / "report" / "per_class_f1.png")
+    realism = collect_realism(plan, root)
+    has_inception = any("inception" in entry for entry in realism.values())
+
+    lines = [
+        "# Does synthetic data help the classifier?",
+        "",
+        f"Test-split metrics of the ViT, mean ± std over {seeds} seed(s), each run scored on its "
+        "best checkpoint by validation balanced accuracy.",
+        "",
+        "| training data | " + " | ".join(METRICS) + " | FID | FD (ViT features) |",
+        "|---" * (len(METRICS) + 3) + "|",
+    ]
+    for condition, runs in results.items():
+        cells = [_mean_std([r["metrics"][m] for r in runs]) for m in METRICS.values()]
+        generator = _generator_of(condition, realism)
+        fid = fd = ""
+        if generator:
+            fd = f"{realism[generator]['classifier']['overall']['fd']:.3g}"
+            inception_entry = realism[generator].get("inception")
+            fid = f"{inception_entry['overall']['fid']:.3g}" if inception_entry else "no weights"
+        lines.append(f"| {condition} | " + " | ".join([*cells, fid, fd]) + " |")
+    lines += [
+        "",
+        "FID and FD score the condition's synthetic set against the real test split (Realism "
+        "below); FD is in the real-only ViT's feature space and is not FID."
+        + (
+            ""
+            if has_inception
+            else " FID needs Inception weights (`ham-synth "
+            "convert-inception`), absent here, so FID is not computed."
+        ),
+    ]
+    lines += [
+        "",
+        f"## Change from real-only ({primary})",
+        "",
+        f"Paired over seeds: mean difference, 95% interval (scipy's paired t-test), and p with "
+        f"Holm's correction over the {len(changes[primary])} conditions compared (alpha {ALPHA}).",
+        "",
+        "| condition | change | 95% interval | p (Holm) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for condition, change in changes[primary].items():
+        lines.append(
+            f"| {condition[0]} | {_signed(change['mean'])} | "
+            f"{_signed(change['low'])} to {_signed(change['high'])} | "
+            f"{change['p_holm']:.3g} | {change['verdict']} |"
+        )
+    lines += [""] + [
+        f"- {condition[0]}: {change['verdict']} on {primary} ({_signed(change['mean'])}, 95% "
+        f"interval {_signed(change['low'])} to {_signed(change['high'])}, {seeds} seeds)."
+        for condition, change in changes[primary].items()
+    ]
+    if seeds < 5:
+        lines += [
+            "",
+            f"With {seeds} seed(s) the intervals are wide: a real effect of a few points can read "
+            "as no measurable effect. More seeds (`seeds`) narrow them.",
+        ]
+    lines += [
+        "",
+        "## Per-class F1",
+        "",
+        "Mean test F1 per class; the change from real-only in brackets, marked * where Holm's "
+        f"correction over all {len(class_changes)} condition x class comparisons leaves p < "
+        f"{ALPHA}.",
+        "",
+        "| training data | " + " | ".join(class_names) + " |",
+        "|---" * (len(class_names) + 1) + "|",
+    ]
+    for condition, runs in results.items():
+        cells = []
+        for cls in class_names:
+            cell = f"{np.mean([r['metrics'][f'{cls}/f1'] for r in runs]):.3f}"
+            if condition != plan_lib.REAL:
+                change = class_changes[(condition, cls)]
+                star = "*" if change["p_holm"] < ALPHA else ""
+                cell += f" ({_signed(change['mean'])}{star})"
+            cells.append(cell)
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    lines += ["", "![per-class F1](report/per_class_f1.png)", ""]
+    lines += realism_section(realism, has_inception)
+    lines += ["", "## Runs", ""]
+    lines += [f"- `{plan_lib.shell_command(r, root)}`" for r in plan if r.verb != "report"]
+    (root / REPORT_MD).write_text("\n".join(lines) + "\n")
+
+    content = {
+        "primary_metric": primary,
+        "seeds": seeds,
+        "results": results,
+        "changes": {m: {k[0]: v for k, v in c.items()} for m, c in changes.items()},
+        "per_class_f1_changes": {f"{k[0]}/{k[1]}": v for k, v in class_changes.items()},
+        "realism": realism,
+        "study_config": study.to_dict(),
+    }
+    (root / REPORT_JSON).write_text(json.dumps(content, indent=2, default=str) + "\n")
+    return content

@@ -1,0 +1,197 @@
+"""Runs a study's plan: skips finished runs, resumes interrupted ones, reruns changed ones.
+
+Each run leaves a marker, W/markers/<run name>.json, with its key (plan.py), its command, and
+whether it finished. On the next invocation a run whose marker says done with the same key is
+skipped; one that started with the same key resumes (training from its last checkpoint; an
+unfinished `sample` starts over); one whose key changed is deleted and run afresh. W/study.lock
+keeps a second study from writing the same workdir.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Callable
+
+import jax
+import ml_collections
+
+from ham_synth import evaluate, predict, synthesize, train
+from ham_synth.evaluators import inception
+from ham_synth.study import plan as plan_lib
+from ham_synth.study import report
+
+DONE, RESUME, CHANGED, NEW = "done", "resume", "changed", "new"
+MARKERS = "markers"
+LOCK = "study.lock"
+
+
+def marker_path(root: pathlib.Path, run: plan_lib.Run) -> pathlib.Path:
+    return root / MARKERS / f"{run.name}.json"
+
+
+def read_marker(root: pathlib.Path, run: plan_lib.Run) -> dict | None:
+    path = marker_path(root, run)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_marker(root: pathlib.Path, run: plan_lib.Run, **fields) -> None:
+    path = marker_path(root, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"key": run.key, "command": plan_lib.shell_command(run, root), **fields}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def status(root: pathlib.Path, run: plan_lib.Run) -> str:
+    """done | resume (started, same key) | changed (its inputs changed) | new."""
+    marker = read_marker(root, run)
+    if marker is None:
+        return NEW
+    if marker["key"] != run.key:
+        return CHANGED
+    return DONE if marker.get("done") else RESUME
+
+
+def select(plan: list[plan_lib.Run], only: str) -> list[plan_lib.Run]:
+    """The runs of the stages `only` names (comma-separated; empty: all)."""
+    stages = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = sorted(set(stages) - set(plan_lib.STAGES))
+    if unknown:
+        raise ValueError(f"--only names {unknown}; the stages are {list(plan_lib.STAGES)}.")
+    return [r for r in plan if not stages or r.stage in stages]
+
+
+@contextlib.contextmanager
+def workdir_lock(root: pathlib.Path):
+    """An exclusive lock on W/study.lock, released on exit (and by the OS if killed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise FileExistsError(
+                f"Another study is writing {root} (its lock {root / LOCK} is held by "
+                f"{f.read().strip() or 'another process'}); wait for it, or use another --workdir."
+            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def format_plan(plan: list[plan_lib.Run], selected: list[plan_lib.Run], root) -> str:
+    """The plan as a table: stage, run, status, command."""
+    chosen = {r.name for r in selected}
+    lines = [f"Study plan for {root} ({len(selected)} of {len(plan)} runs selected):"]
+    for run in plan:
+        state = status(root, run) if run.name in chosen else "not selected"
+        command = (
+            "ham-synth study ... --only=report" if run.verb == "report" else
+            plan_lib.shell_command(run, root)
+        )  # fmt: skip
+        lines.append(f"  {run.stage:11s} {run.name:36s} {state:12s} {command}")
+    return "\n".join(lines)
+
+
+def execute(run: plan_lib.Run, root: pathlib.Path, study: ml_collections.ConfigDict, plan) -> None:
+    """Makes one run in this process, as its command would."""
+    flags = {k: plan_lib.resolve(v, root) for k, v in run.flags.items()}
+    if run.verb == "train":
+        train.train_and_evaluate(run.resolved_config(root), flags["workdir"])
+    elif run.verb == "sample":
+        synthesize.run(**flags)
+    elif run.verb == "evaluate":
+        evaluate.evaluate(config=run.resolved_config(root), **flags)
+    elif run.verb == "classify":
+        predict.run(**flags)
+    elif run.verb == "report":
+        report.write_report(study, plan, root)
+    else:
+        raise ValueError(f"Unknown verb {run.verb!r} in the study plan.")
+
+
+def _eta(durations: dict[str, list[float]], pending: list[plan_lib.Run]) -> str:
+    """Remaining time from the mean duration of finished runs of each stage (or of all)."""
+    everything = [s for seconds in durations.values() for s in seconds]
+    if not everything:
+        return "ETA unknown until a run finishes"
+    total = 0.0
+    for run in pending:
+        seconds = durations.get(run.stage) or everything
+        total += sum(seconds) / len(seconds)
+    return f"ETA {total / 60:.1f} min"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, only: str = "", dry_run: bool = False):
+    """The `study` verb. Its runs share JAX's persistent compilation cache, so the seeds and
+    conditions of one classifier compile once."""
+    cache = (
+        config.study.compilation_cache
+        or jax.config.jax_compilation_cache_dir  # $JAX_COMPILATION_CACHE_DIR
+        or str(inception.default_cache_dir() / "jax")
+    )
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    return run_study(config, pathlib.Path(workdir).resolve(), only=only, dry_run=dry_run)
+
+
+def run_study(
+    study: ml_collections.ConfigDict,
+    root: pathlib.Path,
+    *,
+    only: str = "",
+    dry_run: bool = False,
+    executor: Callable = execute,
+) -> list[plan_lib.Run]:
+    """Makes every selected run that is not done; returns the runs it made."""
+    plan = plan_lib.make_plan(study, root)
+    selected = select(plan, only)
+    print(format_plan(plan, selected, root), flush=True)
+    if dry_run:
+        return []
+    made = []
+    with workdir_lock(root):
+        names = {r.name for r in selected}
+        todo = [r for r in selected if status(root, r) != DONE]
+        missing = sorted(
+            {d for r in todo for d in r.deps if d not in names}
+            - {r.name for r in plan if status(root, r) == DONE}
+        )
+        if missing:
+            raise ValueError(
+                f"--only={only}: these runs are needed first and are not done: {missing}; run "
+                "their stages too."
+            )
+        durations: dict[str, list[float]] = {}
+        for marker in (read_marker(root, r) for r in plan):
+            if marker and marker.get("done"):
+                durations.setdefault(marker["stage"], []).append(marker["seconds"])
+        start = time.perf_counter()
+        for i, run in enumerate(todo):
+            state = status(root, run)
+            stage_index = plan_lib.STAGES.index(run.stage) + 1
+            print(
+                f"[study] stage {stage_index}/{len(plan_lib.STAGES)} {run.stage} | run {i + 1}/"
+                f"{len(todo)} {run.name} ({state}) | elapsed "
+                f"{(time.perf_counter() - start) / 60:.1f} min | {_eta(durations, todo[i:])}",
+                flush=True,
+            )
+            if state == CHANGED or (state == RESUME and run.verb == "sample"):
+                shutil.rmtree(root / run.name, ignore_errors=True)
+            write_marker(root, run, stage=run.stage, done=False)
+            run_start = time.perf_counter()
+            executor(run, root, study, plan)
+            seconds = time.perf_counter() - run_start
+            write_marker(root, run, stage=run.stage, done=True, seconds=seconds)
+            durations.setdefault(run.stage, []).append(seconds)
+            made.append(run)
+    print(f"[study] done: {len(made)} run(s) made, {len(selected) - len(made)} already done.")
+    if (root / report.REPORT_MD).exists():
+        print(f"Report: {root / report.REPORT_MD}")
+    return made

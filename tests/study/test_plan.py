@@ -1,0 +1,183 @@
+"""The study's plan and runner: stage order, sample counts, keys that follow the dependency map,
+skip / resume / rerun-on-change with a fake executor, --only, the workdir lock, and commands that
+parse back to the configs the study runs."""
+
+import numpy as np
+import pytest
+from absl import flags
+from conftest import REPO
+from ml_collections import config_flags
+
+from ham_synth import config_lib
+from ham_synth.study import plan as plan_lib
+from ham_synth.study import runner
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)  # The study config names configs/*.py relative to the repo.
+    monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", str(tmp_path / "cache"))  # No Inception weights.
+
+
+def smoke(**values):
+    return config_lib.with_values(
+        config_lib.load_config(str(REPO / "configs" / "study.py") + ":smoke"), values
+    )
+
+
+def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
+    study = smoke()
+    plan = plan_lib.make_plan(study, tmp_path)
+    assert [r.stage for r in plan] == sorted((r.stage for r in plan), key=plan_lib.STAGES.index), (
+        "stages in order"
+    )
+    names = [r.name for r in plan]
+    assert names[:6] == [
+        "generators/ddpm", "generators/gan", "generators/vae",
+        "synthetic/ddpm", "synthetic/gan", "synthetic/vae",
+    ]  # fmt: skip
+    assert plan_lib.conditions(plan) == ["real", "real+ddpm", "real+gan", "real+vae",
+                                         "synthetic_vae"]  # fmt: skip
+    assert names[8:14] == [f"realism/{g}/{k}" for g in ("ddpm", "gan", "vae")
+                           for k in ("classifier", "cas")]  # fmt: skip
+    assert names[-1] == "report" and len(plan) == 6 + 2 + 6 + 4 * 2 + 1
+
+    class_names, real = plan_lib.real_train_counts(study)
+    assert real.tolist() == [7, 11, 24, 2, 24, 146, 3]  # Imbalanced digits' train split.
+    # balance to per_class=30 for every class but the largest; at least 10 (TSTR) of each.
+    expected = np.maximum(np.where(real < real.max(), 30 - real, 0), 10)
+    sample = next(r for r in plan if r.name == "synthetic/vae")
+    counts = dict(pair.split("=") for pair in sample.flags["num_per_class"].split(","))
+    assert [int(counts[c]) for c in class_names] == expected.tolist()
+    assert sample.deps == ("generators/vae",)
+    mixed = next(r for r in plan if r.name == "classifiers/real+gan/seed_1")
+    assert mixed.deps == ("synthetic/gan",)
+    assert mixed.overrides["seed"] == 1
+    assert mixed.overrides["data.synthetic.dirs"] == "$W/synthetic/gan"
+    assert mixed.overrides["data.synthetic.policy"] == "balance"
+    only = next(r for r in plan if r.name == "classifiers/synthetic_vae/seed_0")
+    assert only.overrides["data.synthetic.policy"] == "only"
+    real_run = next(r for r in plan if r.name == "classifiers/real/seed_0")
+    assert real_run.deps == () and "data.synthetic.dirs" not in real_run.overrides
+    scored = next(r for r in plan if r.name == "realism/gan/classifier")
+    assert scored.deps == ("synthetic/gan", "classifiers/real/seed_0")
+    assert scored.flags["features"] == "classifier"
+    assert scored.overrides["data.split"] == "test"
+
+
+def keys(plan):
+    return {r.name: r.key for r in plan}
+
+
+def test_keys_follow_the_dependency_map(tmp_path):
+    base = keys(plan_lib.make_plan(smoke(), tmp_path))
+    assert base == keys(plan_lib.make_plan(smoke(), tmp_path / "moved")), "W-independent"
+    changed = keys(
+        plan_lib.make_plan(
+            smoke(**{"generators.vae.config": "configs/vae.py:quickstart"}), tmp_path
+        )
+    )
+    differ = sorted(n for n in base if base[n] != changed[n])
+    assert differ == [
+        "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
+        "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
+        "generators/vae", "realism/vae/cas", "realism/vae/classifier", "report", "synthetic/vae",
+    ]  # fmt: skip
+    # The mixing policy touches the sets' sizes and the mixed classifiers, not the generators.
+    changed = keys(plan_lib.make_plan(smoke(**{"synthetic.per_class": 40}), tmp_path))
+    differ = {n for n in base if base[n] != changed[n]}
+    assert not any(n.startswith(("generators/", "classifiers/real/")) for n in differ)
+    assert {"synthetic/vae", "classifiers/real+gan/seed_0", "report"} <= differ
+    # The classifier's recipe touches every classifier, no generator or set.
+    changed = keys(
+        plan_lib.make_plan(smoke(**{"classifier.config": "configs/vit.py:smoke,derma28"}), tmp_path)
+    )
+    differ = {n for n in base if base[n] != changed[n]}
+    assert differ == {n for n in base if n.startswith(("classifiers/", "realism/"))} | {"report"}
+
+
+class FakeExecutor:
+    """Records the runs it makes; writes a file into each run's folder; can fail on one run."""
+
+    def __init__(self, fail_on: str = ""):
+        self.made, self.fail_on = [], fail_on
+
+    def __call__(self, run, root, study, plan):
+        del study, plan
+        (root / run.name).mkdir(parents=True, exist_ok=True)
+        (root / run.name / "output").write_text(run.key)
+        if run.name == self.fail_on:
+            raise KeyboardInterrupt  # A kill in the middle of the run.
+        self.made.append(run.name)
+
+
+def test_skip_resume_and_rerun_only_what_changed(tmp_path):
+    study = smoke()
+    first = FakeExecutor(fail_on="classifiers/real/seed_1")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, tmp_path, executor=first)
+    plan = plan_lib.make_plan(study, tmp_path)
+    assert first.made == [r.name for r in plan[:7]]
+    assert runner.status(tmp_path, plan[7]) == runner.RESUME  # Killed mid-run.
+
+    second = FakeExecutor()
+    runner.run_study(study, tmp_path, executor=second)
+    assert second.made == [r.name for r in plan[7:]], "resumes at the killed run, skips the rest"
+    assert all(runner.status(tmp_path, r) == runner.DONE for r in plan)
+
+    third = FakeExecutor()
+    runner.run_study(study, tmp_path, executor=third)
+    assert third.made == []
+
+    (tmp_path / "generators/vae/stale").write_text("from the old config")
+    changed = smoke(**{"generators.vae.config": "configs/vae.py:quickstart"})
+    fourth = FakeExecutor()
+    runner.run_study(changed, tmp_path, executor=fourth)
+    assert fourth.made == [
+        "generators/vae", "synthetic/vae", "realism/vae/classifier", "realism/vae/cas",
+        "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
+        "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1", "report",
+    ]  # fmt: skip
+    assert not (tmp_path / "generators/vae/stale").exists(), "a changed run starts afresh"
+
+
+def test_only_needs_finished_dependencies(tmp_path, capsys):
+    with pytest.raises(ValueError, match="not done.*synthetic/"):
+        runner.run_study(smoke(), tmp_path, only="conditions", executor=FakeExecutor())
+    with pytest.raises(ValueError, match="stages are"):
+        runner.run_study(smoke(), tmp_path, only="classifiers", executor=FakeExecutor())
+    fake = FakeExecutor()
+    runner.run_study(smoke(), tmp_path, only="generators,synthetic", executor=fake)
+    assert fake.made == [
+        f"{s}/{g}" for s in ("generators", "synthetic") for g in ("ddpm", "gan", "vae")
+    ]
+    fake = FakeExecutor()
+    assert runner.run_study(smoke(), tmp_path, dry_run=True, executor=fake) == []
+    plan_text = capsys.readouterr().out
+    assert "generators/vae" in plan_text and " done " in plan_text and " new " in plan_text
+    assert fake.made == []
+
+
+def test_second_writer_fails_clearly(tmp_path):
+    with (
+        runner.workdir_lock(tmp_path),
+        pytest.raises(FileExistsError, match="Another study is writing"),
+        runner.workdir_lock(tmp_path),
+    ):
+        pass
+    with runner.workdir_lock(tmp_path):  # Released on exit.
+        pass
+
+
+def test_commands_parse_back_to_the_configs_the_study_runs(tmp_path):
+    for run in plan_lib.make_plan(smoke(), tmp_path):
+        if run.verb not in ("train", "evaluate"):
+            continue
+        argv = run.command(tmp_path)[1:]  # As main.py hands absl "ham-synth train ...".
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+        for name in run.flags:
+            flags.DEFINE_string(name, None, "", flag_values=values)
+        values(argv)
+        assert values.config.to_dict() == run.resolved_config(tmp_path).to_dict(), run.name
+        assert values.workdir == str(tmp_path / run.name)

@@ -1,0 +1,141 @@
+"""The study report: its numbers equal the runs' metrics files, its intervals and Holm's correction
+match closed forms, its verdicts follow them; and one real smoke study end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO
+from scipy import stats
+
+from ham_synth import config_lib, metric_writer
+from ham_synth.study import plan as plan_lib
+from ham_synth.study import report, runner
+
+CLASSES = ["0:akiec", "1:bcc", "2:bkl", "3:df", "4:mel", "5:nv", "6:vasc"]
+
+
+def test_holm_matches_hand_values():
+    np.testing.assert_allclose(report.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(report.holm([0.5, 0.9]), [1.0, 1.0])
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences():
+    a, b = [0.71, 0.74, 0.69, 0.75], [0.70, 0.70, 0.66, 0.70]
+    change = report.paired_change(a, b)
+    d = np.subtract(a, b)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert change["mean"] == pytest.approx(d.mean())
+    assert (change["low"], change["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    assert change["p"] == pytest.approx(2 * stats.t.sf(abs(t), len(d) - 1))
+    assert np.isnan(report.paired_change([0.7], [0.6])["p"])
+
+
+def fake_runs(root, plan, rng):
+    """A metrics.jsonl (the test evaluator's row) and config.json for each classifier run;
+    real+vae gains 0.1 balanced accuracy over real at every seed."""
+    expected = {}
+    for run in plan:
+        folder = root / run.name
+        if run.name.endswith("/classifier"):  # realism/<g>/classifier: evaluate's metrics.json
+            (folder / "eval").mkdir(parents=True)
+            row = {"fd": 1.5, "kd": 0.25, "precision": 0.5, "recall": 0.75, "n_fake": 4}
+            metrics = {"feature_space": "classifier (step 3 of V)", "overall": row,
+                       "per_class": {"3:df": row}}  # fmt: skip
+            (folder / "eval" / "metrics.json").write_text(json.dumps(metrics))
+        if run.name.endswith("/cas"):  # 3 of 4 df images and 1 of 2 vasc images recognized
+            folder.mkdir(parents=True)
+            (folder / "predictions.csv").write_text(
+                "path,predicted,probability,error\n"
+                + "".join(f"3:df/{i}.png,{'3:df' if i else '5:nv'},0.9,\n" for i in range(4))
+                + "6:vasc/a.png,6:vasc,0.9,\n6:vasc/b.png,0:akiec,0.9,\n"
+                + "6:vasc/c.png,,,cannot decode\n"
+            )
+        if not run.name.startswith("classifiers/"):
+            continue
+        condition, seed = run.name.split("/")[1], int(run.name[-1])
+        base = 0.5 + 0.02 * seed + (0.1 if condition == "real+vae" else rng.uniform(-0.01, 0.01))
+        metrics = {m: base + rng.uniform(-1e-3, 1e-3) for m in report.METRICS.values()}
+        metrics["balanced_accuracy"] = base
+        metrics |= {f"{c}/f1": rng.uniform() for c in CLASSES}
+        row = {"step": 6, "test/checkpoint_step": 3} | {f"test/{k}": v for k, v in metrics.items()}
+        folder.mkdir(parents=True)
+        (folder / metric_writer.METRICS_FILE).write_text(
+            json.dumps({"step": 3, "val/balanced_accuracy": 0.1}) + "\n" + json.dumps(row) + "\n"
+        )
+        (folder / "config.json").write_text(
+            json.dumps({"task": "classify", "data": {"class_names": ",".join(CLASSES)}})
+        )
+        expected[(condition, seed)] = metrics
+    return expected
+
+
+def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", str(tmp_path / "cache"))
+    study = config_lib.with_values(config_lib.load_config("configs/study.py:smoke"), {"seeds": 3})
+    plan = plan_lib.make_plan(study, tmp_path)
+    expected = fake_runs(tmp_path, plan, np.random.default_rng(0))
+    content = report.write_report(study, plan, tmp_path)
+
+    for (condition, seed), metrics in expected.items():
+        run = content["results"][condition][seed]
+        assert run["metrics"] == pytest.approx(metrics)
+        assert run["checkpoint_step"] == 3 and run["file"].endswith("metrics.jsonl")
+    text = (tmp_path / report.REPORT_MD).read_text()
+    for condition in plan_lib.conditions(plan):
+        values = [expected[(condition, s)]["f1_macro"] for s in range(3)]
+        assert f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" in text
+    changes = content["changes"]["balanced_accuracy"]
+    gain = np.mean([expected[("real+vae", s)]["balanced_accuracy"]
+                    - expected[("real", s)]["balanced_accuracy"] for s in range(3)])  # fmt: skip
+    assert changes["real+vae"]["mean"] == pytest.approx(gain)
+    assert changes["real+vae"]["verdict"] == "helped"
+    assert changes["real+vae"]["comparisons"] == 4
+    compared = ("real+ddpm", "real+gan", "real+vae", "synthetic_vae")
+    p_holm = report.holm([changes[c]["p"] for c in compared])
+    assert [changes[c]["p_holm"] for c in compared] == pytest.approx(p_holm)
+    assert changes["real+gan"]["verdict"] == "no measurable effect"
+    assert f"real+vae: helped on balanced_accuracy ({gain:+.3f}" in text
+    assert (tmp_path / "report" / "per_class_f1.png").stat().st_size > 0
+    cas = content["realism"]["vae"]["cas"]
+    assert cas["overall"] == pytest.approx(4 / 6)
+    assert cas["per_class"] == {"3:df": 0.75, "6:vasc": 0.5}
+    assert "| real+vae | " in text and "| 1.5 |" in text and "no weights" in text
+    assert "| vae | 4 | 1.5 | 0.25 | 0.500 | 0.750 | 0.667 | not computed" in text
+    assert "| vae | 3:df | 4 | 0.25 | 0.750 |" in text
+    assert "| vae | 6:vasc | 2 | too few images | 0.500 |" in text
+
+
+def test_smoke_study_end_to_end(tmp_path, monkeypatch):
+    """One generator, one seed: every run real, the report has every condition, a rerun skips
+    everything, and val and test stay real in every condition."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", str(tmp_path / "cache"))
+    study = config_lib.load_config("configs/study.py:smoke")
+    with study.unlocked():
+        del study.generators["ddpm"], study.generators["gan"]
+        study.seeds = 1
+    made = runner.run_study(study, tmp_path)
+    assert len(made) == 8
+    text = (tmp_path / report.REPORT_MD).read_text()
+    for condition in ("real", "real+vae", "synthetic_vae"):
+        assert f"| {condition} |" in text
+    assert "| vae | 6:vasc |" in text  # Realism per class.
+    assert runner.run_study(study, tmp_path) == []
+
+    real_sizes = None
+    for condition in ("real", "real+vae", "synthetic_vae"):
+        workdir = tmp_path / "classifiers" / condition / "seed_0"
+        rows = metric_writer.read_metrics(workdir)
+        share = [r["train/synthetic_share"] for r in rows if "train/synthetic_share" in r]
+        assert (np.mean(share) > 0) == (condition != "real")
+        if condition == "synthetic_vae":
+            assert min(share) == 1.0
+        sizes = {}
+        for split in ("val", "test"):
+            record = json.loads(sorted((workdir / "evals" / split).glob("*.json"))[-1].read_text())
+            sizes[split] = record["num_examples"]
+        real_sizes = real_sizes or sizes
+        assert sizes == real_sizes == {"val": 126, "test": 126}

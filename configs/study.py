@@ -56,6 +56,9 @@ def get_config(arg: str | None = None):
     # The realism stage: each set against the real test split in the real-only ViT's features
     # (always) and in Inception's when its weights exist (`ham-synth convert-inception`).
     config.realism = dict(inception_weights="")  # Converted weights; empty: the ham_synth cache.
+    # A synthetic image is a near-copy when, in pixels and in the ViT's features, it is closer to
+    # a training image than this quantile of the real test images' nearest-training distances.
+    config.memorization = dict(quantile=0.01)
     config.report = dict(primary_metric="balanced_accuracy")  # The verdicts' metric.
     # JAX's persistent compilation cache, shared by the runs; empty: $JAX_COMPILATION_CACHE_DIR,
     # else ~/.cache/ham_synth/jax.

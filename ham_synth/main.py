@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ham_synth import evaluate, predict, synthesize, train
+from ham_synth import evaluate, memorization, predict, synthesize, train
 from ham_synth.data import prepare
 from ham_synth.evaluators import convert_inception
 from ham_synth.study import runner as study_runner
@@ -31,6 +31,7 @@ USER_ERRORS = (
     NotADirectoryError,
     PermissionError,
     train.NonFiniteLossError,
+    study_runner.RunStopped,
 )
 
 config_flags.DEFINE_config_file(
@@ -68,6 +69,8 @@ _FLAG_SPECS = {
     "images": (str, "A folder of images (sub-folders included) to classify."),
     "out_csv": (str, "Where the predictions go; default: WORKDIR/predictions/<folder>.csv."),
     "batch_size": (int, "Images per batch (default 256)."),
+    # memorization
+    "quantile": (float, "Near-copy threshold: this quantile of the test images' distances."),
     # study
     "only": (
         str,
@@ -149,6 +152,14 @@ VERBS = {
         predict.run,
         required=("workdir", "images"),
         optional=("step", "out_csv", "batch_size"),
+        quiet=True,
+    ),
+    "memorization": Verb(
+        "nearest training image of every image in --fake_dir (pixels and --classifier_workdir's "
+        "features) against --config's data; near-copies, distance ratios -> WORKDIR",
+        memorization.run,
+        required=("config", "workdir", "fake_dir", "classifier_workdir"),
+        optional=("quantile",),
         quiet=True,
     ),
     "study": Verb(

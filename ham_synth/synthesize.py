@@ -2,7 +2,9 @@
 
 The output, `W/synthetic/<class_name>/*.png`, is a valid `folder` data source; `manifest.csv`
 records, per image, the class, the model family, the checkpoint step, the sampler settings, the
-seed and `synthetic=true`. `generate` is the sharded sampling loop the evaluators share.
+seed and `synthetic=true`. Each PNG carries its provenance too, in text chunks (synthetic,
+generator, run, step, seed, class), so a copied file stays labelled as synthetic. `generate` is
+the sharded sampling loop the evaluators share.
 """
 
 import csv
@@ -14,7 +16,7 @@ import numpy as np
 import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from ham_synth import config_lib, grids, parallel
 from ham_synth import state as state_lib
@@ -201,12 +203,16 @@ def write_samples(
         settings=settings,
         progress=True,
     )
+    # Inside every PNG too, so a copied file stays labelled as synthetic.
+    provenance = {"synthetic": "true", "generator": config.task, "run": str(restored.workdir),
+                  "step": str(restored.step), "seed": str(seed)}  # fmt: skip
     rows = []
     for start, images in chunks:
         if jax.process_index() == 0:
             rows += _write_images(
-                out_dir, images, labels[start : start + len(images)], class_names, start
-            )
+                out_dir, images, labels[start : start + len(images)], class_names, start,
+                provenance,
+            )  # fmt: skip
     if jax.process_index() == 0:
         with open(out_dir / "manifest.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
@@ -228,13 +234,22 @@ def write_samples(
     return out_dir
 
 
-def _write_images(out_dir, images, labels, class_names, first_index) -> list[dict]:
-    """float [-1, 1] images -> PNGs under out_dir/<class_name>/; one manifest row each."""
+def png_provenance(fields: dict) -> PngImagePlugin.PngInfo:
+    """PNG text chunks (tEXt) holding `fields`."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in fields.items():
+        info.add_text(key, value)
+    return info
+
+
+def _write_images(out_dir, images, labels, class_names, first_index, provenance) -> list[dict]:
+    """float [-1, 1] images -> PNGs under out_dir/<class_name>/, each with its provenance and
+    class in text chunks; one manifest row each."""
     rows = []
     for offset, (image, label) in enumerate(zip(grids.to_uint8(images), labels, strict=True)):
         name = class_names[label]
         path = out_dir / name / f"{name}_{first_index + offset:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
+        Image.fromarray(image).save(path, pnginfo=png_provenance({**provenance, "class": name}))
         rows.append({"file": str(path.relative_to(out_dir)), "class": name, "label": int(label)})
     return rows

@@ -32,6 +32,9 @@ def test_ddpm_samples_land_per_class_with_a_manifest(ddpm_workdir):
         sample_batch_size=4,
     )
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["3", "7"]
+    with Image.open(next((out / "7").glob("*.png"))) as png:
+        assert png.text == {"synthetic": "true", "generator": "ddpm", "run": str(ddpm_workdir),
+                            "step": "6", "seed": "5", "class": "7"}  # fmt: skip
     with open(out / "manifest.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6

@@ -10,6 +10,8 @@ Stages, in order: what each makes, where under the study's workdir W, and what i
   (inception/); `classify` each image with that ViT for CAS (cas/); its set and that ViT.
 - conditions: `train` the ViT per seed on real + each set (optionally all sets at once) and on
   a set alone -> classifiers/<condition>/seed_<s>/; real's inputs, the sets read, synthetic.*.
+- memorization: `memorization` of each set against the training images, in pixels and that
+  ViT's features -> memorization/<name>/; its set and that ViT.
 - report: tables, paired intervals and verdicts -> report.md, report.json, report/*.png; every
   run above.
 
@@ -37,7 +39,7 @@ from ham_synth import config_lib
 from ham_synth.data import pipeline, sources, synthetic
 from ham_synth.evaluators import inception
 
-STAGES = ("generators", "synthetic", "real", "realism", "conditions", "report")
+STAGES = ("generators", "synthetic", "real", "realism", "conditions", "memorization", "report")
 REAL = "real"
 ALL = "all"
 
@@ -220,6 +222,20 @@ def make_plan(study: ml_collections.ConfigDict, root: pathlib.Path) -> list[Run]
     only = {"data.synthetic.policy": "only", "data.synthetic.per_class": 0}
     for g in synthetic_only(study):
         runs += _classifier_runs(study, [g], f"synthetic_{g}", only, "conditions")
+    runs += [
+        Run(
+            f"memorization/{g}",
+            "memorization",
+            "memorization",
+            {"workdir": f"$W/memorization/{g}", "fake_dir": f"$W/synthetic/{g}",
+             "classifier_workdir": f"$W/{reference_classifier()}",
+             "quantile": study.memorization.quantile},
+            study.classifier.config,
+            {**data_values(study), **flatten(study.classifier.overrides)},
+            (f"synthetic/{g}", reference_classifier()),
+        )
+        for g in study.generators
+    ]  # fmt: skip
     runs.sort(key=lambda r: STAGES.index(r.stage))  # Stable: generators in config order.
     runs.append(Run("report", "report", "report", {}, deps=tuple(r.name for r in runs)))
     keys = {}

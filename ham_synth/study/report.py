@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from ham_synth import config_lib, metric_writer
+from ham_synth import config_lib, memorization, metric_writer
 from ham_synth.study import plan as plan_lib
 
 matplotlib.use("Agg")
@@ -148,6 +148,45 @@ def collect_realism(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
             entry = {"file": str(path), **json.loads(path.read_text())}
         realism.setdefault(generator, {})[kind] = entry
     return realism
+
+
+def collect_memorization(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
+    """generator -> its memorization.json summary (without the per-image rows) and its files."""
+    audits = {}
+    for run in plan:
+        if run.stage == "memorization":
+            path = root / run.name / memorization.REPORT
+            summary = {k: v for k, v in json.loads(path.read_text()).items() if k != "images"}
+            audits[run.name.split("/")[1]] = {
+                **summary,
+                "file": str(path),
+                "pairs": f"{run.name}/{memorization.PAIRS}",
+            }
+    return audits
+
+
+def memorization_section(audits: dict) -> list[str]:
+    if not audits:
+        return []
+    lines = [
+        "## Memorization",
+        "",
+        "For every synthetic image, the nearest training image in pixels and in the real-only "
+        "ViT's features. Ratio: median synthetic->train over median real test->train distance "
+        "(about 1: as close as new real images; near 0: copies). A near-copy is closer to a "
+        "training image, in both spaces, than the "
+        f"{next(iter(audits.values()))['quantile']:g} quantile of the test images' distances.",
+        "",
+        "| generator | images | near-copies | ratio (pixels) | ratio (features) | closest pairs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for generator, audit in audits.items():
+        lines.append(
+            f"| {generator} | {audit['images_audited']} | {audit['near_copies']} | "
+            f"{audit['pixels']['ratio']:.3f} | {audit['features']['ratio']:.3f} | "
+            f"[{audit['pairs']}]({audit['pairs']}) |"
+        )
+    return [*lines, "", memorization.STATEMENT]
 
 
 def compare(results: dict, metric: str, class_names=None) -> dict:
@@ -353,6 +392,8 @@ def write_report(study: ml_collections.ConfigDict, plan: list[plan_lib.Run], roo
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")
     lines += ["", "![per-class F1](report/per_class_f1.png)", ""]
     lines += realism_section(realism, has_inception)
+    audits = collect_memorization(plan, root)
+    lines += ["", *memorization_section(audits)]
     lines += ["", "## Runs", ""]
     lines += [f"- `{plan_lib.shell_command(r, root)}`" for r in plan if r.verb != "report"]
     (root / REPORT_MD).write_text("\n".join(lines) + "\n")
@@ -364,6 +405,7 @@ def write_report(study: ml_collections.ConfigDict, plan: list[plan_lib.Run], roo
         "changes": {m: {k[0]: v for k, v in c.items()} for m, c in changes.items()},
         "per_class_f1_changes": {f"{k[0]}/{k[1]}": v for k, v in class_changes.items()},
         "realism": realism,
+        "memorization": audits,
         "study_config": study.to_dict(),
     }
     (root / REPORT_JSON).write_text(json.dumps(content, indent=2, default=str) + "\n")

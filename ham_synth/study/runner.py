@@ -19,12 +19,18 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from ham_synth import evaluate, predict, synthesize, train
+from ham_synth import evaluate, memorization, predict, synthesize, train
 from ham_synth.evaluators import inception
 from ham_synth.study import plan as plan_lib
 from ham_synth.study import report
 
 DONE, RESUME, CHANGED, NEW = "done", "resume", "changed", "new"
+
+
+class RunStopped(RuntimeError):
+    """A run stopped before its end (e.g. preempted); its marker stays unfinished."""
+
+
 MARKERS = "markers"
 LOCK = "study.lock"
 
@@ -103,13 +109,21 @@ def execute(run: plan_lib.Run, root: pathlib.Path, study: ml_collections.ConfigD
     """Makes one run in this process, as its command would."""
     flags = {k: plan_lib.resolve(v, root) for k, v in run.flags.items()}
     if run.verb == "train":
-        train.train_and_evaluate(run.resolved_config(root), flags["workdir"])
+        config = run.resolved_config(root)
+        state = train.train_and_evaluate(config, flags["workdir"])
+        if int(state.step) < config.train.total_steps:  # Stopped by SIGTERM: not done.
+            raise RunStopped(
+                f"{run.name} stopped at step {int(state.step)} of {config.train.total_steps}; "
+                "rerun the study to resume it from its checkpoint."
+            )
     elif run.verb == "sample":
         synthesize.run(**flags)
     elif run.verb == "evaluate":
         evaluate.evaluate(config=run.resolved_config(root), **flags)
     elif run.verb == "classify":
         predict.run(**flags)
+    elif run.verb == "memorization":
+        memorization.run(config=run.resolved_config(root), **flags)
     elif run.verb == "report":
         report.write_report(study, plan, root)
     else:

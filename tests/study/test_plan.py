@@ -2,6 +2,8 @@
 skip / resume / rerun-on-change with a fake executor, --only, the workdir lock, and commands that
 parse back to the configs the study runs."""
 
+import types
+
 import numpy as np
 import pytest
 from absl import flags
@@ -40,7 +42,8 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
                                          "synthetic_vae"]  # fmt: skip
     assert names[8:14] == [f"realism/{g}/{k}" for g in ("ddpm", "gan", "vae")
                            for k in ("classifier", "cas")]  # fmt: skip
-    assert names[-1] == "report" and len(plan) == 6 + 2 + 6 + 4 * 2 + 1
+    assert names[-4:-1] == [f"memorization/{g}" for g in ("ddpm", "gan", "vae")]
+    assert names[-1] == "report" and len(plan) == 6 + 2 + 6 + 4 * 2 + 3 + 1
 
     class_names, real = plan_lib.real_train_counts(study)
     assert real.tolist() == [7, 11, 24, 2, 24, 146, 3]  # Imbalanced digits' train split.
@@ -81,7 +84,8 @@ def test_keys_follow_the_dependency_map(tmp_path):
     assert differ == [
         "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
         "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
-        "generators/vae", "realism/vae/cas", "realism/vae/classifier", "report", "synthetic/vae",
+        "generators/vae", "memorization/vae", "realism/vae/cas", "realism/vae/classifier",
+        "report", "synthetic/vae",
     ]  # fmt: skip
     # The mixing policy touches the sets' sizes and the mixed classifiers, not the generators.
     changed = keys(plan_lib.make_plan(smoke(**{"synthetic.per_class": 40}), tmp_path))
@@ -93,7 +97,8 @@ def test_keys_follow_the_dependency_map(tmp_path):
         plan_lib.make_plan(smoke(**{"classifier.config": "configs/vit.py:smoke,derma28"}), tmp_path)
     )
     differ = {n for n in base if base[n] != changed[n]}
-    assert differ == {n for n in base if n.startswith(("classifiers/", "realism/"))} | {"report"}
+    classifier_side = ("classifiers/", "realism/", "memorization/")
+    assert differ == {n for n in base if n.startswith(classifier_side)} | {"report"}
 
 
 class FakeExecutor:
@@ -136,7 +141,8 @@ def test_skip_resume_and_rerun_only_what_changed(tmp_path):
     assert fourth.made == [
         "generators/vae", "synthetic/vae", "realism/vae/classifier", "realism/vae/cas",
         "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
-        "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1", "report",
+        "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
+        "memorization/vae", "report",
     ]  # fmt: skip
     assert not (tmp_path / "generators/vae/stale").exists(), "a changed run starts afresh"
 
@@ -171,7 +177,7 @@ def test_second_writer_fails_clearly(tmp_path):
 
 def test_commands_parse_back_to_the_configs_the_study_runs(tmp_path):
     for run in plan_lib.make_plan(smoke(), tmp_path):
-        if run.verb not in ("train", "evaluate"):
+        if run.verb not in ("train", "evaluate", "memorization"):
             continue
         argv = run.command(tmp_path)[1:]  # As main.py hands absl "ham-synth train ...".
         values = flags.FlagValues()
@@ -181,3 +187,17 @@ def test_commands_parse_back_to_the_configs_the_study_runs(tmp_path):
         values(argv)
         assert values.config.to_dict() == run.resolved_config(tmp_path).to_dict(), run.name
         assert values.workdir == str(tmp_path / run.name)
+
+
+def test_a_training_run_stopped_early_is_not_done(tmp_path, monkeypatch):
+    """SIGTERM makes training checkpoint and return early; the study must not mark it done."""
+    study = smoke()
+    run = next(r for r in plan_lib.make_plan(study, tmp_path) if r.verb == "train")
+
+    def stopped(config, workdir):
+        del workdir
+        return types.SimpleNamespace(step=np.int32(config.train.total_steps - 1))
+
+    monkeypatch.setattr(runner.train, "train_and_evaluate", stopped)
+    with pytest.raises(runner.RunStopped, match="rerun the study to resume"):
+        runner.execute(run, tmp_path, study, [])

@@ -52,6 +52,11 @@ def fake_runs(root, plan, rng):
                 + "6:vasc/a.png,6:vasc,0.9,\n6:vasc/b.png,0:akiec,0.9,\n"
                 + "6:vasc/c.png,,,cannot decode\n"
             )
+        if run.stage == "memorization":
+            folder.mkdir(parents=True)
+            audit = {"quantile": 0.01, "near_copies": 2, "images_audited": 10, "images": [],
+                     "pixels": {"ratio": 0.5}, "features": {"ratio": 0.25}}  # fmt: skip
+            (folder / "memorization.json").write_text(json.dumps(audit))
         if not run.name.startswith("classifiers/"):
             continue
         condition, seed = run.name.split("/")[1], int(run.name[-1])
@@ -106,6 +111,8 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert "| vae | 4 | 1.5 | 0.25 | 0.500 | 0.750 | 0.667 | not computed" in text
     assert "| vae | 3:df | 4 | 0.25 | 0.750 |" in text
     assert "| vae | 6:vasc | 2 | too few images | 0.500 |" in text
+    assert "| gan | 10 | 2 | 0.500 | 0.250 | [memorization/gan/closest_pairs.png]" in text
+    assert content["memorization"]["gan"]["near_copies"] == 2
 
 
 def test_smoke_study_end_to_end(tmp_path, monkeypatch):
@@ -118,11 +125,12 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
         del study.generators["ddpm"], study.generators["gan"]
         study.seeds = 1
     made = runner.run_study(study, tmp_path)
-    assert len(made) == 8
+    assert len(made) == 9
     text = (tmp_path / report.REPORT_MD).read_text()
     for condition in ("real", "real+vae", "synthetic_vae"):
         assert f"| {condition} |" in text
     assert "| vae | 6:vasc |" in text  # Realism per class.
+    assert (tmp_path / "memorization" / "vae" / "closest_pairs.png").stat().st_size > 0
     assert runner.run_study(study, tmp_path) == []
 
     real_sizes = None

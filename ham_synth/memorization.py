@@ -1,0 +1,186 @@
+"""`ham-synth memorization`: does a synthetic set copy its generator's training images?
+
+For every synthetic image, the nearest training image in pixels (float [0, 1], L2) and in a
+classifier's feature space (the real-only ViT's pre-logits); the same for the real test images,
+which the generator never saw. Outputs in WORKDIR:
+
+- `memorization.json`: the ratio of median synthetic->train to median test->train distances per
+  space (about 1: as close to the training images as new real images are; near 0: copies), the
+  near-copy threshold, and per synthetic image its nearest training image, distances and flag;
+- `closest_pairs.png`: the closest synthetic / training pairs, side by side.
+
+A synthetic image is a near-copy when, in both spaces, it is closer to a training image than
+the `quantile` of the test images' nearest-training distances. Nearest-neighbour distance is not a
+membership-inference test and gives no privacy guarantee: a set with no near-copy can still leak
+what it was trained on.
+"""
+
+import json
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from ham_synth import grids, parallel
+from ham_synth.data import sources
+from ham_synth.evaluate import fake_data_config
+from ham_synth.evaluators import features as features_lib
+
+STATEMENT = (
+    "Nearest-neighbour distances show whether synthetic images sit closer to training images "
+    "than new real images do; they are not a membership-inference test and no privacy guarantee."
+)
+REPORT = "memorization.json"
+PAIRS = "closest_pairs.png"
+
+
+def nearest(queries: np.ndarray, reference: np.ndarray, chunk: int = 512):
+    """(int64[N] index, float64[N] distance) of each query's nearest reference row (L2)."""
+    reference = np.asarray(reference, np.float64)
+    norms = (reference * reference).sum(1)
+    index, distance = [], []
+    for start in range(0, len(queries), chunk):
+        q = np.asarray(queries[start : start + chunk], np.float64)
+        squared = (q * q).sum(1)[:, None] + norms[None, :] - 2.0 * q @ reference.T
+        best = squared.argmin(1)
+        index.append(best)
+        distance.append(np.sqrt(np.maximum(squared[np.arange(len(q)), best], 0.0)))
+    return np.concatenate(index), np.concatenate(distance)
+
+
+def audit_space(synthetic: np.ndarray, test: np.ndarray, train: np.ndarray, quantile: float):
+    """One space's nearest-training rows for the synthetic and test sets, the median ratio and the
+    near-copy threshold (the `quantile` of the test distances)."""
+    syn_index, syn_distance = nearest(synthetic, train)
+    _, test_distance = nearest(test, train)
+    median_test = float(np.median(test_distance))
+    return {
+        "index": syn_index,
+        "distance": syn_distance,
+        "median_synthetic": float(np.median(syn_distance)),
+        "median_test": median_test,
+        "ratio": float(np.median(syn_distance) / median_test) if median_test > 0 else float("nan"),
+        "threshold": float(np.quantile(test_distance, quantile)),
+    }
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, C] -> float32 [N, H*W*C] in [0, 1]."""
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def split_data(data: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
+    copy = ml_collections.ConfigDict(data.to_dict())
+    copy.split = split
+    return copy
+
+
+def read_all(source) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [N, H, W, C], labels [N]) of every record."""
+    images = np.stack([source[i]["image"] for i in range(len(source))])
+    labels = np.asarray([source[i]["label"] for i in range(len(source))])
+    return images, labels
+
+
+def closest_pairs_png(path, synthetic, train, pairs, captions) -> None:
+    """Rows of (synthetic | nearest training image), the closest pairs first."""
+    tiles = [np.concatenate([synthetic[s], np.full_like(synthetic[s][:, :2], 255), train[t]], 1)
+             for s, t in pairs]  # fmt: skip
+    scale = grids.display_scale(synthetic.shape[1])
+    grid = grids.make_grid(np.stack(tiles).astype(np.float32) / 127.5 - 1, rows=len(tiles))
+    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), 0)
+    grids.label_rows(image, captions).save(path)
+
+
+def audit(
+    data: ml_collections.ConfigDict,
+    fake_dir: str,
+    net: features_lib.FeatureNet,
+    *,
+    quantile: float = 0.01,
+    batch_size: int = 64,
+    mesh=None,
+) -> tuple[dict, dict, dict]:
+    """The audit of `fake_dir` against `data`'s train split, with its test split as the unseen
+    real images: (the JSON report, {set: (images, labels)}, {space: nearest rows})."""
+    mesh = mesh or parallel.make_mesh()
+    batch_size = parallel.round_to_devices(batch_size, mesh)
+    train_source = sources.get_source(split_data(data, "train"))
+    test_source = sources.get_source(split_data(data, "test"))
+    class_names = train_source.class_names
+    fake_source = sources.get_source(fake_data_config(data, fake_dir, class_names))
+    sets = {n: read_all(s) for n, s in (("train", train_source), ("test", test_source),
+                                         ("synthetic", fake_source))}  # fmt: skip
+    spaces = {
+        "pixels": audit_space(*(pixels(sets[n][0]) for n in ("synthetic", "test", "train")),
+                              quantile),
+        "features": audit_space(
+            *(features_lib.image_features(net, sets[n][0], batch_size, mesh)
+              for n in ("synthetic", "test", "train")),
+            quantile,
+        ),
+    }  # fmt: skip
+    flagged = np.logical_and.reduce(
+        [space["distance"] < space["threshold"] for space in spaces.values()]
+    )
+    fake_paths = [str(pathlib.Path(p).relative_to(fake_dir)) for p in fake_source.paths]
+    images = [
+        {
+            "file": fake_paths[i],
+            "class": class_names[sets["synthetic"][1][i]],
+            "near_copy": bool(flagged[i]),
+            **{f"{name}_nearest_train": int(space["index"][i]) for name, space in spaces.items()},
+            **{f"{name}_distance": float(space["distance"][i]) for name, space in spaces.items()},
+        }
+        for i in range(len(fake_paths))
+    ]
+    return (
+        {
+            "fake_dir": str(fake_dir),
+            "feature_space": net.name,
+            "quantile": quantile,
+            "near_copies": int(flagged.sum()),
+            "images_audited": len(images),
+            **{
+                name: {k: v for k, v in space.items() if k not in ("index", "distance")}
+                for name, space in spaces.items()
+            },  # fmt: skip
+            "statement": STATEMENT,
+            "images": images,
+        },
+        sets,
+        spaces,
+    )
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    fake_dir: str,
+    classifier_workdir: str,
+    quantile: float = 0.01,
+) -> dict:
+    """The `memorization` verb: audits `fake_dir` against `config.data`; writes the JSON and the
+    closest-pairs PNG into WORKDIR."""
+    mesh = parallel.make_mesh()
+    net = features_lib.get_feature_net("classifier", mesh, classifier_workdir=classifier_workdir)
+    report, sets, spaces = audit(config.data, fake_dir, net, quantile=quantile, mesh=mesh)
+    out = pathlib.Path(workdir)
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        order = np.argsort(spaces["pixels"]["distance"])[:8]
+        pairs = [(int(i), int(spaces["pixels"]["index"][i])) for i in order]
+        captions = [f"{report['images'][i]['class']} d={spaces['pixels']['distance'][i]:.2f}"
+                    for i in order]  # fmt: skip
+        closest_pairs_png(out / PAIRS, sets["synthetic"][0], sets["train"][0],
+                          pairs, captions)  # fmt: skip
+        print(
+            f"{report['near_copies']} of {report['images_audited']} synthetic images are "
+            f"near-copies; median distance ratio (synthetic/test to train): pixels "
+            f"{report['pixels']['ratio']:.3f}, features {report['features']['ratio']:.3f}. "
+            f"Wrote {out}"
+        )
+    return report

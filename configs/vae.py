@@ -5,6 +5,10 @@
 quickstart: 16x16 digits, 2,000 steps, about 3.5 minutes on 2 CPU cores; the loss falls from
 ~420 (step 50) to ~29 and the sample grid shows legible digits, one class per row.
 smoke: 8x8, a few steps, for tests (seconds).
+derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), for the study: encoder widths
+  32-64 (28 -> 14 -> 7), a 32-d latent, 5,000 steps of 64. Not yet timed.
+ham64: HAM10000 at 64² (`--config.data.data_dir=D`), for the study on GPUs: widths 32-64-128-256
+  (64 -> 4), a 128-d latent, 50,000 steps of 64. Not yet timed.
 Variants combine: `configs/vae.py:quickstart,imbalance`.
 """
 
@@ -12,7 +16,9 @@ from ham_synth import config_lib
 
 
 def get_config(arg: str | None = None):
-    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, imbalance=False)
+    arg = config_lib.parse_arg(
+        arg, quickstart=False, smoke=False, imbalance=False, derma28=False, ham64=False
+    )
     config = config_lib.get_base_config()
     config_lib.add_generator_evals(config)  # samples (on) and fid (off)
     config.task = "vae"
@@ -40,4 +46,20 @@ def get_config(arg: str | None = None):
         config.model.class_embed_dim = 4
         config.loss.kl_warmup_steps = 2
         config_lib.apply_smoke_schedule(config)
+    if arg.derma28:
+        config.data.name = "dermamnist"
+        config.data.image_size = 28
+        config.model.channels = (32, 64)
+        config.model.latent_dim = 32
+        config.train.total_steps = 5000
+        config.train.sample_every_steps = 1000
+    if arg.ham64:
+        config.data.name = "ham10000"
+        config.data.image_size = 64
+        config.model.channels = (32, 64, 128, 256)
+        config.model.latent_dim = 128
+        config.loss.kl_warmup_steps = 5000
+        config.train.total_steps = 50_000
+        config.train.ckpt_every_steps = 5000
+        config.train.sample_every_steps = 5000
     return config

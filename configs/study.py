@@ -67,7 +67,9 @@ def get_config(arg: str | None = None):
     config.report = dict(primary_metric="balanced_accuracy")  # The verdicts' metric.
     # JAX's persistent compilation cache, shared by the runs; empty: $JAX_COMPILATION_CACHE_DIR,
     # else ~/.cache/ham_synth/jax.
-    config.study = dict(compilation_cache="")
+    # parallel_runs > 1: independent runs side by side, each a process on its own GPU
+    # (CUDA_VISIBLE_DEVICES=0..parallel_runs-1); 1: one after another in this process.
+    config.study = dict(compilation_cache="", parallel_runs=1)
 
     if arg.smoke:
         config.data.image_size = 8

@@ -31,7 +31,7 @@ USER_ERRORS = (
     NotADirectoryError,
     PermissionError,
     train.NonFiniteLossError,
-    study_runner.RunStopped,
+    study_runner.StudyError,
 )
 
 config_flags.DEFINE_config_file(

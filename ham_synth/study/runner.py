@@ -22,13 +22,21 @@ import ml_collections
 from ham_synth import evaluate, memorization, predict, synthesize, train
 from ham_synth.evaluators import inception
 from ham_synth.study import plan as plan_lib
-from ham_synth.study import report
+from ham_synth.study import report, scheduler
 
 DONE, RESUME, CHANGED, NEW = "done", "resume", "changed", "new"
 
 
-class RunStopped(RuntimeError):
+class StudyError(RuntimeError):
+    """A run of the study did not finish; the message says which and how to go on."""
+
+
+class RunStopped(StudyError):
     """A run stopped before its end (e.g. preempted); its marker stays unfinished."""
+
+
+class RunFailed(StudyError):
+    """Runs launched side by side exited with an error."""
 
 
 MARKERS = "markers"
@@ -155,6 +163,44 @@ def run(config: ml_collections.ConfigDict, workdir: str, only: str = "", dry_run
     return run_study(config, pathlib.Path(workdir).resolve(), only=only, dry_run=dry_run)
 
 
+class _Book:
+    """Markers, durations and progress lines for one invocation's runs."""
+
+    def __init__(self, root: pathlib.Path, plan: list[plan_lib.Run], todo: list[plan_lib.Run]):
+        self.root, self.todo = root, todo
+        self.made: list[plan_lib.Run] = []
+        self.durations: dict[str, list[float]] = {}
+        for marker in (read_marker(root, r) for r in plan):
+            if marker and marker.get("done"):
+                self.durations.setdefault(marker["stage"], []).append(marker["seconds"])
+        self.start = time.perf_counter()
+        self.started: dict[str, float] = {}
+
+    def begin(self, run: plan_lib.Run, slot: int | None = None) -> None:
+        """Prints the progress line, clears what cannot be resumed, marks the run started."""
+        state = status(self.root, run)
+        stage_index = plan_lib.STAGES.index(run.stage) + 1
+        remaining = [r for r in self.todo if r.name not in self.started]
+        where = f" on GPU {slot}" if slot is not None else ""
+        elapsed = (time.perf_counter() - self.start) / 60
+        print(
+            f"[study] stage {stage_index}/{len(plan_lib.STAGES)} {run.stage} | run "
+            f"{len(self.started) + 1}/{len(self.todo)} {run.name} ({state}){where} | elapsed "
+            f"{elapsed:.1f} min | {_eta(self.durations, remaining)}",
+            flush=True,
+        )
+        if state == CHANGED or (state == RESUME and run.verb == "sample"):
+            shutil.rmtree(self.root / run.name, ignore_errors=True)
+        write_marker(self.root, run, stage=run.stage, done=False)
+        self.started[run.name] = time.perf_counter()
+
+    def finish(self, run: plan_lib.Run) -> None:
+        seconds = time.perf_counter() - self.started[run.name]
+        write_marker(self.root, run, stage=run.stage, done=True, seconds=seconds)
+        self.durations.setdefault(run.stage, []).append(seconds)
+        self.made.append(run)
+
+
 def run_study(
     study: ml_collections.ConfigDict,
     root: pathlib.Path,
@@ -162,50 +208,55 @@ def run_study(
     only: str = "",
     dry_run: bool = False,
     executor: Callable = execute,
+    launcher: scheduler.Launch | None = None,
+    poll_seconds: float = 2.0,
 ) -> list[plan_lib.Run]:
-    """Makes every selected run that is not done; returns the runs it made."""
+    """Makes every selected run that is not done; returns the runs it made. With
+    `study.parallel_runs` > 1 the runs other than the report are launched as processes, one per
+    GPU (`launcher`; default: scheduler.subprocess_launcher)."""
     plan = plan_lib.make_plan(study, root)
     selected = select(plan, only)
     print(format_plan(plan, selected, root), flush=True)
     if dry_run:
         return []
-    made = []
     with workdir_lock(root):
         names = {r.name for r in selected}
-        todo = [r for r in selected if status(root, r) != DONE]
-        missing = sorted(
-            {d for r in todo for d in r.deps if d not in names}
-            - {r.name for r in plan if status(root, r) == DONE}
-        )
+        done = {r.name for r in plan if status(root, r) == DONE}
+        todo = [r for r in selected if r.name not in done]
+        missing = sorted({d for r in todo for d in r.deps if d not in names} - done)
         if missing:
             raise ValueError(
                 f"--only={only}: these runs are needed first and are not done: {missing}; run "
                 "their stages too."
             )
-        durations: dict[str, list[float]] = {}
-        for marker in (read_marker(root, r) for r in plan):
-            if marker and marker.get("done"):
-                durations.setdefault(marker["stage"], []).append(marker["seconds"])
-        start = time.perf_counter()
-        for i, run in enumerate(todo):
-            state = status(root, run)
-            stage_index = plan_lib.STAGES.index(run.stage) + 1
-            print(
-                f"[study] stage {stage_index}/{len(plan_lib.STAGES)} {run.stage} | run {i + 1}/"
-                f"{len(todo)} {run.name} ({state}) | elapsed "
-                f"{(time.perf_counter() - start) / 60:.1f} min | {_eta(durations, todo[i:])}",
-                flush=True,
+        book = _Book(root, plan, todo)
+        if study.study.parallel_runs > 1:
+            side_by_side = [r for r in todo if r.verb != "report"]
+            failed, blocked = scheduler.schedule(
+                side_by_side,
+                done,
+                launcher or scheduler.subprocess_launcher(root),
+                study.study.parallel_runs,
+                on_start=book.begin,
+                on_finish=book.finish,
+                poll_seconds=poll_seconds,
             )
-            if state == CHANGED or (state == RESUME and run.verb == "sample"):
-                shutil.rmtree(root / run.name, ignore_errors=True)
-            write_marker(root, run, stage=run.stage, done=False)
-            run_start = time.perf_counter()
+            if failed:
+                raise RunFailed(
+                    f"{len(failed)} run(s) failed: "
+                    + ", ".join(
+                        f"{n} (exit {s}; log {root / 'logs' / n}.log)" for n, s in failed.items()
+                    )
+                    + (f"; not started, as they depend on them: {blocked}" if blocked else "")
+                    + ". Rerun the study to retry them; finished runs are kept."
+                )
+            todo = [r for r in todo if r.verb == "report"]
+        for run in todo:
+            book.begin(run)
             executor(run, root, study, plan)
-            seconds = time.perf_counter() - run_start
-            write_marker(root, run, stage=run.stage, done=True, seconds=seconds)
-            durations.setdefault(run.stage, []).append(seconds)
-            made.append(run)
-    print(f"[study] done: {len(made)} run(s) made, {len(selected) - len(made)} already done.")
+            book.finish(run)
+    skipped = len(selected) - len(book.made)
+    print(f"[study] done: {len(book.made)} run(s) made, {skipped} already done.")
     if (root / report.REPORT_MD).exists():
         print(f"Report: {root / report.REPORT_MD}")
-    return made
+    return book.made

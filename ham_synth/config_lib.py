@@ -143,6 +143,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Keep only these classes (comma-separated names, as in data.class_names), any source; labels
     # become 0..k-1 in this order and the names are kept. One class trains unconditionally.
     config.data.classes = ""
+    # Keep this share of each class's training images (rounded up; drawn with data.split_seed),
+    # e.g. to ask whether synthetic data helps more when real data is scarce; val and test stay
+    # whole. 1: all.
+    config.data.train_fraction = 1.0
     # digits: keep 7 classes; train subsampled to HAM10000's shares, val and test balanced (at
     # least 15 of each class; sources.imbalanced_split).
     config.data.imbalance = False
@@ -285,6 +289,7 @@ def upgrade_config_dict(fields: dict) -> dict:
     fields.setdefault("data", {}).setdefault("classes", "")
     fields["data"].setdefault("class_counts", "")
     fields["data"].setdefault("eval_preprocess", "")
+    fields["data"].setdefault("train_fraction", 1.0)
     fields["data"].setdefault("synthetic", {"dirs": "", "policy": "add", "per_class": 0,
                                             "ratio": 0.0})  # fmt: skip
     fields.setdefault("evals", {})

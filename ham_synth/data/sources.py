@@ -412,12 +412,12 @@ def make_mnist(data: ml_collections.ConfigDict) -> ArraySource:
     return ArraySource(images, labels, tuple(str(d) for d in range(10)))
 
 
-# --- data.classes: a subset of any source's classes ---
+# --- data.classes and data.train_fraction: subsets of any source ---
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassSubset:
-    """The records of `classes` only, relabelled 0..k-1 in the order given, names kept."""
+class Subset:
+    """Some records of `source`, with their labels (possibly renumbered) and class names."""
 
     source: object
     indices: np.ndarray  # int64[N]: positions in `source`.
@@ -445,7 +445,22 @@ def select_classes(source, classes: str, origin: str):
     new_label = {source.class_names.index(c): i for i, c in enumerate(wanted)}
     indices = np.flatnonzero(np.isin(old_labels, list(new_label)))
     labels = np.asarray([new_label[int(old_labels[i])] for i in indices], np.int32)
-    return ClassSubset(source, indices, labels, tuple(wanted))
+    return Subset(source, indices, labels, tuple(wanted))
+
+
+def train_fraction(source, fraction: float, seed: int) -> Subset:
+    """`fraction` of each class's records (rounded up, at least one), drawn by a permutation
+    seeded by `seed` (data.split_seed), in their original order."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.train_fraction={fraction}; give a share in (0, 1].")
+    labels = np.asarray(source.labels, np.int32)
+    rng = np.random.default_rng([seed, 1])  # Not the stream split_from_config draws.
+    keep = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        keep.append(rng.permutation(members)[: int(np.ceil(fraction * len(members)))])
+    indices = np.sort(np.concatenate(keep))
+    return Subset(source, indices, labels[indices], tuple(source.class_names))
 
 
 _SOURCES = {
@@ -465,6 +480,8 @@ def get_source(data: ml_collections.ConfigDict):
     source = _SOURCES[data.name](data)
     if data.get("classes"):
         source = select_classes(source, data.classes, repr(data.name))
+    if data.split == "train" and data.get("train_fraction", 1.0) < 1.0:
+        source = train_fraction(source, data.train_fraction, data.split_seed)
     if data.num_classes and len(source.class_names) != data.num_classes:
         raise ValueError(
             f"data.num_classes={data.num_classes} but {data.name!r} has "

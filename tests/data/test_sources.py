@@ -230,3 +230,21 @@ def test_classes_keeps_a_subset_relabelled_in_the_given_order(tmp_path):
     # Through the pipeline: one class, so the trainer sizes an unconditional model.
     _, config = pipeline.make_train_dataset(load_config("vae.py:smoke", **{"data.classes": "7"}))
     assert (config.data.num_classes, config.data.class_names) == (1, "7")
+
+
+def test_train_fraction_keeps_a_share_of_each_class_of_train_only():
+    def source(split, fraction):
+        data = load_config("vit.py:smoke", **{"data.split": split}).data
+        data.train_fraction = fraction
+        return sources.get_source(data)
+
+    full, quarter = source("train", 1.0), source("train", 0.25)
+    full_counts = np.bincount(full.labels)
+    assert np.bincount(quarter.labels).tolist() == np.ceil(full_counts * 0.25).astype(int).tolist()
+    assert [quarter[i]["label"] for i in range(len(quarter))] == quarter.labels.tolist()
+    kept = {full[int(i)]["image"].tobytes() for i in quarter.indices}
+    assert kept == {quarter[i]["image"].tobytes() for i in range(len(quarter))}
+    assert quarter.indices.tolist() == source("train", 0.25).indices.tolist(), "seeded"
+    assert len(source("test", 0.25)) == len(source("test", 1.0))
+    with pytest.raises(ValueError, match="train_fraction=0"):
+        source("train", 0.0)

@@ -65,6 +65,11 @@ def get_config(arg: str | None = None):
     # a training image than this quantile of the real test images' nearest-training distances.
     config.memorization = dict(quantile=0.01)
     config.report = dict(primary_metric="balanced_accuracy")  # The verdicts' metric.
+    # Ablations: "FIELD=v1,v2;FIELD=v1,v2" over this config's fields, e.g.
+    # "synthetic.per_class=100,300;data.train_fraction=0.1,0.25,0.5,1.0". Every point of the grid
+    # is a study; runs that are the same at several points are made once; report.md tabulates the
+    # points, each point's own report is in points/<label>/report.md. Empty: no sweep.
+    config.sweep = ""
     # JAX's persistent compilation cache, shared by the runs; empty: $JAX_COMPILATION_CACHE_DIR,
     # else ~/.cache/ham_synth/jax.
     # parallel_runs > 1: independent runs side by side, each a process on its own GPU

@@ -27,9 +27,12 @@ synthetic-only condition is on.
 """
 
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import pathlib
+import re
 import shlex
 
 import ml_collections
@@ -56,6 +59,8 @@ class Run:
     overrides: dict = dataclasses.field(default_factory=dict)  # "a.b" -> value
     deps: tuple[str, ...] = ()
     key: str = ""  # Hash of its inputs (see the module docstring).
+    base_name: str = ""  # Its name within one study point (the same as `name` without a sweep).
+    points: tuple[str, ...] = ("",)  # The sweep points that read it ("": no sweep).
 
     def command(self, root: pathlib.Path) -> list[str]:
         """The command line that makes this run by hand."""
@@ -164,8 +169,8 @@ def synthetic_only(study: ml_collections.ConfigDict) -> list[str]:
     return names
 
 
-def make_plan(study: ml_collections.ConfigDict, root: pathlib.Path) -> list[Run]:
-    """Every run of the study, in dependency order, each with its key."""
+def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
+    """The runs of one study (one sweep point), in dependency order, without keys or report."""
     block = study.synthetic
     if block.policy not in ("add", "balance", "ratio"):
         raise ValueError(
@@ -237,12 +242,98 @@ def make_plan(study: ml_collections.ConfigDict, root: pathlib.Path) -> list[Run]
         for g in study.generators
     ]  # fmt: skip
     runs.sort(key=lambda r: STAGES.index(r.stage))  # Stable: generators in config order.
-    runs.append(Run("report", "report", "report", {}, deps=tuple(r.name for r in runs)))
-    keys = {}
-    for i, run in enumerate(runs):
-        runs[i] = _with_key(run, keys, root)
-        keys[run.name] = runs[i].key
     return runs
+
+
+def parse_sweep(study: ml_collections.ConfigDict) -> list[tuple[str, list]]:
+    """`sweep="synthetic.per_class=100,300;data.train_fraction=0.25,1.0"` -> [(field, values)],
+    each value typed as the study field it sets."""
+    axes = []
+    for item in filter(None, (part.strip() for part in study.sweep.split(";"))):
+        field, _, values = item.partition("=")
+        field = field.strip()
+        try:
+            current = functools.reduce(getattr, field.split("."), study)
+        except AttributeError:
+            raise ValueError(
+                f"sweep axis {field!r} is not a field of the study config (e.g. "
+                "synthetic.per_class, data.train_fraction, generators.ddpm.sample.guidance)."
+            ) from None
+        cast = (
+            (lambda v: v.lower() in ("1", "true")) if isinstance(current, bool) else type(current)
+        )
+        try:
+            axes.append((field, [cast(v.strip()) for v in values.split(",") if v.strip()]))
+        except ValueError as error:
+            raise ValueError(f"sweep axis {field!r}: {error}") from None
+        if not axes[-1][1]:
+            raise ValueError(f"sweep axis {field!r} has no values: write {field}=v1,v2.")
+    return axes
+
+
+def sweep_points(study: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
+    """(label, {field: value}) for every point of the sweep's grid; [("", {})] without one."""
+    axes = parse_sweep(study)
+    grid = itertools.product(*[[(field, v) for v in values] for field, values in axes])
+    return [(",".join(f"{f}={v}" for f, v in point), dict(point)) for point in grid]
+
+
+def _renamed(run: Run, renames: dict[str, str]) -> Run:
+    """`run` reading its dependencies from their folders after renaming."""
+
+    def fix(value):
+        if not isinstance(value, str):
+            return value
+        for old, new in renames.items():  # Whole path components only: vae, not vae_big.
+            value = re.sub(re.escape(f"$W/{old}") + r"(?=/|,|$)", f"$W/{new}", value)
+        return value
+
+    return dataclasses.replace(
+        run,
+        flags={k: fix(v) for k, v in run.flags.items()},
+        overrides={k: fix(v) for k, v in run.overrides.items()},
+        deps=tuple(renames.get(d, d) for d in run.deps),
+    )
+
+
+def make_plan(study: ml_collections.ConfigDict, root: pathlib.Path) -> list[Run]:
+    """Every run of the study, in dependency order, each with its key, then the report.
+
+    With a sweep, each point of the grid is a study; a run that is the same at several points
+    (same key: e.g. the generators when only the mixing policy varies) is made once, under its
+    own name; a run that differs gets one folder per distinct version,
+    points/<first point's label>/<name>. Run.points says which points read each run."""
+    points = [(label, point_runs(config_lib.with_values(study, values)))
+              for label, values in sweep_points(study)]  # fmt: skip
+    order = list(dict.fromkeys(r.name for _, runs in points for r in runs))
+    by_point = {label: {r.name: r for r in runs} for label, runs in points}
+    renames: dict[str, dict[str, str]] = {label: {} for label, _ in points}
+    keys: dict[str, str] = {}
+    plan = []
+    for name in order:
+        versions: dict[str, list] = {}  # key -> [(label, run)]
+        for label, _ in points:
+            if name in by_point[label]:
+                run = _with_key(_renamed(by_point[label][name], renames[label]), keys, root)
+                versions.setdefault(run.key, []).append((label, run))
+        for key, users in versions.items():
+            new_name = name if len(versions) == 1 else f"points/{users[0][0]}/{name}"
+            for label, _ in users:
+                renames[label][name] = new_name
+            run = users[0][1]
+            renamed = dataclasses.replace(run, name=new_name, base_name=name,
+                                          points=tuple(label for label, _ in users))  # fmt: skip
+            if new_name != name:  # Its own outputs move too.
+                renamed = _renamed(renamed, {name: new_name})
+                renamed = dataclasses.replace(renamed, key=key)
+            keys[new_name] = key
+            plan.append(renamed)
+    plan.append(
+        _with_key(Run("report", "report", "report", {}, deps=tuple(r.name for r in plan),
+                      base_name="report", points=tuple(label for label, _ in points)),
+                  keys, root)
+    )  # fmt: skip
+    return plan
 
 
 def reference_classifier() -> str:
@@ -328,5 +419,5 @@ def _classifier_runs(study, generators, condition: str, mix, stage: str) -> list
 
 def conditions(plan: list[Run]) -> list[str]:
     """Condition names in plan order, `real` first."""
-    names = [r.name.split("/")[1] for r in plan if r.name.startswith("classifiers/")]
+    names = [r.base_name.split("/")[1] for r in plan if r.base_name.startswith("classifiers/")]
     return list(dict.fromkeys(names))

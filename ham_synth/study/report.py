@@ -10,6 +10,7 @@ classes).
 import csv
 import json
 import math
+import os
 import pathlib
 
 import matplotlib
@@ -113,8 +114,8 @@ def collect(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
     """condition -> [per-seed test_metrics], seeds in order."""
     results = {}
     for run in plan:
-        if run.name.startswith("classifiers/"):
-            condition = run.name.split("/")[1]
+        if run.base_name.startswith("classifiers/"):
+            condition = run.base_name.split("/")[1]
             results.setdefault(condition, []).append(test_metrics(root / run.name))
     return results
 
@@ -138,9 +139,9 @@ def collect_realism(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
     """generator -> {"classifier": metrics.json, "inception": metrics.json (when run), "cas"}."""
     realism = {}
     for run in plan:
-        if not run.name.startswith("realism/"):
+        if not run.base_name.startswith("realism/"):
             continue
-        _, generator, kind = run.name.split("/")
+        _, generator, kind = run.base_name.split("/")
         if kind == "cas":
             entry = classification_agreement(root / run.name / "predictions.csv")
         else:
@@ -150,18 +151,16 @@ def collect_realism(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
     return realism
 
 
-def collect_memorization(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
-    """generator -> its memorization.json summary (without the per-image rows) and its files."""
+def collect_memorization(plan: list[plan_lib.Run], root: pathlib.Path, out: pathlib.Path) -> dict:
+    """generator -> its memorization.json summary (without the per-image rows) and its files
+    (the closest-pairs PNG relative to `out`, where the report goes)."""
     audits = {}
     for run in plan:
         if run.stage == "memorization":
             path = root / run.name / memorization.REPORT
             summary = {k: v for k, v in json.loads(path.read_text()).items() if k != "images"}
-            audits[run.name.split("/")[1]] = {
-                **summary,
-                "file": str(path),
-                "pairs": f"{run.name}/{memorization.PAIRS}",
-            }
+            pairs = os.path.relpath(root / run.name / memorization.PAIRS, out)
+            audits[run.base_name.split("/")[1]] = {**summary, "file": str(path), "pairs": pairs}
     return audits
 
 
@@ -300,16 +299,68 @@ def realism_section(realism: dict, has_inception: bool) -> list[str]:
 
 
 def write_report(study: ml_collections.ConfigDict, plan: list[plan_lib.Run], root) -> dict:
-    """Writes report.md, report.json and report/per_class_f1.png; returns the JSON's content."""
+    """W/report.md and report.json: one study's report, or with a sweep, the points' table and
+    each point's report in points/<label>/. Returns report.json's content."""
     root = pathlib.Path(root)
+    points = plan_lib.sweep_points(study)
+    if len(points) == 1:
+        return write_point_report(study, plan, root, root)
+    contents = {}
+    for label, values in points:
+        runs = [r for r in plan if label in r.points and r.verb != "report"]
+        point_study = config_lib.with_values(study, values)
+        contents[label] = write_point_report(point_study, runs, root, root / "points" / label)
+    return write_sweep_report(study, contents, root)
+
+
+def write_sweep_report(study, contents: dict, root: pathlib.Path) -> dict:
+    """The sweep's table: per point and condition, the primary metric and its change from that
+    point's real-only runs, with the verdict."""
+    primary = study.report.primary_metric
+    axes = [field for field, _ in plan_lib.parse_sweep(study)]
+    lines = [
+        "# Does synthetic data help the classifier? A sweep",
+        "",
+        f"Sweep over {', '.join(axes)} (`{study.sweep}`): each point is a study; its full report "
+        "is points/<point>/report.md. Test "
+        f"{primary}, mean ± std over seeds; the change from real-only is paired over seeds at "
+        "that point, Holm-corrected within the point.",
+        "",
+        "| point | condition | " + primary + " | change | 95% interval | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, content in contents.items():
+        for condition, runs in content["results"].items():
+            cell = _mean_std([r["metrics"][primary] for r in runs])
+            change = content["changes"][primary].get(condition)
+            if change is None:
+                lines.append(f"| {label} | {condition} | {cell} | | | |")
+                continue
+            lines.append(
+                f"| {label} | {condition} | {cell} | {_signed(change['mean'])} | "
+                f"{_signed(change['low'])} to {_signed(change['high'])} | {change['verdict']} |"
+            )
+    lines += ["", *[f"- [{label}](points/{label}/report.md)" for label in contents]]
+    (root / REPORT_MD).write_text("\n".join(lines) + "\n")
+    content = {"sweep": study.sweep, "points": contents}
+    (root / REPORT_JSON).write_text(json.dumps(content, indent=2, default=str) + "\n")
+    return content
+
+
+def write_point_report(
+    study: ml_collections.ConfigDict, plan: list[plan_lib.Run], root: pathlib.Path, out
+) -> dict:
+    """One study point's report.md, report.json and report/per_class_f1.png, written to `out`
+    from the runs of `plan` under `root`; returns the JSON's content."""
+    out.mkdir(parents=True, exist_ok=True)
     results = collect(plan, root)
-    real_run = next(r for r in plan if r.name.startswith(f"classifiers/{plan_lib.REAL}/"))
+    real_run = next(r for r in plan if r.base_name.startswith(f"classifiers/{plan_lib.REAL}/"))
     class_names = config_lib.class_names(config_lib.load_workdir_config(root / real_run.name))
     primary = study.report.primary_metric
     changes = {metric: compare(results, metric) for metric in METRICS.values()}
     class_changes = compare(results, "f1", class_names)
     seeds = len(results[plan_lib.REAL])
-    per_class_f1_plot(results, class_names, root / "report" / "per_class_f1.png")
+    per_class_f1_plot(results, class_names, out / "report" / "per_class_f1.png")
     realism = collect_realism(plan, root)
     has_inception = any("inception" in entry for entry in realism.values())
 
@@ -392,11 +443,11 @@ def write_report(study: ml_collections.ConfigDict, plan: list[plan_lib.Run], roo
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")
     lines += ["", "![per-class F1](report/per_class_f1.png)", ""]
     lines += realism_section(realism, has_inception)
-    audits = collect_memorization(plan, root)
+    audits = collect_memorization(plan, root, out)
     lines += ["", *memorization_section(audits)]
     lines += ["", "## Runs", ""]
     lines += [f"- `{plan_lib.shell_command(r, root)}`" for r in plan if r.verb != "report"]
-    (root / REPORT_MD).write_text("\n".join(lines) + "\n")
+    (out / REPORT_MD).write_text("\n".join(lines) + "\n")
 
     content = {
         "primary_metric": primary,
@@ -408,5 +459,5 @@ def write_report(study: ml_collections.ConfigDict, plan: list[plan_lib.Run], roo
         "memorization": audits,
         "study_config": study.to_dict(),
     }
-    (root / REPORT_JSON).write_text(json.dumps(content, indent=2, default=str) + "\n")
+    (out / REPORT_JSON).write_text(json.dumps(content, indent=2, default=str) + "\n")
     return content

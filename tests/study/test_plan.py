@@ -201,3 +201,32 @@ def test_a_training_run_stopped_early_is_not_done(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.train, "train_and_evaluate", stopped)
     with pytest.raises(runner.RunStopped, match="rerun the study to resume"):
         runner.execute(run, tmp_path, study, [])
+
+
+def test_a_sweep_shares_the_runs_its_points_have_in_common(tmp_path):
+    study = smoke(sweep="synthetic.per_class=20,30")
+    plan = plan_lib.make_plan(study, tmp_path)
+    by_name = {r.name: r for r in plan}
+    points = ("synthetic.per_class=20", "synthetic.per_class=30")
+    for shared in ("generators/vae", "classifiers/real/seed_1"):
+        assert by_name[shared].points == points
+    for label in points:
+        own = by_name[f"points/{label}/synthetic/vae"]
+        assert own.points == (label,) and own.base_name == "synthetic/vae"
+        assert own.flags["out_dir"] == f"$W/points/{label}/synthetic/vae"
+        assert own.flags["workdir"] == "$W/generators/vae", "reads the shared generator"
+        mixed = by_name[f"points/{label}/classifiers/real+gan/seed_0"]
+        assert mixed.overrides["data.synthetic.dirs"] == f"$W/points/{label}/synthetic/gan"
+        assert mixed.overrides["data.synthetic.per_class"] == int(label[-2:])
+        assert mixed.deps == (f"points/{label}/synthetic/gan",)
+        audit = by_name[f"points/{label}/memorization/ddpm"]
+        assert audit.flags["classifier_workdir"] == "$W/classifiers/real/seed_0"
+    # The points' own plans: everything but the report, once each.
+    assert len(plan) - 1 == len({r.name for r in plan}) - 1
+    single = plan_lib.make_plan(smoke(), tmp_path)
+    assert len(plan) == len(single) + sum(
+        1 for r in single if r.stage in ("synthetic", "realism", "conditions", "memorization")
+        and not r.name.startswith("classifiers/real/")
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="not a field of the study config"):
+        plan_lib.make_plan(smoke(sweep="synthetic.per_klass=1,2"), tmp_path)

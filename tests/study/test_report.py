@@ -38,13 +38,13 @@ def fake_runs(root, plan, rng):
     expected = {}
     for run in plan:
         folder = root / run.name
-        if run.name.endswith("/classifier"):  # realism/<g>/classifier: evaluate's metrics.json
+        if run.base_name.endswith("/classifier"):  # realism/<g>/classifier: evaluate's metrics.json
             (folder / "eval").mkdir(parents=True)
             row = {"fd": 1.5, "kd": 0.25, "precision": 0.5, "recall": 0.75, "n_fake": 4}
             metrics = {"feature_space": "classifier (step 3 of V)", "overall": row,
                        "per_class": {"3:df": row}}  # fmt: skip
             (folder / "eval" / "metrics.json").write_text(json.dumps(metrics))
-        if run.name.endswith("/cas"):  # 3 of 4 df images and 1 of 2 vasc images recognized
+        if run.base_name.endswith("/cas"):  # 3 of 4 df images and 1 of 2 vasc images recognized
             folder.mkdir(parents=True)
             (folder / "predictions.csv").write_text(
                 "path,predicted,probability,error\n"
@@ -57,9 +57,9 @@ def fake_runs(root, plan, rng):
             audit = {"quantile": 0.01, "near_copies": 2, "images_audited": 10, "images": [],
                      "pixels": {"ratio": 0.5}, "features": {"ratio": 0.25}}  # fmt: skip
             (folder / "memorization.json").write_text(json.dumps(audit))
-        if not run.name.startswith("classifiers/"):
+        if not run.base_name.startswith("classifiers/"):
             continue
-        condition, seed = run.name.split("/")[1], int(run.name[-1])
+        condition, seed = run.base_name.split("/")[1], int(run.name[-1])
         base = 0.5 + 0.02 * seed + (0.1 if condition == "real+vae" else rng.uniform(-0.01, 0.01))
         metrics = {m: base + rng.uniform(-1e-3, 1e-3) for m in report.METRICS.values()}
         metrics["balanced_accuracy"] = base
@@ -72,7 +72,8 @@ def fake_runs(root, plan, rng):
         (folder / "config.json").write_text(
             json.dumps({"task": "classify", "data": {"class_names": ",".join(CLASSES)}})
         )
-        expected[(condition, seed)] = metrics
+        for point in run.points:
+            expected[(point, condition, seed)] = metrics
     return expected
 
 
@@ -81,7 +82,7 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", str(tmp_path / "cache"))
     study = config_lib.with_values(config_lib.load_config("configs/study.py:smoke"), {"seeds": 3})
     plan = plan_lib.make_plan(study, tmp_path)
-    expected = fake_runs(tmp_path, plan, np.random.default_rng(0))
+    expected = {k[1:]: v for k, v in fake_runs(tmp_path, plan, np.random.default_rng(0)).items()}
     content = report.write_report(study, plan, tmp_path)
 
     for (condition, seed), metrics in expected.items():
@@ -113,6 +114,28 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert "| vae | 6:vasc | 2 | too few images | 0.500 |" in text
     assert "| gan | 10 | 2 | 0.500 | 0.250 | [memorization/gan/closest_pairs.png]" in text
     assert content["memorization"]["gan"]["near_copies"] == 2
+
+
+def test_a_sweep_report_tabulates_its_points(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", str(tmp_path / "cache"))
+    study = config_lib.with_values(
+        config_lib.load_config("configs/study.py:smoke"),
+        {"seeds": 3, "sweep": "synthetic.per_class=20,30"},
+    )
+    plan = plan_lib.make_plan(study, tmp_path)
+    expected = fake_runs(tmp_path, plan, np.random.default_rng(1))
+    content = report.write_report(study, plan, tmp_path)
+    text = (tmp_path / report.REPORT_MD).read_text()
+    for point in ("synthetic.per_class=20", "synthetic.per_class=30"):
+        assert (tmp_path / "points" / point / report.REPORT_MD).exists()
+        assert f"- [{point}](points/{point}/report.md)" in text
+        results = content["points"][point]["results"]
+        for condition in plan_lib.conditions(plan):
+            assert f"| {point} | {condition} |" in text
+            for seed in range(3):
+                metrics = results[condition][seed]["metrics"]
+                assert metrics == pytest.approx(expected[(point, condition, seed)])
 
 
 def test_smoke_study_end_to_end(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +34,48 @@ def test_slurm_script_without_arguments_prints_usage(repo):
         ["bash", str(repo / "launch" / "slurm.sbatch")], capture_output=True, text=True
     )
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def _sweep(repo, tmp_path, *args):
+    env = dict(os.environ, HAM_SYNTH_CACHE_DIR=str(tmp_path / "cache"))
+    return subprocess.run(
+        [sys.executable, "launch/sweep.py", f"--workdir={tmp_path / 'w'}", "--dry_run", *args],
+        cwd=repo, env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
+def test_sweep_dry_run_prints_every_run_of_a_study(repo, tmp_path):
+    out = _sweep(repo, tmp_path, "--config=configs/study.py:quickstart")
+    commands = [line for line in out.splitlines() if line.startswith("ham-synth ")]
+    assert len(commands) == 3 + 3 + 3 + 6 + 3 * 4 + 3  # Every run but the report.
+    assert "# generators: 3 run(s)" in out and "# memorization: 3 run(s)" in out
+    assert commands[0].startswith("ham-synth train --config=configs/ddpm.py:quickstart")
+
+
+def test_sweep_of_a_training_config_writes_a_slurm_array_per_stage(repo, tmp_path):
+    out = _sweep(repo, tmp_path, "--config=configs/vae.py:smoke", "--mode=slurm",
+                 "--sweep=optim.lr=0.001,0.0003;seed=0,1")  # fmt: skip
+    commands = [shlex.split(line) for line in out.splitlines() if line.startswith("ham-synth ")]
+    assert [c[3:5] for c in commands] == [
+        ["--config.optim.lr=0.001", "--config.seed=0"],
+        ["--config.optim.lr=0.001", "--config.seed=1"],
+        ["--config.optim.lr=0.0003", "--config.seed=0"],
+        ["--config.optim.lr=0.0003", "--config.seed=1"],
+    ]
+    assert "--array=0-3" in out and "launch/slurm.sbatch --commands=" in out
+
+
+def test_slurm_array_mode_runs_one_line_of_the_commands_file(repo, tmp_path):
+    commands = tmp_path / "train.commands"
+    commands.write_text(
+        "ham-synth train --config=a.py --workdir=/w/one\n"
+        "ham-synth sample --workdir='/w/two words' --num_per_class=akiec=5,df=7\n"
+    )
+    env = dict(os.environ, DRY_RUN="1", SLURM_ARRAY_TASK_ID="1")
+    out = subprocess.run(
+        ["bash", str(repo / "launch" / "slurm.sbatch"), f"--commands={commands}"],
+        check=True, env=env, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert shlex.split(out)[5:] == [
+        "ham-synth", "sample", "--workdir=/w/two words", "--num_per_class=akiec=5,df=7"
+    ]  # fmt: skip

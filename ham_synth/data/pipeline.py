@@ -111,6 +111,7 @@ class Preprocessed:
         self.source, self.ops = source, ops
         self.class_names = source.class_names
         self.labels = source_labels(source)
+        self.subgroups = getattr(source, "subgroups", None)
 
     def __len__(self) -> int:
         return len(self.source)

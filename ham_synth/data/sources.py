@@ -166,12 +166,26 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 # --- ham10000: the TFDS dataset that `ham-synth prepare --source=ham10000` builds ---
 
 
+# Age bands for subgroup metrics (years; the upper bound excluded), as HAM10000 records ages in
+# steps of 5.
+AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"),
+             (75, 200, "75+"))  # fmt: skip
+
+
+def age_band(age: float) -> str:
+    if not np.isfinite(age):
+        return "unknown"
+    return next(name for low, high, name in AGE_BANDS if low <= age < high)
+
+
 @dataclasses.dataclass(frozen=True)
 class Ham10000Source:
     """A prepared split read through `tfds.data_source` (array_record, random access, no TF)."""
 
     records: object  # tfds ArrayRecordDataSource: decoded dicts with bytes for text fields.
     labels: np.ndarray  # int32[N], read without decoding the images.
+    # Per record: sex, age band and body site (the `subgroups` of subgroup metrics).
+    subgroups: dict[str, np.ndarray] | None = None
     class_names: tuple[str, ...] = ham10000.CLASS_NAMES
 
     def __len__(self) -> int:
@@ -213,8 +227,14 @@ def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
     own = [s for s in prepared if s in ham10000.SPLIT_NAMES]
     split = "+".join(own) if data.split == "all" else data.split
     undecoded = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-    labels = np.fromiter((undecoded[i]["label"] for i in range(len(undecoded))), np.int32)
-    return Ham10000Source(builder.as_data_source(split), labels)
+    rows = [undecoded[i] for i in range(len(undecoded))]
+    labels = np.fromiter((row["label"] for row in rows), np.int32, len(rows))
+    subgroups = {
+        "sex": np.asarray([row["sex"].decode() or "unknown" for row in rows]),
+        "age": np.asarray([age_band(float(row["age"])) for row in rows]),
+        "localization": np.asarray([row["localization"].decode() or "unknown" for row in rows]),
+    }
+    return Ham10000Source(builder.as_data_source(split), labels, subgroups)
 
 
 # --- dermamnist: MedMNIST's npz ---
@@ -423,6 +443,11 @@ class Subset:
     indices: np.ndarray  # int64[N]: positions in `source`.
     labels: np.ndarray  # int32[N]: the new labels.
     class_names: tuple[str, ...]
+
+    @property
+    def subgroups(self) -> dict[str, np.ndarray] | None:
+        groups = getattr(self.source, "subgroups", None)
+        return None if groups is None else {k: v[self.indices] for k, v in groups.items()}
 
     def __len__(self) -> int:
         return len(self.indices)

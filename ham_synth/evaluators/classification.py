@@ -60,6 +60,15 @@ def macro_roc_auc(labels: np.ndarray, probs: np.ndarray, present: list[int]) -> 
     )
 
 
+def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean recall over the classes present in `labels` (predicting an absent class is simply
+    wrong)."""
+    present = sorted(int(c) for c in np.unique(labels))
+    recalls = sk_metrics.recall_score(labels, predictions, labels=present, average=None,
+                                      zero_division=0)  # fmt: skip
+    return float(np.mean(recalls))
+
+
 def classification_metrics(
     labels: np.ndarray, probs: np.ndarray, class_names: list[str], calibration_bins: int = 15
 ) -> tuple[dict[str, float], dict]:
@@ -69,10 +78,7 @@ def classification_metrics(
     present = sorted(int(c) for c in np.unique(labels))
     scalars = {
         "accuracy": sk_metrics.accuracy_score(labels, predictions),
-        "balanced_accuracy": float(np.mean(
-            sk_metrics.recall_score(labels, predictions, labels=present, average=None,
-                                    zero_division=0)
-        )),
+        "balanced_accuracy": balanced_accuracy(labels, predictions),
     }  # fmt: skip
     for average in ("macro", "weighted"):
         precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(
@@ -101,6 +107,27 @@ def classification_metrics(
         "reliability": reliability,
     }
     return {k: float(v) for k, v in scalars.items()}, details
+
+
+# Subgroups smaller than this are listed with their size but not scored.
+MIN_SUBGROUP = 10
+
+
+def subgroup_metrics(labels: np.ndarray, predictions: np.ndarray, subgroups: dict) -> dict:
+    """{attribute: {value: {"n", "balanced_accuracy"}}}: balanced accuracy (the mean recall over
+    the classes present in the subgroup) of each value of each attribute (e.g. sex, age band,
+    body site), None below MIN_SUBGROUP images."""
+    result = {}
+    for attribute, values in subgroups.items():
+        rows = {}
+        for value in sorted(set(values.tolist())):
+            members = values == value
+            score = None
+            if members.sum() >= MIN_SUBGROUP:
+                score = balanced_accuracy(labels[members], predictions[members])
+            rows[value] = {"n": int(members.sum()), "balanced_accuracy": score}
+        result[attribute] = rows
+    return result
 
 
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: pathlib.Path, title: str):
@@ -223,6 +250,9 @@ class ClassificationEvaluator:
         names = self.split.class_names
         scalars, details = classification_metrics(self.split.labels, probs, names, self._bins)
         details = {"split": self.split.split, **details}
+        groups = getattr(self.split.source, "subgroups", None)
+        if groups is not None:  # HAM10000 records sex, age and body site.
+            details["subgroups"] = subgroup_metrics(self.split.labels, probs.argmax(axis=1), groups)
         if jax.process_index() == 0:
             title = f"{self._name}: {self.split.split} split, step {step}"
             plot_confusion(details["confusion_matrix"], names,

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import stats
 
 from ham_synth import config_lib, memorization, metric_writer
+from ham_synth.evaluators import classification
 from ham_synth.study import plan as plan_lib
 
 matplotlib.use("Agg")
@@ -48,10 +49,16 @@ def test_metrics(workdir: pathlib.Path, split: str = "test") -> dict:
         )
     row = rows[-1]
     prefix = f"{split}/"
+    checkpoint_step = row.get(f"{split}/checkpoint_step", row["step"])
+    evals_json = workdir / "evals" / split / f"step_{int(checkpoint_step):07d}.json"
+    subgroups = None
+    if evals_json.exists():
+        subgroups = json.loads(evals_json.read_text()).get("subgroups")
     return {
         "file": str(workdir / metric_writer.METRICS_FILE),
         "step": row["step"],
-        "checkpoint_step": row.get(f"{split}/checkpoint_step", row["step"]),
+        "checkpoint_step": checkpoint_step,
+        "subgroups": subgroups,  # {attribute: {value: {n, balanced_accuracy}}} when recorded.
         "metrics": {
             k[len(prefix) :]: v
             for k, v in row.items()
@@ -186,6 +193,47 @@ def memorization_section(audits: dict) -> list[str]:
             f"[{audit['pairs']}]({audit['pairs']}) |"
         )
     return [*lines, "", memorization.STATEMENT]
+
+
+def subgroup_section(results: dict, primary: str) -> list[str]:
+    """Balanced accuracy per sex, age band and body site for real-only and the best real +
+    synthetic condition (by mean `primary`), and each attribute's gap (best - worst subgroup)."""
+    lines = ["## Subgroups", ""]
+    real = results[plan_lib.REAL]
+    mixed = [c for c in results if c.startswith("real+")]
+    if real[0].get("subgroups") is None or not mixed:
+        note = ("No subgroup metadata in this data (HAM10000 records age, sex and body site; the "
+                "digits and DermaMNIST do not), so no subgroup table.")  # fmt: skip
+        return [*lines, note]
+    best = max(mixed, key=lambda c: np.mean([r["metrics"][primary] for r in results[c]]))
+    lines += [
+        f"Test balanced accuracy per subgroup, mean ± std over seeds, for real-only and {best} "
+        f"(the best real + synthetic condition by {primary}); subgroups under "
+        f"{classification.MIN_SUBGROUP} test images are not scored. Gap: best minus worst "
+        "subgroup of an attribute; a smaller gap with synthetic data means it narrowed.",
+        "",
+        f"| attribute | subgroup | test images | real | {best} |",
+        "|---|---|---|---|---|",
+    ]
+
+    def scores(runs, attribute, value):
+        values = [r["subgroups"][attribute].get(value, {}).get("balanced_accuracy") for r in runs]
+        return None if any(v is None for v in values) else values
+
+    for attribute, groups in real[0]["subgroups"].items():
+        gaps = {}
+        for value, entry in groups.items():
+            cells = []
+            for condition in (plan_lib.REAL, best):
+                values = scores(results[condition], attribute, value)
+                cells.append("not scored" if values is None else _mean_std(values))
+                if values is not None:
+                    gaps.setdefault(condition, []).append(np.mean(values))
+            lines.append(f"| {attribute} | {value} | {entry['n']} | " + " | ".join(cells) + " |")
+        gap_cells = [f"{max(g) - min(g):.3f}" if len(g := gaps.get(c, [])) > 1 else "n/a"
+                     for c in (plan_lib.REAL, best)]  # fmt: skip
+        lines.append(f"| {attribute} | gap | | " + " | ".join(gap_cells) + " |")
+    return lines
 
 
 def compare(results: dict, metric: str, class_names=None) -> dict:
@@ -442,6 +490,7 @@ def write_point_report(
             cells.append(cell)
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")
     lines += ["", "![per-class F1](report/per_class_f1.png)", ""]
+    lines += [*subgroup_section(results, primary), ""]
     lines += realism_section(realism, has_inception)
     audits = collect_memorization(plan, root, out)
     lines += ["", *memorization_section(audits)]

@@ -227,6 +227,17 @@ def test_prepare_writes_every_image_once_with_its_metadata(download, tmp_path, c
             np.testing.assert_allclose(image[16:48, 16:48].mean(axis=(0, 1)), colour, atol=6)
             assert image[:, [0, -1]].mean() > 0.6 * np.mean(colour)
     assert sorted(seen) == sorted(by_id)
+    # The source's subgroups: sex, age band and body site per record, for subgroup metrics.
+    data = load_config("vae.py:smoke", **{"data.name": "ham10000", "data.image_size": 64,
+                                          "data.data_dir": str(tmp_path / "tfds"),
+                                          "data.split": "test"}).data  # fmt: skip
+    source = sources.get_source(data)
+    test_rows = [by_id[r["image_id"].decode()] for r in _read_split(tmp_path / "tfds", "test")]
+    assert source.subgroups["sex"].tolist() == [r["sex"] for r in test_rows]
+    assert source.subgroups["localization"].tolist() == ["back"] * len(test_rows)
+    assert source.subgroups["age"].tolist() == [
+        sources.age_band(float(r["age"]) if r["age"] else math.nan) for r in test_rows
+    ]
     assert (dataset_dir / prepare.EXAMPLES_FILE).stat().st_size > 0
     out = capsys.readouterr().out
     assert "train" in out and "images/lesions" in out

@@ -42,6 +42,19 @@ def test_metrics_equal_hand_computed_values_and_name_the_absent_class():
     assert details["confusion_matrix"][0] == [1, 1, 0, 0]
 
 
+def test_subgroup_balanced_accuracy_by_hand(monkeypatch):
+    monkeypatch.setattr(classification, "MIN_SUBGROUP", 3)
+    labels = np.array([0, 0, 1, 1, 0, 1, 2])
+    predictions = np.array([0, 1, 1, 1, 0, 0, 0])
+    sex = np.array(["f", "f", "f", "f", "m", "m", "m"])
+    result = classification.subgroup_metrics(labels, predictions, {"sex": sex})
+    # f: class 0 recall 1/2, class 1 recall 2/2 -> 0.75; m: 1/1, 0/1, 0/1 -> 1/3.
+    assert result["sex"]["f"] == {"n": 4, "balanced_accuracy": 0.75}
+    assert result["sex"]["m"]["balanced_accuracy"] == pytest.approx(1 / 3)
+    small = classification.subgroup_metrics(labels[:2], predictions[:2], {"sex": sex[:2]})
+    assert small["sex"]["f"] == {"n": 2, "balanced_accuracy": None}
+
+
 def test_roc_auc_is_one_when_the_true_class_always_ranks_first_and_nan_for_one_class():
     labels = np.array([0, 1, 2, 0, 1, 2])
     scalars, _ = classification.classification_metrics(labels, _probs(labels), NAMES)

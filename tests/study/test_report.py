@@ -69,6 +69,14 @@ def fake_runs(root, plan, rng):
         (folder / metric_writer.METRICS_FILE).write_text(
             json.dumps({"step": 3, "val/balanced_accuracy": 0.1}) + "\n" + json.dumps(row) + "\n"
         )
+        # The test evaluator's JSON at the checkpoint it used, with subgroups (as HAM10000 has).
+        (folder / "evals" / "test").mkdir(parents=True)
+        groups = {"female": {"n": 30, "balanced_accuracy": base},
+                  "male": {"n": 25, "balanced_accuracy": base - 0.1},
+                  "unknown": {"n": 2, "balanced_accuracy": None}}  # fmt: skip
+        (folder / "evals" / "test" / "step_0000003.json").write_text(
+            json.dumps({"step": 3, "subgroups": {"sex": groups}})
+        )
         (folder / "config.json").write_text(
             json.dumps({"task": "classify", "data": {"class_names": ",".join(CLASSES)}})
         )
@@ -114,6 +122,12 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert "| vae | 6:vasc | 2 | too few images | 0.500 |" in text
     assert "| gan | 10 | 2 | 0.500 | 0.250 | [memorization/gan/closest_pairs.png]" in text
     assert content["memorization"]["gan"]["near_copies"] == 2
+    # Subgroups: real-only against the best real + synthetic condition (real+vae here).
+    assert "| attribute | subgroup | test images | real | real+vae |" in text
+    female = [expected[("real", s)]["balanced_accuracy"] for s in range(3)]
+    assert f"| sex | female | 30 | {np.mean(female):.3f} ± {np.std(female, ddof=1):.3f} |" in text
+    assert "| sex | unknown | 2 | not scored | not scored |" in text
+    assert "| sex | gap | | 0.100 | 0.100 |" in text
 
 
 def test_a_sweep_report_tabulates_its_points(tmp_path, monkeypatch):

@@ -63,7 +63,9 @@ def get_config(arg: str | None = None):
     config.realism = dict(inception_weights="")  # Converted weights; empty: the ham_synth cache.
     # A synthetic image is a near-copy when, in pixels and in the ViT's features, it is closer to
     # a training image than this quantile of the real test images' nearest-training distances.
-    config.memorization = dict(quantile=0.01)
+    # exclude_near_copies: `sample` draws such images again (in pixels: the study's ViT is
+    # trained after sampling), so the classifiers never see them.
+    config.memorization = dict(quantile=0.01, exclude_near_copies=False)
     config.report = dict(primary_metric="balanced_accuracy")  # The verdicts' metric.
     # Ablations: "FIELD=v1,v2;FIELD=v1,v2" over this config's fields, e.g.
     # "synthetic.per_class=100,300;data.train_fraction=0.1,0.25,0.5,1.0". Every point of the grid

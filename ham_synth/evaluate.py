@@ -115,14 +115,6 @@ def sample_fake_dir(generator_workdir: str, num_per_class, out: pathlib.Path, **
     return str(synthesize.run(generator_workdir, num_per_class, out_dir=str(out), **options))
 
 
-def fake_data_config(data: ml_collections.ConfigDict, fake_dir: str, class_names):
-    """The real data config pointed at a folder of generated images with the same classes."""
-    fake = ml_collections.ConfigDict(data.to_dict())
-    fake.name, fake.path, fake.split = "folder", fake_dir, "all"
-    fake.class_names = ",".join(class_names)
-    return fake
-
-
 def format_table(metrics: dict) -> str:
     columns = ("n_real", "n_fake", *[k for k in ("fid", "fd", "kid", "kd") if k in
                metrics["overall"]], "precision", "recall")  # fmt: skip
@@ -175,7 +167,7 @@ def score_images(
     batch_size = parallel.round_to_devices(fid_batch_size, mesh)
 
     real, real_labels, class_names = features_lib.real_features(net, config.data, batch_size, mesh)
-    fake_source = sources.get_source(fake_data_config(config.data, fake_dir, class_names))
+    fake_source = sources.get_source(sources.folder_like(config.data, fake_dir, class_names))
     fake, fake_labels = features_lib.source_features(net, fake_source, batch_size, mesh)
 
     with warnings.catch_warnings(record=True) as caught:

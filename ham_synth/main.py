@@ -57,6 +57,7 @@ _FLAG_SPECS = {
     "seed": (int, "Root of the sampling noise (default 0); same seed, same images."),
     "sample_batch_size": (int, "Images per sampling call (default 256)."),
     "out_dir": (str, "Where the images go; default: WORKDIR/synthetic."),
+    "exclude_near_copies": (bool, "Draw again images that are near-copies of training images."),
     # evaluate
     "evals": (str, "Comma-separated config.evals entries to run; default: all that are on."),
     "fake_dir": (str, "Images to score: FAKE_DIR/<class_name>/*.png|jpg, classes as the data's."),
@@ -124,7 +125,15 @@ VERBS = {
         "class-conditional PNGs + manifest.csv from a generator workdir -> WORKDIR/synthetic",
         synthesize.run,
         required=("workdir", "num_per_class"),
-        optional=("step", *_SAMPLER_FLAGS, "classes", "out_dir"),
+        optional=(
+            "step",
+            *_SAMPLER_FLAGS,
+            "classes",
+            "out_dir",
+            "exclude_near_copies",
+            "classifier_workdir",
+            "quantile",
+        ),  # fmt: skip
     ),
     "evaluate": Verb(
         "a run's evaluators (--workdir [--step --evals]), or FID/KID/precision/recall of "

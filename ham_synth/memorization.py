@@ -25,7 +25,6 @@ from PIL import Image
 
 from ham_synth import grids, parallel
 from ham_synth.data import sources
-from ham_synth.evaluate import fake_data_config
 from ham_synth.evaluators import features as features_lib
 
 STATEMENT = (
@@ -110,7 +109,7 @@ def audit(
     train_source = sources.get_source(split_data(data, "train"))
     test_source = sources.get_source(split_data(data, "test"))
     class_names = train_source.class_names
-    fake_source = sources.get_source(fake_data_config(data, fake_dir, class_names))
+    fake_source = sources.get_source(sources.folder_like(data, fake_dir, class_names))
     sets = {n: read_all(s) for n, s in (("train", train_source), ("test", test_source),
                                          ("synthetic", fake_source))}  # fmt: skip
     spaces = {
@@ -153,6 +152,44 @@ def audit(
         sets,
         spaces,
     )
+
+
+def near_copy_screen(
+    data: ml_collections.ConfigDict,
+    *,
+    classifier_workdir: str = "",
+    quantile: float = 0.01,
+    batch_size: int = 64,
+    mesh=None,
+):
+    """A function uint8 images [N, H, W, C] -> bool[N]: near-copies of `data`'s training images
+    by the audit's rule, in pixels (and in a classifier's features when one is given); for
+    `sample --exclude_near_copies`. The training and test images are read once, here."""
+    mesh = mesh or parallel.make_mesh()
+    batch_size = parallel.round_to_devices(batch_size, mesh)
+    train = read_all(sources.get_source(split_data(data, "train")))[0]
+    test = read_all(sources.get_source(split_data(data, "test")))[0]
+    spaces = [(pixels, pixels(train), pixels(test))]
+    if classifier_workdir:
+        net = features_lib.get_feature_net(
+            "classifier", mesh, classifier_workdir=classifier_workdir
+        )
+
+        def embed(images):
+            return features_lib.image_features(net, images, batch_size, mesh)
+
+        spaces.append((embed, embed(train), embed(test)))
+    thresholds = [np.quantile(nearest(ref_test, ref_train)[1], quantile)
+                  for _, ref_train, ref_test in spaces]  # fmt: skip
+
+    def screen(images: np.ndarray) -> np.ndarray:
+        flags = [
+            nearest(embed_fn(images), ref_train)[1] < threshold
+            for (embed_fn, ref_train, _), threshold in zip(spaces, thresholds, strict=True)
+        ]
+        return np.logical_and.reduce(flags)
+
+    return screen
 
 
 def run(

@@ -18,10 +18,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image, PngImagePlugin
 
-from ham_synth import config_lib, grids, parallel
+from ham_synth import config_lib, grids, memorization, parallel
 from ham_synth import state as state_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.tasks import base
+
+# sample --exclude_near_copies: how many times a near-copy is drawn again before it is left out.
+SCREEN_ROUNDS = 3
 
 MANIFEST_FIELDS = (
     "file",
@@ -137,12 +140,24 @@ def run(
     seed: int = 0,
     sample_batch_size: int = 256,
     out_dir: str = "",
+    exclude_near_copies: bool = False,
+    classifier_workdir: str = "",
+    quantile: float = 0.01,
 ) -> pathlib.Path:
     """The `sample` verb: restores `workdir` at `step` and writes its samples; returns the
-    folder. `num_per_class` is a count for each of `classes`, or "name=count,..."."""
+    folder. `num_per_class` is a count for each of `classes`, or "name=count,...".
+    `exclude_near_copies` draws again any image the memorization audit would call a near-copy of
+    the generator's training images (pixels; and `classifier_workdir`'s features when given)."""
     out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(workdir) / "synthetic"
     check_empty(out_dir)
+    if (classifier_workdir or quantile != 0.01) and not exclude_near_copies:
+        raise ValueError("--classifier_workdir and --quantile apply with --exclude_near_copies.")
     restored = workdir_lib.load(workdir, step)
+    screen = None
+    if exclude_near_copies:
+        screen = memorization.near_copy_screen(
+            restored.config.data, classifier_workdir=classifier_workdir, quantile=quantile
+        )
     return write_samples(
         restored,
         num_per_class,
@@ -153,6 +168,7 @@ def run(
         classes=classes,
         seed=seed,
         sample_batch_size=sample_batch_size,
+        screen=screen,
     )
 
 
@@ -170,10 +186,12 @@ def write_samples(
     classes: str = "",
     seed: int = 0,
     sample_batch_size: int = 256,
+    screen=None,
 ) -> pathlib.Path:
     """Writes `num_per_class` images per class of a restored run (a count for each of `classes`,
     or "name=count,...") into `out_dir`, with the manifest; `settings` override the sampler's
-    config defaults."""
+    config defaults. `screen` (uint8 images -> bool[N], e.g. memorization.near_copy_screen)
+    flags images to replace: each is drawn again, up to SCREEN_ROUNDS times, then left out."""
     check_empty(out_dir)
     config = restored.config
     class_names = config_lib.class_names(config)
@@ -193,26 +211,43 @@ def write_samples(
         recorded,
     )
     mesh = parallel.make_mesh()
-    chunks = generate(
-        sample_fn,
-        state_lib.eval_variables(restored.state),
-        labels,
-        jax.random.key(seed),
-        batch_size=sample_batch_size,
-        mesh=mesh,
-        settings=settings,
-        progress=True,
-    )
+    variables = state_lib.eval_variables(restored.state)
+
+    def draw(which: np.ndarray, rng, progress: bool = False):
+        return generate(sample_fn, variables, labels[which], rng, batch_size=sample_batch_size,
+                        mesh=mesh, settings=settings, progress=progress)  # fmt: skip
+
     # Inside every PNG too, so a copied file stays labelled as synthetic.
     provenance = {"synthetic": "true", "generator": config.task, "run": str(restored.workdir),
                   "step": str(restored.step), "seed": str(seed)}  # fmt: skip
-    rows = []
-    for start, images in chunks:
-        if jax.process_index() == 0:
-            rows += _write_images(
-                out_dir, images, labels[start : start + len(images)], class_names, start,
-                provenance,
-            )  # fmt: skip
+    rows, flagged = {}, []
+    everything = np.arange(len(labels))
+    for start, images in draw(everything, jax.random.key(seed), progress=True):
+        indices = everything[start : start + len(images)]
+        if screen is not None:
+            flagged += indices[screen(grids.to_uint8(images))].tolist()
+        rows |= _write_images(out_dir, images, labels, class_names, indices, provenance)
+    flagged = np.asarray(flagged, np.int64)
+    for round_ in range(1, SCREEN_ROUNDS + 1):
+        if not len(flagged):
+            break
+        logging.info("Drawing %d near-copies again (round %d).", len(flagged), round_)
+        again = []
+        for start, images in draw(flagged, jax.random.fold_in(jax.random.key(seed), round_)):
+            indices = flagged[start : start + len(images)]
+            copies = screen(grids.to_uint8(images))
+            again += indices[copies].tolist()
+            rows |= _write_images(out_dir, images[~copies], labels, class_names,
+                                  indices[~copies], provenance)  # fmt: skip
+        flagged = np.asarray(again, np.int64)
+    if len(flagged):
+        logging.warning(
+            "%d images stayed near-copies of training images after %d redraws; left out.",
+            len(flagged), SCREEN_ROUNDS,
+        )  # fmt: skip
+        for index in flagged.tolist():
+            (out_dir / rows.pop(index)["file"]).unlink(missing_ok=True)
+    rows = [rows[i] for i in sorted(rows)]
     if jax.process_index() == 0:
         with open(out_dir / "manifest.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
@@ -242,14 +277,17 @@ def png_provenance(fields: dict) -> PngImagePlugin.PngInfo:
     return info
 
 
-def _write_images(out_dir, images, labels, class_names, first_index, provenance) -> list[dict]:
-    """float [-1, 1] images -> PNGs under out_dir/<class_name>/, each with its provenance and
-    class in text chunks; one manifest row each."""
-    rows = []
-    for offset, (image, label) in enumerate(zip(grids.to_uint8(images), labels, strict=True)):
-        name = class_names[label]
-        path = out_dir / name / f"{name}_{first_index + offset:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path, pnginfo=png_provenance({**provenance, "class": name}))
-        rows.append({"file": str(path.relative_to(out_dir)), "class": name, "label": int(label)})
+def _write_images(out_dir, images, labels, class_names, indices, provenance) -> dict[int, dict]:
+    """float [-1, 1] images (those of `indices` into `labels`) -> PNGs under
+    out_dir/<class_name>/ (process 0), each with its provenance and class in text chunks;
+    {index: manifest row}."""
+    rows = {}
+    for image, index in zip(grids.to_uint8(images), indices.tolist(), strict=True):
+        name = class_names[labels[index]]
+        path = out_dir / name / f"{name}_{index:06d}.png"
+        if jax.process_index() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path, pnginfo=png_provenance({**provenance, "class": name}))
+        rows[index] = {"file": str(path.relative_to(out_dir)), "class": name,
+                       "label": int(labels[index])}  # fmt: skip
     return rows

@@ -57,3 +57,10 @@ def test_a_blurred_class_mean_is_not_a_copy(digits, tmp_path):
     ]  # fmt: skip
     result = audit(data, write_set(tmp_path / "means", np.stack(means), np.arange(10)))
     assert result["near_copies"] == 0
+
+
+def test_the_sampling_screen_flags_copies_only(digits):
+    data, sets = digits
+    screen = memorization.near_copy_screen(data)
+    assert screen(sets["train"][0][:10]).all()
+    assert screen(sets["val"][0]).mean() <= 0.02

@@ -152,3 +152,29 @@ def test_counts_per_class_name(ddpm_workdir, tmp_path):
     with open(out / "manifest.csv") as f:
         classes = [row["class"] for row in csv.DictReader(f)]
     assert classes == ["7", "7", "7", "3"]
+
+
+def test_near_copies_are_drawn_again_or_left_out(ddpm_workdir, tmp_path):
+    restored = workdir.load(ddpm_workdir)
+    calls = []
+
+    def first_draw_only(images):  # Flags everything the first time, nothing after.
+        calls.append(len(images))
+        return np.full(len(images), len(calls) == 1)
+
+    out = synthesize.write_samples(restored, "3=4", tmp_path / "a", settings={"steps": 2},
+                                   screen=first_draw_only)  # fmt: skip
+    assert calls == [4, 4], "one draw, then one redraw of the four flagged"
+    with open(out / "manifest.csv") as f:
+        assert [r["file"] for r in csv.DictReader(f)] == [f"3/3_{i:06d}.png" for i in range(4)]
+    plain = synthesize.write_samples(restored, "3=4", tmp_path / "b", settings={"steps": 2})
+    redrawn = np.asarray(Image.open(out / "3" / "3_000000.png"))
+    assert not np.array_equal(redrawn, np.asarray(Image.open(plain / "3" / "3_000000.png")))
+
+    out = synthesize.write_samples(restored, "3=2,7=1", tmp_path / "c", settings={"steps": 2},
+                                   screen=lambda images: np.arange(len(images)) == 0)  # fmt: skip
+    with open(out / "manifest.csv") as f:
+        files = [r["file"] for r in csv.DictReader(f)]
+    # Image 0 is flagged at every draw (it is first each time): left out, its file removed.
+    assert files == ["3/3_000001.png", "7/7_000002.png"]
+    assert sorted(p.name for p in out.rglob("*.png")) == ["3_000001.png", "7_000002.png"]

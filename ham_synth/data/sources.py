@@ -327,6 +327,17 @@ class FolderSource:
         }
 
 
+def folder_like(
+    data: ml_collections.ConfigDict, path: str, class_names
+) -> ml_collections.ConfigDict:
+    """`data` pointed at a folder of images with the same classes (e.g. a synthetic set): every
+    image, read at `data.image_size`."""
+    folder = ml_collections.ConfigDict(data.to_dict())
+    folder.name, folder.path, folder.split = "folder", str(path), "all"
+    folder.class_names = ",".join(class_names)
+    return folder
+
+
 def make_folder(data: ml_collections.ConfigDict) -> FolderSource:
     """Every image under `data.path`/<class_name>/; labels follow `data.class_names` (comma
     separated) when given, else the sorted folder names. `data.split` other than `all` takes a

@@ -190,6 +190,9 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
             f"{dict(zip(class_names, real_counts.tolist(), strict=True))}); raise "
             "synthetic.per_class or name synthetic.classes."
         )
+    screening = {}
+    if study.memorization.exclude_near_copies:
+        screening = {"exclude_near_copies": True, "quantile": study.memorization.quantile}
     runs = []
     for name, generator in study.generators.items():
         runs.append(
@@ -212,6 +215,7 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
                     "num_per_class": ",".join(f"{c}={n}" for c, n in counts.items()),
                     "out_dir": f"$W/synthetic/{name}",
                     **flatten(generator.sample),
+                    **screening,
                 },
                 deps=(f"generators/{name}",),
             )

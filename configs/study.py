@@ -26,7 +26,9 @@ def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, derma28=False)
     config = ml_collections.ConfigDict()
     # The data every run trains and tests on (the `data.*` fields of each run's config).
-    config.data = dict(name="digits", image_size=16, imbalance=True, path="", data_dir="")
+    # train_fraction and split_by (ham10000: lesion | image) are there to sweep.
+    config.data = dict(name="digits", image_size=16, imbalance=True, path="", data_dir="",
+                       train_fraction=1.0, split_by="lesion")  # fmt: skip
     # Each generator: its config file and variant, and overrides of that config's fields (nested
     # as in the config), and sampler flags for its `sample` run (e.g. steps=20).
     config.generators = dict(

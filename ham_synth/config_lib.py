@@ -131,6 +131,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # (its --val_fraction, --test_fraction, --split_seed) and dermamnist's by MedMNIST, so setting
     # these for them is an error.
     config.data.split_seed = 0  # Fixes split membership, independently of `seed`.
+    # ham10000: which prepared dataset to read: lesion (splits grouped by lesion, the default) or
+    # image (image-level splits, `ham-synth prepare --split_by=image`, as the report we reproduce
+    # did; optimistic). Not `data.split`, which names train/val/test. Other sources: lesion.
+    config.data.split_by = "lesion"
     # SOURCE_SPLIT (-1): the source's own (digits and folder: DEFAULT_FRACTION each).
     config.data.val_fraction = SOURCE_SPLIT
     config.data.test_fraction = SOURCE_SPLIT
@@ -290,6 +294,7 @@ def upgrade_config_dict(fields: dict) -> dict:
     fields["data"].setdefault("class_counts", "")
     fields["data"].setdefault("eval_preprocess", "")
     fields["data"].setdefault("train_fraction", 1.0)
+    fields["data"].setdefault("split_by", "lesion")
     fields["data"].setdefault("synthetic", {"dirs": "", "policy": "add", "per_class": 0,
                                             "ratio": 0.0})  # fmt: skip
     fields.setdefault("evals", {})

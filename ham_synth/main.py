@@ -92,6 +92,7 @@ _FLAG_SPECS = {
     "test_fraction": (float, "Share of each class's images in test (default 0.2)."),
     "split_seed": (int, "Fixes which lesions go to which split (default 0)."),
     "isic2018_test_dir": (str, "Optional: the ISIC 2018 Task 3 test set, as split isic2018_test."),
+    "split_by": (str, "Group splits by lesion (default) or image (image-level; optimistic)."),
 }
 _DEFINE = {
     str: flags.DEFINE_string,
@@ -196,6 +197,7 @@ VERBS = {
             "test_fraction",
             "split_seed",
             "isic2018_test_dir",
+            "split_by",
         ),
         quiet=True,
     ),

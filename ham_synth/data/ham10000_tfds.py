@@ -23,15 +23,23 @@ _CITATION = """@article{tschandl2018ham10000,
   journal={Scientific Data}, volume={5}, pages={180161}, year={2018}}"""
 
 
-class Ham10000Config(tfds.core.BuilderConfig):
-    """One stored resolution; images are center-cropped to square, then downsampled."""
+def config_name(image_size: int, split_by: str = "lesion") -> str:
+    """`64` (lesion-grouped splits) or `64_image` (image-level splits): separate datasets."""
+    return str(image_size) if split_by == "lesion" else f"{image_size}_{split_by}"
 
-    def __init__(self, *, image_size: int):
+
+class Ham10000Config(tfds.core.BuilderConfig):
+    """One stored resolution and split protocol; images are center-cropped to square, then
+    downsampled."""
+
+    def __init__(self, *, image_size: int, split_by: str):
         super().__init__(
-            name=str(image_size),
-            description=f"{image_size}x{image_size} center crops, Lanczos-downsampled, PNG.",
+            name=config_name(image_size, split_by),
+            description=f"{image_size}x{image_size} center crops, Lanczos-downsampled, PNG; "
+            f"splits grouped by {split_by}.",
         )
         self.image_size = image_size
+        self.split_by = split_by
 
 
 class Ham10000(tfds.core.GeneratorBasedBuilder):
@@ -39,7 +47,9 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Lesion-grouped, dx-stratified train/val/test."}
-    BUILDER_CONFIGS = [Ham10000Config(image_size=s) for s in IMAGE_SIZES]
+    BUILDER_CONFIGS = [
+        Ham10000Config(image_size=s, split_by=by) for by in ham10000.SPLIT_BY for s in IMAGE_SIZES
+    ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     HAM10000 is not downloaded automatically (licence CC BY-NC 4.0). Download it from the Harvard
     Dataverse ({ham10000.DOWNLOAD_URL}) or Kaggle's "skin-cancer-mnist-ham10000", unzip it, and
@@ -112,7 +122,9 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
         self.records, self.problems = ham10000.load_records(
             dl_manager.manual_dir, skip_bad=self._skip_bad
         )
-        self.assignment = ham10000.split_by_lesion(self.records, **self._split_options)
+        self.assignment = ham10000.assign_splits(
+            self.records, **self._split_options, split_by=self.builder_config.split_by
+        )
         names = list(
             ham10000.split_fractions(
                 self._split_options["val_fraction"], self._split_options["test_fraction"]

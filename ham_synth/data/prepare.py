@@ -35,6 +35,7 @@ def prepare_ham10000(
     test_fraction: float = 0.2,
     split_seed: int = 0,
     isic2018_test_dir: str = "",
+    split_by: str = "lesion",
 ) -> pathlib.Path:
     """Builds `ham10000/<image_size>` under `data_dir` (TFDS's default when empty) and returns the
     dataset's folder. A build that fails leaves no complete-looking dataset: TFDS writes into a
@@ -51,8 +52,10 @@ def prepare_ham10000(
             + instructions
         )
     split_options = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)
+    if split_by not in ham10000.SPLIT_BY:
+        raise ValueError(f"--split_by={split_by!r}; choose one of {ham10000.SPLIT_BY}.")
     builder = ham10000_tfds.Ham10000(
-        config=str(image_size),
+        config=ham10000_tfds.config_name(image_size, split_by),
         data_dir=data_dir or None,
         val_fraction=val_fraction,
         test_fraction=test_fraction,

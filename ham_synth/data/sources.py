@@ -213,12 +213,17 @@ def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
             f"data.image_size={data.image_size}; HAM10000 is prepared at "
             f"{ham10000_tfds.IMAGE_SIZES}."
         )
-    builder = ham10000_tfds.Ham10000(config=str(data.image_size), data_dir=data.data_dir or None)
+    split_by = data.get("split_by", "lesion")
+    if split_by not in ham10000.SPLIT_BY:
+        raise ValueError(f"data.split_by={split_by!r}; choose one of {ham10000.SPLIT_BY}.")
+    name = ham10000_tfds.config_name(data.image_size, split_by)
+    builder = ham10000_tfds.Ham10000(config=name, data_dir=data.data_dir or None)
     if not builder.is_prepared():
         raise FileNotFoundError(
-            f"No prepared ham10000/{data.image_size} in {builder.data_dir}. Run `ham-synth prepare "
+            f"No prepared ham10000/{name} in {builder.data_dir}. Run `ham-synth prepare "
             f"--source=ham10000 --manual_dir=DOWNLOAD --data_dir={data.data_dir or 'D'} "
-            f"--image_size={data.image_size}` and set --config.data.data_dir to that data_dir."
+            f"--image_size={data.image_size} --split_by={split_by}` and set "
+            "--config.data.data_dir to that data_dir."
         )
     prepared = list(builder.info.splits)
     if data.split not in (*prepared, "all"):
@@ -512,6 +517,11 @@ def get_source(data: ml_collections.ConfigDict):
     """The source named by `data.name`, checked against `data.num_classes` when that is set."""
     if data.name not in _SOURCES:
         raise ValueError(f"Unknown data.name {data.name!r}; choose one of {sorted(_SOURCES)}.")
+    if data.get("split_by", "lesion") != "lesion" and data.name != "ham10000":
+        raise ValueError(
+            f"data.split_by={data.split_by!r} applies to sources with lesions (ham10000); "
+            f"{data.name!r} has none. Leave it at 'lesion'."
+        )
     check_split_fractions(data)
     source = _SOURCES[data.name](data)
     if data.get("classes"):

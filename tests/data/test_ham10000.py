@@ -3,6 +3,7 @@ fake download (and on the real sample in ../shared when it is there)."""
 
 import collections
 import csv
+import dataclasses
 import math
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def test_lesion_with_two_diagnoses_is_an_error(download):
     fake_ham10000.write_metadata(directory, rows)
     records, _ = ham10000.load_records(directory)
     with pytest.raises(ham10000.DataError, match=r"Lesion HAM_0000 .*\['akiec', 'bcc'\]: row 2"):
-        ham10000.split_by_lesion(records)
+        ham10000.assign_splits(records)
 
 
 # --- Splits ---
@@ -166,7 +167,7 @@ def _synthetic_records(num_lesions=3000, seed=0):
 @pytest.mark.parametrize(("val", "test"), [(0.1, 0.2), (0.0, 0.2)])
 def test_split_groups_lesions_stratifies_classes_and_is_deterministic(val, test):
     records = _synthetic_records()
-    assignment = ham10000.split_by_lesion(records, val_fraction=val, test_fraction=test, seed=3)
+    assignment = ham10000.assign_splits(records, val_fraction=val, test_fraction=test, seed=3)
     targets = ham10000.split_fractions(val, test)
     assert set(assignment.values()) == set(targets)
 
@@ -183,11 +184,24 @@ def test_split_groups_lesions_stratifies_classes_and_is_deterministic(val, test)
             assert abs(counts[split] - fraction * len(in_class)) <= max(4, 0.02 * len(in_class))
             assert counts[split] >= 1, (dx, split)
 
-    assert ham10000.split_by_lesion(records, val_fraction=val, test_fraction=test, seed=3) == (
+    assert ham10000.assign_splits(records, val_fraction=val, test_fraction=test, seed=3) == (
         assignment
     )
-    other = ham10000.split_by_lesion(records, val_fraction=val, test_fraction=test, seed=4)
+    other = ham10000.assign_splits(records, val_fraction=val, test_fraction=test, seed=4)
     assert other != assignment
+
+
+def test_image_level_splits_treat_every_image_as_its_own_lesion():
+    records = _synthetic_records()
+    by_image = ham10000.assign_splits(records, seed=3, split_by="image")
+    alone = [dataclasses.replace(r, lesion_id=r.image_id) for r in records]
+    assert by_image == ham10000.assign_splits(alone, seed=3)
+    splits_of_lesion = collections.defaultdict(set)
+    for r in records:
+        splits_of_lesion[r.lesion_id].add(by_image[r.image_id])
+    assert any(len(s) > 1 for s in splits_of_lesion.values()), "lesions now cross splits"
+    with pytest.raises(ValueError, match="split_by='patient'"):
+        ham10000.assign_splits(records, split_by="patient")
 
 
 def test_a_class_with_too_few_lesions_for_every_split_is_an_error(download):
@@ -195,7 +209,7 @@ def test_a_class_with_too_few_lesions_for_every_split_is_an_error(download):
     records, _ = ham10000.load_records(directory)
     few = [r for r in records if r.dx != "df" or r.lesion_id.endswith("000")]
     with pytest.raises(ham10000.DataError, match="Class df has 1 lesion.*set a split fraction"):
-        ham10000.split_by_lesion(few)
+        ham10000.assign_splits(few)
 
 
 # --- The TFDS builder and prepare ---
@@ -296,6 +310,26 @@ def test_preparing_again_reuses_it_unless_the_split_options_differ(download, tmp
     assert _prepare(directory, tmp_path / "tfds") == first
     with pytest.raises(FileExistsError, match="Delete that folder"):
         _prepare(directory, tmp_path / "tfds", split_seed=1)
+
+
+def test_an_image_level_dataset_is_its_own_and_data_split_by_reads_it(download, tmp_path):
+    directory, rows = download
+    image_dir = _prepare(directory, tmp_path / "tfds", split_by="image")
+    assert image_dir.parent.name == "64_image"  # Beside, never instead of, ham10000/64.
+
+    def source(split_by):
+        data = load_config("vae.py:smoke", **{"data.name": "ham10000", "data.image_size": 64,
+                                              "data.data_dir": str(tmp_path / "tfds"),
+                                              "data.split": "all",
+                                              "data.split_by": split_by}).data  # fmt: skip
+        return sources.get_source(data)
+
+    assert len(source("image")) == len(rows)
+    with pytest.raises(FileNotFoundError, match="--split_by=lesion"):
+        source("lesion")  # Not prepared in this data_dir.
+    digits = load_config("vae.py:smoke", **{"data.split_by": "image"}).data
+    with pytest.raises(ValueError, match="applies to sources with lesions"):
+        sources.get_source(digits)
 
 
 def test_eighty_twenty_has_no_val_split(download, tmp_path):

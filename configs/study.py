@@ -15,6 +15,16 @@ derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), every family 
   condition. At full length it is many CPU hours (one vit.py:derma28 run took 46 min on 2 CPU
   cores, and the study trains 15); lower the step counts through flags, e.g.
   `--config.classifier.overrides.train.total_steps=N`. Not yet run.
+ham64: HAM10000 prepared at 64 (`--config.data.data_dir=D`), for GPUs: every family at its ham64
+  recipe, each minority class topped up to the largest (nv), 1,000 of every class for the
+  DDPM-only condition, the ViT over 5 seeds; `--config.study.parallel_runs=8` on an 8-GPU host.
+  GPU hours, estimated from step times measured on one H200 (docs/benchmarks.md) and labelled as
+  estimates: the DDPM's 500k steps at 46 ms (bfloat16; 69 ms float32) are 6.4 h (9.6 h); the
+  GAN's 100k steps about 0.2 h (its step costs a tenth of the DDPM's on CPU); the VAE's 50k steps
+  under 0.5 h; sampling about 27k images per generator with DDIM-50 takes minutes (10k in 1.9
+  min); each of the 25 ViT runs (20k steps of a 145-GFLOP step; ViT-S/16 ran 3.6 TFLOP in
+  51.5 ms) a few minutes. About 8-11 GPU-hours in all, 6.5-10 h of wall time with 8 GPUs, set
+  by the DDPM. Not run here (no HAM10000, no GPU in this session).
 """
 
 import ml_collections
@@ -23,7 +33,7 @@ from ham_synth import config_lib
 
 
 def get_config(arg: str | None = None):
-    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, derma28=False)
+    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, derma28=False, ham64=False)
     config = ml_collections.ConfigDict()
     # The data every run trains and tests on (the `data.*` fields of each run's config).
     # train_fraction and split_by (ham10000: lesion | image) are there to sweep.
@@ -103,4 +113,15 @@ def get_config(arg: str | None = None):
         config.synthetic.tstr_per_class = 500
         config.classifier.config = "configs/vit.py:derma28"
         config.classifier.overrides.train.total_steps = 3000
+    if arg.ham64:
+        config.data.update(name="ham10000", image_size=64, imbalance=False)
+        for name, steps in dict(vae=50_000, gan=100_000, ddpm=500_000).items():
+            config.generators[name].config = f"configs/{name}.py:ham64"
+            config.generators[name].overrides.train.total_steps = steps
+        config.generators.ddpm.sample.steps = 50
+        config.synthetic.per_class = 0  # Up to the largest class.
+        config.synthetic.tstr_per_class = 1000
+        config.classifier.config = "configs/vit.py:ham64"
+        config.classifier.overrides.train.total_steps = 20_000
+        config.seeds = 5
     return config

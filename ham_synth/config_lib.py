@@ -183,6 +183,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             "policy": "add",
             "per_class": 0,
             "ratio": 0.0,  # The ratio policy's synthetic share of the stream, in (0, 1).
+            # Comma-separated classes to take synthetic images of; empty: every class the
+            # folders hold.
+            "classes": "",
         }
     )
 
@@ -297,6 +300,7 @@ def upgrade_config_dict(fields: dict) -> dict:
     fields["data"].setdefault("split_by", "lesion")
     fields["data"].setdefault("synthetic", {"dirs": "", "policy": "add", "per_class": 0,
                                             "ratio": 0.0})  # fmt: skip
+    fields["data"]["synthetic"].setdefault("classes", "")
     fields.setdefault("evals", {})
     train = fields.setdefault("train", {})
     train.setdefault("best", {"metric": "", "mode": "max"})

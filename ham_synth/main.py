@@ -22,6 +22,8 @@ from ham_synth.evaluators import convert_inception
 from ham_synth.study import runner as study_runner
 
 EXIT_USER_ERROR = 2
+# Training stopped early (SIGTERM, preemption) after checkpointing; rerunning resumes it.
+EXIT_STOPPED = 75  # EX_TEMPFAIL
 # What the library raises for a user's mistake, each with a message that says how to fix it.
 USER_ERRORS = (
     ValueError,
@@ -75,8 +77,10 @@ _FLAG_SPECS = {
     # study
     "only": (
         str,
-        "Comma-separated stages to run (generators, synthetic, real, conditions, report).",
+        "Stages to run, comma-separated: generators, synthetic, real, realism, "
+        "conditions, memorization, report (default all).",
     ),
+    "run": (str, "One run of the study by name (e.g. generators/vae); its dependencies done."),
     "dry_run": (bool, "Print the plan (each run, its status and command) and stop."),
     # convert-inception
     "torch_weights": (str, f"{convert_inception.TORCH_WEIGHTS_FILENAME}; default: in the cache."),
@@ -115,12 +119,15 @@ class Verb(NamedTuple):
     optional: tuple[str, ...] = ()
     # A short job that prints its own summary: log warnings only (unless --verbosity is given).
     quiet: bool = False
+    # Computes on the accelerators itself; False (study) leaves them untouched at start, so the
+    # runs it launches on each GPU find them free.
+    uses_devices: bool = True
 
 
 VERBS = {
     "train": Verb(
         "train a model family and run its evaluators; resumes from the workdir's checkpoint",
-        train.train_and_evaluate,
+        train.run,
     ),
     "sample": Verb(
         "class-conditional PNGs + manifest.csv from a generator workdir -> WORKDIR/synthetic",
@@ -176,7 +183,8 @@ VERBS = {
         "generators -> synthetic sets -> classifiers over seeds -> WORKDIR/report.md; skips "
         "finished runs, resumes interrupted ones",
         study_runner.run,
-        optional=("only", "dry_run"),
+        optional=("only", "dry_run", "run"),
+        uses_devices=False,
     ),
     "convert-inception": Verb(
         "pytorch-fid's Inception weights -> ~/.cache/ham_synth (--download or --torch_weights)",
@@ -215,6 +223,18 @@ def _initialize_distributed() -> None:
         )
     elif int(env.get("SLURM_NTASKS", "1")) > 1:
         jax.distributed.initialize()
+
+
+def _log_devices() -> None:
+    logging.info(
+        "JAX %s: process %d of %d, %d local / %d global devices (%s).",
+        jax.__version__,
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.default_backend(),
+    )
 
 
 def _is_narration(record: std_logging.LogRecord) -> bool:
@@ -269,17 +289,13 @@ def _main(verb_name: str, argv) -> None:
             raise ValueError(f"Unexpected arguments: {argv[1:]}")
         kwargs = _verb_kwargs(verb_name, verb)
         _quiet_library_logs(verb)
-        _initialize_distributed()
-        logging.info(
-            "JAX %s: process %d of %d, %d local / %d global devices (%s).",
-            jax.__version__,
-            jax.process_index(),
-            jax.process_count(),
-            jax.local_device_count(),
-            jax.device_count(),
-            jax.default_backend(),
-        )
+        if verb.uses_devices:
+            _initialize_distributed()
+            _log_devices()
         verb.run(**kwargs)
+    except train.TrainingStopped as stopped:
+        print(f"ham-synth {verb_name}: {stopped}", file=sys.stderr)
+        sys.exit(EXIT_STOPPED)
     except USER_ERRORS as error:
         if flags.FLAGS.traceback:
             raise

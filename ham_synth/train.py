@@ -19,6 +19,23 @@ from ham_synth import workdir as workdir_lib
 from ham_synth.tasks import base
 
 
+class TrainingStopped(Exception):
+    """Training checkpointed and stopped before train.total_steps (SIGTERM, preemption); a rerun
+    resumes it."""
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    """The `train` verb: train_and_evaluate, raising TrainingStopped when it stopped early, so a
+    caller (the command's exit status, the study) never takes a stopped run for a finished one."""
+    state = train_and_evaluate(config, workdir)
+    if int(state.step) < config.train.total_steps:
+        raise TrainingStopped(
+            f"{workdir} stopped at step {int(state.step)} of {config.train.total_steps}; rerun "
+            "the same command to resume it from that checkpoint."
+        )
+    return state
+
+
 class NonFiniteLossError(FloatingPointError):
     """A train/* scalar became NaN or inf; the message names it, the step range and the last
     checkpoint."""

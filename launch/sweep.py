@@ -41,8 +41,9 @@ def is_study(config) -> bool:
     return "generators" in config and "classifier" in config
 
 
-def training_runs(config, spec: str, sweep: str) -> list[plan_lib.Run]:
-    """One `train` run per point of `sweep` over `config`'s fields, in WORKDIR/<point>."""
+def training_runs(config, spec: str, sweep: str, overrides: dict) -> list[plan_lib.Run]:
+    """One `train` run per point of `sweep` over `config`'s fields, in WORKDIR/<point>, each
+    with the command line's --config overrides too."""
     holder = config_lib.with_values(config, {})
     with holder.unlocked():
         holder.sweep = sweep  # parse_sweep reads the sweep from the config it types against.
@@ -50,8 +51,8 @@ def training_runs(config, spec: str, sweep: str) -> list[plan_lib.Run]:
     for label, values in plan_lib.sweep_points(holder):
         folder = label or "run"
         runs.append(
-            plan_lib.Run(folder, "train", "train", {"workdir": f"$W/{folder}"}, spec, values,
-                         base_name=folder)
+            plan_lib.Run(folder, "train", "train", {"workdir": f"$W/{folder}"}, spec,
+                         {**overrides, **values}, base_name=folder)
         )  # fmt: skip
     return runs
 
@@ -65,15 +66,23 @@ def stages(runs: list[plan_lib.Run]) -> list[tuple[str, list[plan_lib.Run]]]:
 
 
 def slurm_submission(
-    runs, root: pathlib.Path, study_command: str | None, gpus_per_run: int = 1
+    runs, root: pathlib.Path, study_argv: list[str] | None, gpus_per_run: int = 1
 ) -> dict[str, str]:
-    """{file name: content} for WORKDIR/slurm/: a commands file per stage and submit.sh."""
+    """{file name: content} for WORKDIR/slurm/: a commands file per stage and submit.sh. A
+    study's runs go through `ham-synth study ... --run=NAME` (`study_argv`), so each leaves its
+    marker, and a last job writes the report."""
+
+    def command(run: plan_lib.Run) -> str:
+        if study_argv:
+            return shlex.join([*study_argv, f"--run={run.name}"])
+        return plan_lib.shell_command(run, root)
+
     files = {}
     lines = ["#!/usr/bin/env bash", "# Submits each stage as a job array; each waits for the last.",
              "set -euo pipefail", 'cd "$(dirname "$0")"', "previous=''"]  # fmt: skip
     for stage, members in stages(runs):
         name = f"{stage}.commands"
-        files[name] = "".join(plan_lib.shell_command(r, root) + "\n" for r in members)
+        files[name] = "".join(command(r) + "\n" for r in members)
         commands = shlex.quote(str(root / "slurm" / name))
         lines += [
             f"# {stage}: {len(members)} run(s)",
@@ -83,10 +92,11 @@ def slurm_submission(
             f"--commands={commands})",
             'echo "submitted $previous"',
         ]
-    if study_command:
+    if study_argv:
+        report = shlex.join([*study_argv, "--only=report"])
         lines += [
             "# report: the study's tables from the runs above",
-            f"sbatch --dependency=afterok:$previous --wrap={shlex.quote(study_command)}",
+            f"sbatch --dependency=afterok:$previous --wrap={shlex.quote(report)}",
         ]
     files["submit.sh"] = "\n".join(lines) + "\n"
     return files
@@ -97,23 +107,26 @@ def main(argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = flags.FLAGS.config
     spec = flags.FLAGS["config"].config_filename
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
     root = pathlib.Path(flags.FLAGS.workdir).resolve()
-    study_command = None
+    study_argv = None
     if is_study(config):
         if flags.FLAGS.sweep:
             raise app.UsageError("A study's sweep is its config's `sweep` field; drop --sweep.")
-        runs = plan_lib.make_plan(config, root)
-        runs = [r for r in runs if r.verb != "report"]
-        study_command = shlex.join(["ham-synth", "study", f"--config={spec}",
-                                    f"--workdir={root}", "--only=report"])  # fmt: skip
+        runs = [r for r in plan_lib.make_plan(config, root) if r.verb != "report"]
+        study_argv = [
+            "ham-synth", "study", f"--config={spec}",
+            *[f"--config.{k}={plan_lib.format_value(v)}" for k, v in overrides.items()],
+            f"--workdir={root}",
+        ]  # fmt: skip
     else:
-        runs = training_runs(config, spec, flags.FLAGS.sweep)
+        runs = training_runs(config, spec, flags.FLAGS.sweep, overrides)
     for stage, members in stages(runs):
         print(f"# {stage}: {len(members)} run(s)")
         for run in members:
             print(plan_lib.shell_command(run, root))
     if flags.FLAGS.mode == "slurm":
-        files = slurm_submission(runs, root, study_command, flags.FLAGS.gpus_per_run)
+        files = slurm_submission(runs, root, study_argv, flags.FLAGS.gpus_per_run)
         if flags.FLAGS.dry_run:
             print(files["submit.sh"], end="")
             return
@@ -125,9 +138,11 @@ def main(argv) -> None:
         return
     if flags.FLAGS.dry_run:
         return
+    if flags.FLAGS.gpus < 1:
+        raise app.UsageError(f"--gpus={flags.FLAGS.gpus}; run on at least one.")
     if is_study(config):
         config = config_lib.with_values(config, {"study.parallel_runs": flags.FLAGS.gpus})
-        runner.run_study(config, root)
+        runner.run(config, str(root))
         return
     failed, _ = scheduler.schedule(runs, set(), scheduler.subprocess_launcher(root),
                                    flags.FLAGS.gpus)  # fmt: skip

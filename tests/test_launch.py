@@ -52,6 +52,17 @@ def test_sweep_dry_run_prints_every_run_of_a_study(repo, tmp_path):
     assert commands[0].startswith("ham-synth train --config=configs/ddpm.py:quickstart")
 
 
+def test_a_study_on_slurm_runs_each_run_through_the_study_then_the_report(repo, tmp_path):
+    out = _sweep(repo, tmp_path, "--config=configs/study.py:smoke", "--mode=slurm",
+                 "--config.seeds=1")  # fmt: skip
+    assert "--array=0-2 " in out  # generators: ddpm, gan, vae
+    report = shlex.split(out.splitlines()[-1].split("--wrap=", 1)[1])[0]
+    assert shlex.split(report) == [
+        "ham-synth", "study", "--config=configs/study.py:smoke", "--config.seeds=1",
+        f"--workdir={tmp_path / 'w'}", "--only=report",
+    ]  # fmt: skip
+
+
 def test_sweep_of_a_training_config_writes_a_slurm_array_per_stage(repo, tmp_path):
     out = _sweep(repo, tmp_path, "--config=configs/vae.py:smoke", "--mode=slurm",
                  "--sweep=optim.lr=0.001,0.0003;seed=0,1")  # fmt: skip

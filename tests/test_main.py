@@ -9,7 +9,7 @@ import time
 import numpy as np
 from conftest import load_config
 
-from ham_synth import metric_writer, train
+from ham_synth import main, metric_writer, train
 
 
 def _ham_synth(*args, **kwargs):
@@ -84,7 +84,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, repo):
     os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
 
-    assert proc.returncode == 0, out
+    assert proc.returncode == main.EXIT_STOPPED, out  # Not 0: the run is not finished.
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert len(saved) == 1 and 3 <= saved[0] < 10_000, saved
     assert f"Stopped at step {saved[0]}" in out

@@ -80,6 +80,14 @@ def make_mix(
     labels = np.asarray([class_names.index(name) for _, name in rows], np.int32)
     real_counts = np.bincount(real_labels, minlength=len(class_names))
     available = np.bincount(labels, minlength=len(class_names))
+    chosen = [c.strip() for c in synthetic.get("classes", "").split(",") if c.strip()]
+    if chosen:
+        unknown = sorted(set(chosen) - set(class_names))
+        if unknown:
+            raise ValueError(
+                f"data.synthetic.classes names {unknown}; the real data's are {list(class_names)}."
+            )
+        available = np.where(np.isin(class_names, chosen), available, 0)
     wanted = wanted_counts(synthetic, available, real_counts)
     short = {class_names[c]: (int(wanted[c]), int(available[c]))
              for c in range(len(class_names)) if wanted[c] > available[c]}  # fmt: skip

@@ -45,6 +45,8 @@ from ham_synth.evaluators import inception
 STAGES = ("generators", "synthetic", "real", "realism", "conditions", "memorization", "report")
 REAL = "real"
 ALL = "all"
+# The classification evaluator's metrics the report can call its primary metric.
+PRIMARY_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Run:
 
     name: str  # Its folder under W, e.g. "classifiers/real/seed_0"; also its id.
     stage: str
-    verb: str  # train | sample | report
+    verb: str  # train | sample | evaluate | classify | memorization | report
     flags: dict  # The verb's flags (paths under W begin with "$W/").
     config: str = ""  # A config file and variant, e.g. "configs/vit.py:quickstart".
     overrides: dict = dataclasses.field(default_factory=dict)  # "a.b" -> value
@@ -136,6 +138,17 @@ def data_values(study: ml_collections.ConfigDict) -> dict:
     return {f"data.{k}": v for k, v in flatten(study.data).items()}
 
 
+def generated_classes(study, class_names, real_counts: np.ndarray) -> list[str]:
+    """The classes sampled for mixing: `synthetic.classes`, or all but the largest."""
+    named = [c.strip() for c in study.synthetic.classes.split(",") if c.strip()]
+    unknown = sorted(set(named) - set(class_names))
+    if unknown:
+        raise ValueError(f"synthetic.classes names {unknown}; the data's are {list(class_names)}.")
+    return named or [
+        n for n, c in zip(class_names, real_counts, strict=True) if c < max(real_counts)
+    ]
+
+
 def sample_counts(
     study: ml_collections.ConfigDict, class_names: tuple[str, ...], real_counts: np.ndarray
 ) -> dict[str, int]:
@@ -143,12 +156,7 @@ def sample_counts(
     `synthetic.classes` names (empty: all but the largest), and at least `tstr_per_class` of
     every class when the synthetic-only condition is on."""
     block = study.synthetic
-    generated = [c.strip() for c in block.classes.split(",") if c.strip()] or [
-        name for name, n in zip(class_names, real_counts, strict=True) if n < real_counts.max()
-    ]
-    unknown = sorted(set(generated) - set(class_names))
-    if unknown:
-        raise ValueError(f"synthetic.classes names {unknown}; the data's are {list(class_names)}.")
+    generated = generated_classes(study, class_names, real_counts)
     available = np.asarray([block.per_class if n in generated else 0 for n in class_names])
     wanted = synthetic.wanted_counts(block, available, real_counts)
     wanted = np.where(np.isin(class_names, generated), wanted, 0)
@@ -171,6 +179,17 @@ def synthetic_only(study: ml_collections.ConfigDict) -> list[str]:
 
 def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
     """The runs of one study (one sweep point), in dependency order, without keys or report."""
+    if study.seeds < 1:
+        raise ValueError(f"seeds={study.seeds}; train the classifier at least once per condition.")
+    if study.report.primary_metric not in PRIMARY_METRICS:
+        raise ValueError(
+            f"report.primary_metric={study.report.primary_metric!r}; choose one of "
+            f"{PRIMARY_METRICS}."
+        )
+    if not 0 <= study.memorization.quantile <= 1:
+        raise ValueError(
+            f"memorization.quantile={study.memorization.quantile}; give one in [0, 1]."
+        )
     block = study.synthetic
     if block.policy not in ("add", "balance", "ratio"):
         raise ValueError(
@@ -223,6 +242,9 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
     runs += _classifier_runs(study, list(study.generators), REAL, "", "real")
     runs += _realism_runs(study)
     mix = {f"data.synthetic.{k}": study.synthetic[k] for k in ("policy", "per_class", "ratio")}
+    # Only the classes generated for mixing: images made for the synthetic-only condition alone
+    # (tstr_per_class of the other classes) stay out of real + synthetic.
+    mix["data.synthetic.classes"] = ",".join(generated_classes(study, class_names, real_counts))
     mixes = {f"real+{g}": [g] for g in study.generators}
     if study.conditions.real_plus_all and len(study.generators) > 1:
         mixes[f"real+{ALL}"] = list(study.generators)
@@ -279,7 +301,14 @@ def sweep_points(study: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
     """(label, {field: value}) for every point of the sweep's grid; [("", {})] without one."""
     axes = parse_sweep(study)
     grid = itertools.product(*[[(field, v) for v in values] for field, values in axes])
-    return [(",".join(f"{f}={v}" for f, v in point), dict(point)) for point in grid]
+    return [(point_label(point), dict(point)) for point in grid]
+
+
+def point_label(point) -> str:
+    """A folder name for a sweep point: `field=value` pairs joined by `__`, with no `,` (it
+    separates data.synthetic.dirs) and no `/`."""
+    text = "__".join(f"{field}={value}" for field, value in point)
+    return re.sub(r"[,/:\s]", "-", text)
 
 
 def _renamed(run: Run, renames: dict[str, str]) -> Run:
@@ -327,13 +356,14 @@ def make_plan(study: ml_collections.ConfigDict, root: pathlib.Path) -> list[Run]
             run = users[0][1]
             renamed = dataclasses.replace(run, name=new_name, base_name=name,
                                           points=tuple(label for label, _ in users))  # fmt: skip
-            if new_name != name:  # Its own outputs move too.
+            if new_name != name:  # Its own outputs move too; its key stays.
                 renamed = _renamed(renamed, {name: new_name})
-                renamed = dataclasses.replace(renamed, key=key)
             keys[new_name] = key
             plan.append(renamed)
     plan.append(
-        _with_key(Run("report", "report", "report", {}, deps=tuple(r.name for r in plan),
+        _with_key(Run("report", "report", "report",
+                      {"primary_metric": study.report.primary_metric},
+                      deps=tuple(r.name for r in plan),
                       base_name="report", points=tuple(label for label, _ in points)),
                   keys, root)
     )  # fmt: skip

@@ -31,10 +31,6 @@ class StudyError(RuntimeError):
     """A run of the study did not finish; the message says which and how to go on."""
 
 
-class RunStopped(StudyError):
-    """A run stopped before its end (e.g. preempted); its marker stays unfinished."""
-
-
 class RunFailed(StudyError):
     """Runs launched side by side exited with an error."""
 
@@ -71,8 +67,17 @@ def status(root: pathlib.Path, run: plan_lib.Run) -> str:
     return DONE if marker.get("done") else RESUME
 
 
-def select(plan: list[plan_lib.Run], only: str) -> list[plan_lib.Run]:
-    """The runs of the stages `only` names (comma-separated; empty: all)."""
+def select(plan: list[plan_lib.Run], only: str, run_name: str = "") -> list[plan_lib.Run]:
+    """The runs of the stages `only` names (comma-separated; empty: all), or the one run named."""
+    if run_name:
+        if only:
+            raise ValueError("--run names one run; drop --only.")
+        chosen = [r for r in plan if r.name == run_name]
+        if not chosen:
+            raise ValueError(
+                f"--run={run_name!r} is not a run of this study; --dry_run lists them."
+            )
+        return chosen
     stages = [s.strip() for s in only.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(plan_lib.STAGES))
     if unknown:
@@ -81,16 +86,19 @@ def select(plan: list[plan_lib.Run], only: str) -> list[plan_lib.Run]:
 
 
 @contextlib.contextmanager
-def workdir_lock(root: pathlib.Path):
-    """An exclusive lock on W/study.lock, released on exit (and by the OS if killed)."""
+def workdir_lock(root: pathlib.Path, name: str = LOCK):
+    """An exclusive lock on W/`name` (the whole study's, or one run's), released on exit (and by
+    the OS if killed)."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK, "a+") as f:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             raise FileExistsError(
-                f"Another study is writing {root} (its lock {root / LOCK} is held by "
+                f"Another study is writing {root} (its lock {path} is held by "
                 f"{f.read().strip() or 'another process'}); wait for it, or use another --workdir."
             ) from None
         f.truncate(0)
@@ -116,14 +124,8 @@ def format_plan(plan: list[plan_lib.Run], selected: list[plan_lib.Run], root) ->
 def execute(run: plan_lib.Run, root: pathlib.Path, study: ml_collections.ConfigDict, plan) -> None:
     """Makes one run in this process, as its command would."""
     flags = {k: plan_lib.resolve(v, root) for k, v in run.flags.items()}
-    if run.verb == "train":
-        config = run.resolved_config(root)
-        state = train.train_and_evaluate(config, flags["workdir"])
-        if int(state.step) < config.train.total_steps:  # Stopped by SIGTERM: not done.
-            raise RunStopped(
-                f"{run.name} stopped at step {int(state.step)} of {config.train.total_steps}; "
-                "rerun the study to resume it from its checkpoint."
-            )
+    if run.verb == "train":  # A stop (SIGTERM) raises train.TrainingStopped: not done.
+        train.run(run.resolved_config(root), flags["workdir"])
     elif run.verb == "sample":
         synthesize.run(**flags)
     elif run.verb == "evaluate":
@@ -150,17 +152,33 @@ def _eta(durations: dict[str, list[float]], pending: list[plan_lib.Run]) -> str:
     return f"ETA {total / 60:.1f} min"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, only: str = "", dry_run: bool = False):
-    """The `study` verb. Its runs share JAX's persistent compilation cache, so the seeds and
-    conditions of one classifier compile once."""
-    cache = (
+def compilation_cache(config: ml_collections.ConfigDict) -> str:
+    """study.compilation_cache, else $JAX_COMPILATION_CACHE_DIR, else ~/.cache/ham_synth/jax."""
+    return (
         config.study.compilation_cache
-        or jax.config.jax_compilation_cache_dir  # $JAX_COMPILATION_CACHE_DIR
+        or jax.config.jax_compilation_cache_dir
         or str(inception.default_cache_dir() / "jax")
     )
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    only: str = "",
+    dry_run: bool = False,
+    run: str = "",
+):
+    """The `study` verb. Its runs share JAX's persistent compilation cache, so the seeds and
+    conditions of one classifier compile once. `run` makes that one run only (its dependencies
+    must be done), as launch/sweep.py's SLURM array tasks do."""
+    cache = compilation_cache(config)
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-    return run_study(config, pathlib.Path(workdir).resolve(), only=only, dry_run=dry_run)
+    if config.study.parallel_runs > 1:  # The runs own the GPUs; this process only reports.
+        jax.config.update("jax_platforms", "cpu")
+    return run_study(
+        config, pathlib.Path(workdir).resolve(), only=only, dry_run=dry_run, run_name=run
+    )
 
 
 class _Book:
@@ -210,16 +228,19 @@ def run_study(
     executor: Callable = execute,
     launcher: scheduler.Launch | None = None,
     poll_seconds: float = 2.0,
+    run_name: str = "",
 ) -> list[plan_lib.Run]:
     """Makes every selected run that is not done; returns the runs it made. With
     `study.parallel_runs` > 1 the runs other than the report are launched as processes, one per
     GPU (`launcher`; default: scheduler.subprocess_launcher)."""
     plan = plan_lib.make_plan(study, root)
-    selected = select(plan, only)
+    selected = select(plan, only, run_name)
     print(format_plan(plan, selected, root), flush=True)
     if dry_run:
         return []
-    with workdir_lock(root):
+    # One run (a SLURM array task) locks only itself, so the stage's runs go side by side.
+    lock = f"{MARKERS}/{run_name}.lock" if run_name else LOCK
+    with workdir_lock(root, lock):
         names = {r.name for r in selected}
         done = {r.name for r in plan if status(root, r) == DONE}
         todo = [r for r in selected if r.name not in done]
@@ -235,7 +256,7 @@ def run_study(
             failed, blocked = scheduler.schedule(
                 side_by_side,
                 done,
-                launcher or scheduler.subprocess_launcher(root),
+                launcher or scheduler.subprocess_launcher(root, compilation_cache(study)),
                 study.study.parallel_runs,
                 on_start=book.begin,
                 on_finish=book.finish,

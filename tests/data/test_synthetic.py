@@ -83,6 +83,14 @@ def test_add_per_class_and_ratio_and_only_follow_their_shares(folder):
     np.testing.assert_allclose(np.bincount(labels, minlength=7) / len(labels), 1 / 7, atol=0.04)
 
 
+def test_synthetic_classes_limit_what_is_taken(folder):
+    chosen = f"{NAMES[0]},{NAMES[3]}"
+    labels, fake, _ = _stream(_config(folder, policy="add", per_class=30, classes=chosen))
+    assert set(np.unique(labels[fake]).tolist()) == {0, 3}
+    with pytest.raises(ValueError, match=r"synthetic.classes names \['zz'\]"):
+        _stream(_config(folder, classes="zz"))
+
+
 def test_class_names_are_matched_by_name_and_shortfalls_are_named(tmp_path):
     odd = _sample_folder(tmp_path / "odd", {"melanoma": 3, NAMES[0]: 2})
     with pytest.raises(ValueError, match=r"classes \['melanoma'\].*not among the real data's"):

@@ -58,6 +58,10 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert mixed.overrides["seed"] == 1
     assert mixed.overrides["data.synthetic.dirs"] == "$W/synthetic/gan"
     assert mixed.overrides["data.synthetic.policy"] == "balance"
+    # Only the classes sampled for mixing; the largest one's TSTR images stay out.
+    assert mixed.overrides["data.synthetic.classes"] == ",".join(
+        c for c in class_names if c != "5:nv"
+    )
     only = next(r for r in plan if r.name == "classifiers/synthetic_vae/seed_0")
     assert only.overrides["data.synthetic.policy"] == "only"
     real_run = next(r for r in plan if r.name == "classifiers/real/seed_0")
@@ -199,7 +203,7 @@ def test_a_training_run_stopped_early_is_not_done(tmp_path, monkeypatch):
         return types.SimpleNamespace(step=np.int32(config.train.total_steps - 1))
 
     monkeypatch.setattr(runner.train, "train_and_evaluate", stopped)
-    with pytest.raises(runner.RunStopped, match="rerun the study to resume"):
+    with pytest.raises(runner.train.TrainingStopped, match="rerun the same command to resume"):
         runner.execute(run, tmp_path, study, [])
 
 
@@ -228,5 +232,20 @@ def test_a_sweep_shares_the_runs_its_points_have_in_common(tmp_path):
         1 for r in single if r.stage in ("synthetic", "realism", "conditions", "memorization")
         and not r.name.startswith("classifiers/real/")
     )  # fmt: skip
+    two = plan_lib.make_plan(smoke(sweep="synthetic.per_class=20,30;seeds=1,2"), tmp_path)
+    label = "synthetic.per_class=20__seeds=1"
+    mixed = next(r for r in two if r.name == f"points/{label}/classifiers/real+vae/seed_0")
+    assert mixed.overrides["data.synthetic.dirs"] == f"$W/points/{label}/synthetic/vae"
     with pytest.raises(ValueError, match="not a field of the study config"):
         plan_lib.make_plan(smoke(sweep="synthetic.per_klass=1,2"), tmp_path)
+
+
+def test_one_run_by_name(tmp_path):
+    fake = FakeExecutor()
+    with pytest.raises(ValueError, match="not done.*generators/vae"):
+        runner.run_study(smoke(), tmp_path, run_name="synthetic/vae", executor=fake)
+    runner.run_study(smoke(), tmp_path, run_name="generators/vae", executor=fake)
+    runner.run_study(smoke(), tmp_path, run_name="synthetic/vae", executor=fake)
+    assert fake.made == ["generators/vae", "synthetic/vae"]
+    with pytest.raises(ValueError, match="not a run of this study"):
+        runner.run_study(smoke(), tmp_path, run_name="synthetic/nope", executor=fake)

@@ -22,6 +22,7 @@ class FakeLauncher:
     def __init__(self, fail=(), polls=2):
         self.fail, self.polls = set(fail), polls
         self.running, self.finished, self.most, self.slots = set(), [], 0, {}
+        self.terminated = []
 
     def __call__(self, run, slot):
         assert slot not in self.slots.values(), "one run per slot"
@@ -31,6 +32,12 @@ class FakeLauncher:
         launcher, left = self, [self.polls]
 
         class Handle:
+            def terminate(self):
+                launcher.terminated.append(run.name)
+
+            def wait(self, timeout=None):
+                return 0
+
             def poll(self):
                 left[0] -= 1
                 if left[0]:
@@ -95,3 +102,18 @@ def test_subprocess_launcher_runs_the_command_into_a_log(tmp_path):
     assert handle.wait(timeout=300) == 2  # A user error: no such run.
     log = (tmp_path / "logs" / "synthetic" / "x.log").read_text()
     assert f"No {tmp_path}/nowhere/config.json" in log
+
+
+def test_an_interrupted_study_stops_its_runs(tmp_path):
+    launcher = FakeLauncher(polls=10**6)  # Never finish.
+
+    def interrupt(run, slot):
+        if launcher.running and len(launcher.running) == 2:
+            raise KeyboardInterrupt
+        return launcher(run, slot)
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study(), tmp_path, launcher=interrupt, poll_seconds=0,
+                         executor=lambda *_: None)  # fmt: skip
+    assert sorted(launcher.terminated) == sorted(launcher.running)
+    assert len(launcher.terminated) == 2

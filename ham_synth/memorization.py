@@ -35,14 +35,23 @@ REPORT = "memorization.json"
 PAIRS = "closest_pairs.png"
 
 
-def nearest(queries: np.ndarray, reference: np.ndarray, chunk: int = 512):
-    """(int64[N] index, float64[N] distance) of each query's nearest reference row (L2)."""
-    reference = np.asarray(reference, np.float64)
-    norms = (reference * reference).sum(1)
+class Reference:
+    """Rows to search, held in float64 with their squared norms, computed once."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.asarray(rows, np.float64)
+        self.norms = (self.rows * self.rows).sum(1)
+
+
+def nearest(queries: np.ndarray, reference, chunk: int = 512):
+    """(int64[N] index, float64[N] distance) of each query's nearest reference row (L2);
+    `reference`: rows, or a Reference built from them once."""
+    if not isinstance(reference, Reference):
+        reference = Reference(reference)
     index, distance = [], []
     for start in range(0, len(queries), chunk):
         q = np.asarray(queries[start : start + chunk], np.float64)
-        squared = (q * q).sum(1)[:, None] + norms[None, :] - 2.0 * q @ reference.T
+        squared = (q * q).sum(1)[:, None] + reference.norms[None, :] - 2.0 * q @ reference.rows.T
         best = squared.argmin(1)
         index.append(best)
         distance.append(np.sqrt(np.maximum(squared[np.arange(len(q)), best], 0.0)))
@@ -169,7 +178,7 @@ def near_copy_screen(
     batch_size = parallel.round_to_devices(batch_size, mesh)
     train = read_all(sources.get_source(split_data(data, "train")))[0]
     test = read_all(sources.get_source(split_data(data, "test")))[0]
-    spaces = [(pixels, pixels(train), pixels(test))]
+    spaces = [(pixels, Reference(pixels(train)), pixels(test))]
     if classifier_workdir:
         net = features_lib.get_feature_net(
             "classifier", mesh, classifier_workdir=classifier_workdir
@@ -178,7 +187,7 @@ def near_copy_screen(
         def embed(images):
             return features_lib.image_features(net, images, batch_size, mesh)
 
-        spaces.append((embed, embed(train), embed(test)))
+        spaces.append((embed, Reference(embed(train)), embed(test)))
     thresholds = [np.quantile(nearest(ref_test, ref_train)[1], quantile)
                   for _, ref_train, ref_test in spaces]  # fmt: skip
 

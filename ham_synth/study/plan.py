@@ -283,18 +283,30 @@ def parse_sweep(study: ml_collections.ConfigDict) -> list[tuple[str, list]]:
         except AttributeError:
             raise ValueError(
                 f"sweep axis {field!r} is not a field of the study config (e.g. "
-                "synthetic.per_class, data.train_fraction, generators.ddpm.sample.guidance)."
+                "synthetic.per_class, data.train_fraction, seeds)."
             ) from None
-        cast = (
-            (lambda v: v.lower() in ("1", "true")) if isinstance(current, bool) else type(current)
-        )
+        if not isinstance(current, bool | int | float | str):
+            raise ValueError(
+                f"sweep axis {field!r} is a {type(current).__name__}; sweep a number, string or "
+                "bool field (e.g. generators.ddpm.overrides.train.total_steps)."
+            )
         try:
-            axes.append((field, [cast(v.strip()) for v in values.split(",") if v.strip()]))
+            axes.append((field, [_typed(v.strip(), current) for v in values.split(",")
+                                 if v.strip()]))  # fmt: skip
         except ValueError as error:
             raise ValueError(f"sweep axis {field!r}: {error}") from None
         if not axes[-1][1]:
             raise ValueError(f"sweep axis {field!r} has no values: write {field}=v1,v2.")
     return axes
+
+
+def _typed(text: str, like):
+    """`text` as the type of the field value `like`; bools must say true or false."""
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{text!r} is not true or false")
+        return text.lower() == "true"
+    return type(like)(text)
 
 
 def sweep_points(study: ml_collections.ConfigDict) -> list[tuple[str, dict]]:

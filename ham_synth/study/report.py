@@ -271,7 +271,8 @@ def per_class_f1_plot(results: dict, class_names: list[str], path: pathlib.Path)
     x = np.arange(len(class_names))
     for i, (condition, seeds) in enumerate(results.items()):
         values = np.asarray([[s["metrics"][f"{c}/f1"] for c in class_names] for s in seeds])
-        ax.bar(x + i * width, values.mean(0), width, yerr=values.std(0), label=condition)
+        spread = values.std(0, ddof=1) if len(values) > 1 else None  # As the tables' ± std.
+        ax.bar(x + i * width, values.mean(0), width, yerr=spread, label=condition)
     ax.set_xticks(x + 0.4 - width / 2, class_names)
     ax.set_ylabel("test F1")
     ax.set_ylim(0, 1)

@@ -238,6 +238,10 @@ def test_a_sweep_shares_the_runs_its_points_have_in_common(tmp_path):
     assert mixed.overrides["data.synthetic.dirs"] == f"$W/points/{label}/synthetic/vae"
     with pytest.raises(ValueError, match="not a field of the study config"):
         plan_lib.make_plan(smoke(sweep="synthetic.per_klass=1,2"), tmp_path)
+    with pytest.raises(ValueError, match="'ture' is not true or false"):
+        plan_lib.make_plan(smoke(sweep="conditions.real_plus_all=ture"), tmp_path)
+    with pytest.raises(ValueError, match="is a ConfigDict; sweep a number"):
+        plan_lib.make_plan(smoke(sweep="synthetic=1,2"), tmp_path)
 
 
 def test_one_run_by_name(tmp_path):

@@ -32,6 +32,21 @@ import ml_collections
 from ham_synth import config_lib
 
 
+def use_recipes(config, variant: str, *, data, generator_steps, classifier_steps, per_class,
+                tstr_per_class):  # fmt: skip
+    """Every family at its `variant` recipe on real dermoscopy (not imbalanced digits), with each
+    recipe's own length set here so that flags can lower it; DDIM-50 sampling."""
+    config.data.update(imbalance=False, **data)
+    for name, steps in generator_steps.items():
+        config.generators[name].config = f"configs/{name}.py:{variant}"
+        config.generators[name].overrides.train.total_steps = steps
+    config.generators.ddpm.sample.steps = 50
+    config.synthetic.per_class = per_class
+    config.synthetic.tstr_per_class = tstr_per_class
+    config.classifier.config = f"configs/vit.py:{variant}"
+    config.classifier.overrides.train.total_steps = classifier_steps
+
+
 def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, derma28=False, ham64=False)
     config = ml_collections.ConfigDict()
@@ -103,25 +118,13 @@ def get_config(arg: str | None = None):
         config.seeds = 2
         config.conditions.synthetic_only = "vae"
     if arg.derma28:
-        config.data.update(name="dermamnist", image_size=28, imbalance=False)
-        # Each recipe's own length, here so that flags can lower it.
-        for name, steps in dict(vae=5000, gan=2500, ddpm=2500).items():
-            config.generators[name].config = f"configs/{name}.py:derma28"
-            config.generators[name].overrides.train.total_steps = steps
-        config.generators.ddpm.sample.steps = 50
-        config.synthetic.per_class = 1000
-        config.synthetic.tstr_per_class = 500
-        config.classifier.config = "configs/vit.py:derma28"
-        config.classifier.overrides.train.total_steps = 3000
+        use_recipes(config, "derma28", data=dict(name="dermamnist", image_size=28),
+                    generator_steps=dict(vae=5000, gan=2500, ddpm=2500), classifier_steps=3000,
+                    per_class=1000, tstr_per_class=500)  # fmt: skip
     if arg.ham64:
-        config.data.update(name="ham10000", image_size=64, imbalance=False)
-        for name, steps in dict(vae=50_000, gan=100_000, ddpm=500_000).items():
-            config.generators[name].config = f"configs/{name}.py:ham64"
-            config.generators[name].overrides.train.total_steps = steps
-        config.generators.ddpm.sample.steps = 50
-        config.synthetic.per_class = 0  # Up to the largest class.
-        config.synthetic.tstr_per_class = 1000
-        config.classifier.config = "configs/vit.py:ham64"
-        config.classifier.overrides.train.total_steps = 20_000
+        use_recipes(config, "ham64", data=dict(name="ham10000", image_size=64),
+                    generator_steps=dict(vae=50_000, gan=100_000, ddpm=500_000),
+                    classifier_steps=20_000, per_class=0,  # 0: up to the largest class.
+                    tstr_per_class=1000)  # fmt: skip
         config.seeds = 5
     return config

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ham_synth import grids, parallel
-from ham_synth.data import sources
+from ham_synth.data import pipeline, sources
 from ham_synth.evaluators import features as features_lib
 
 STATEMENT = (
@@ -86,10 +86,9 @@ def split_data(data: ml_collections.ConfigDict, split: str) -> ml_collections.Co
 
 
 def read_all(source) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images [N, H, W, C], labels [N]) of every record."""
+    """(uint8 images [N, H, W, C], labels [N]) of every record, each image decoded once."""
     images = np.stack([source[i]["image"] for i in range(len(source))])
-    labels = np.asarray([source[i]["label"] for i in range(len(source))])
-    return images, labels
+    return images, pipeline.source_labels(source)
 
 
 def closest_pairs_png(path, synthetic, train, pairs, captions) -> None:

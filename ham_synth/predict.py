@@ -46,7 +46,7 @@ def run(
             f"{workdir} trained the {config.task!r} family; `classify` needs a classifier run "
             "(configs/vit.py)."
         )
-    step = step or ("best" if config.train.best.metric else "latest")
+    step = step or workdir_lib.default_step(config)
     restored = workdir_lib.load(workdir, step)
     mesh = parallel.make_mesh()
     ops = transforms.parse_ops(config.data.eval_preprocess, deterministic=True)

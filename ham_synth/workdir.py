@@ -99,6 +99,11 @@ def initial_state(built: Built, rng: jax.Array, mesh) -> state_lib.TrainState:
     return state
 
 
+def default_step(config: ml_collections.ConfigDict) -> str:
+    """The checkpoint a finished run is used from: best when it keeps one, else latest."""
+    return "best" if config.train.best.metric else "latest"
+
+
 def parse_step(step: str | int) -> str | int:
     """ "latest", "best" or a step number, from a flag or an `init_from` suffix."""
     if isinstance(step, int) or step in STEP_CHOICES:

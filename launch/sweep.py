@@ -44,11 +44,8 @@ def is_study(config) -> bool:
 def training_runs(config, spec: str, sweep: str, overrides: dict) -> list[plan_lib.Run]:
     """One `train` run per point of `sweep` over `config`'s fields, in WORKDIR/<point>, each
     with the command line's --config overrides too."""
-    holder = config_lib.with_values(config, {})
-    with holder.unlocked():
-        holder.sweep = sweep  # parse_sweep reads the sweep from the config it types against.
     runs = []
-    for label, values in plan_lib.sweep_points(holder):
+    for label, values in plan_lib.sweep_points(sweep, config):
         folder = label or "run"
         runs.append(
             plan_lib.Run(folder, "train", "train", {"workdir": f"$W/{folder}"}, spec,

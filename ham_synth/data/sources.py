@@ -232,14 +232,16 @@ def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
     own = [s for s in prepared if s in ham10000.SPLIT_NAMES]
     split = "+".join(own) if data.split == "all" else data.split
     undecoded = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-    rows = [undecoded[i] for i in range(len(undecoded))]
-    labels = np.fromiter((row["label"] for row in rows), np.int32, len(rows))
-    subgroups = {
-        "sex": np.asarray([row["sex"].decode() or "unknown" for row in rows]),
-        "age": np.asarray([age_band(float(row["age"])) for row in rows]),
-        "localization": np.asarray([row["localization"].decode() or "unknown" for row in rows]),
-    }
-    return Ham10000Source(builder.as_data_source(split), labels, subgroups)
+    # One pass over the undecoded records, keeping only their small fields (not the PNG bytes).
+    labels, subgroups = [], {"sex": [], "age": [], "localization": []}
+    for i in range(len(undecoded)):
+        row = undecoded[i]
+        labels.append(row["label"])
+        subgroups["sex"].append(row["sex"].decode() or "unknown")
+        subgroups["age"].append(age_band(float(row["age"])))
+        subgroups["localization"].append(row["localization"].decode() or "unknown")
+    subgroups = {k: np.asarray(v, dtype=str) for k, v in subgroups.items()}
+    return Ham10000Source(builder.as_data_source(split), np.asarray(labels, np.int32), subgroups)
 
 
 # --- dermamnist: MedMNIST's npz ---

@@ -94,7 +94,7 @@ def make_classifier(mesh, *, classifier_workdir: str = "", **_) -> FeatureNet:
             "configs/vit.py."
         )
     config = config_lib.load_workdir_config(classifier_workdir)
-    run = workdir_lib.load(classifier_workdir, "best" if config.train.best.metric else "latest")
+    run = workdir_lib.load(classifier_workdir, workdir_lib.default_step(config))
     if run.config.data.eval_preprocess:
         raise ValueError(
             f"{classifier_workdir} evaluates through data.eval_preprocess="

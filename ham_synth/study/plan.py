@@ -271,18 +271,18 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
     return runs
 
 
-def parse_sweep(study: ml_collections.ConfigDict) -> list[tuple[str, list]]:
-    """`sweep="synthetic.per_class=100,300;data.train_fraction=0.25,1.0"` -> [(field, values)],
-    each value typed as the study field it sets."""
+def parse_sweep(spec: str, config: ml_collections.ConfigDict) -> list[tuple[str, list]]:
+    """`"synthetic.per_class=100,300;data.train_fraction=0.25,1.0"` -> [(field, values)], each
+    value typed as the field of `config` (a study's, or any run's) it sets."""
     axes = []
-    for item in filter(None, (part.strip() for part in study.sweep.split(";"))):
+    for item in filter(None, (part.strip() for part in spec.split(";"))):
         field, _, values = item.partition("=")
         field = field.strip()
         try:
-            current = functools.reduce(getattr, field.split("."), study)
+            current = functools.reduce(getattr, field.split("."), config)
         except AttributeError:
             raise ValueError(
-                f"sweep axis {field!r} is not a field of the study config (e.g. "
+                f"sweep axis {field!r} is not a field of the config (e.g. a study's "
                 "synthetic.per_class, data.train_fraction, seeds)."
             ) from None
         if not isinstance(current, bool | int | float | str):
@@ -309,9 +309,10 @@ def _typed(text: str, like):
     return type(like)(text)
 
 
-def sweep_points(study: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
-    """(label, {field: value}) for every point of the sweep's grid; [("", {})] without one."""
-    axes = parse_sweep(study)
+def sweep_points(spec: str, config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
+    """(label, {field: value}) for every point of the sweep `spec` over `config`'s fields;
+    [("", {})] for an empty spec."""
+    axes = parse_sweep(spec, config)
     grid = itertools.product(*[[(field, v) for v in values] for field, values in axes])
     return [(point_label(point), dict(point)) for point in grid]
 
@@ -349,7 +350,7 @@ def make_plan(study: ml_collections.ConfigDict, root: pathlib.Path) -> list[Run]
     own name; a run that differs gets one folder per distinct version,
     points/<first point's label>/<name>. Run.points says which points read each run."""
     points = [(label, point_runs(config_lib.with_values(study, values)))
-              for label, values in sweep_points(study)]  # fmt: skip
+              for label, values in sweep_points(study.sweep, study)]  # fmt: skip
     order = list(dict.fromkeys(r.name for _, runs in points for r in runs))
     by_point = {label: {r.name: r for r in runs} for label, runs in points}
     renames: dict[str, dict[str, str]] = {label: {} for label, _ in points}

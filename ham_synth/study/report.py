@@ -351,7 +351,7 @@ def write_report(study: ml_collections.ConfigDict, plan: list[plan_lib.Run], roo
     """W/report.md and report.json: one study's report, or with a sweep, the points' table and
     each point's report in points/<label>/. Returns report.json's content."""
     root = pathlib.Path(root)
-    points = plan_lib.sweep_points(study)
+    points = plan_lib.sweep_points(study.sweep, study)
     if len(points) == 1:
         return write_point_report(study, plan, root, root)
     contents = {}
@@ -366,7 +366,7 @@ def write_sweep_report(study, contents: dict, root: pathlib.Path) -> dict:
     """The sweep's table: per point and condition, the primary metric and its change from that
     point's real-only runs, with the verdict."""
     primary = study.report.primary_metric
-    axes = [field for field, _ in plan_lib.parse_sweep(study)]
+    axes = [field for field, _ in plan_lib.parse_sweep(study.sweep, study)]
     lines = [
         "# Does synthetic data help the classifier? A sweep",
         "",

@@ -236,7 +236,7 @@ def test_a_sweep_shares_the_runs_its_points_have_in_common(tmp_path):
     label = "synthetic.per_class=20__seeds=1"
     mixed = next(r for r in two if r.name == f"points/{label}/classifiers/real+vae/seed_0")
     assert mixed.overrides["data.synthetic.dirs"] == f"$W/points/{label}/synthetic/vae"
-    with pytest.raises(ValueError, match="not a field of the study config"):
+    with pytest.raises(ValueError, match="is not a field of the config"):
         plan_lib.make_plan(smoke(sweep="synthetic.per_klass=1,2"), tmp_path)
     with pytest.raises(ValueError, match="'ture' is not true or false"):
         plan_lib.make_plan(smoke(sweep="conditions.real_plus_all=ture"), tmp_path)

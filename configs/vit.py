@@ -20,7 +20,9 @@ derma28: DermaMNIST at 28x28 (--config.data.path=dermamnist.npz); a 6-block ViT 
   vasc 715 up to 800): synthetic share 0.319 of the images seen; 30 min on 2 CPU cores; test
   balanced accuracy 0.507, accuracy 0.664, macro F1 0.397, ROC-AUC 0.902. One seed each, so no
   claim either way; per class, df recall rose (0.18 -> 0.55) while vasc precision fell (0.83 ->
-  0.19).
+  0.19). That run also kept balance_alpha 0.5, balancing the classes twice (the real draws and
+  the synthetic top-up), which shrank nv's share of the stream from 0.46 to about 0.27; that
+  combination is now an error (set data.balance_alpha=0 with the balance policy).
 ham64: HAM10000 prepared at 64 (--config.data.data_dir=D), from scratch; 8x8 patches, 192 wide,
   6 blocks; 20,000 steps of 128. Not run here (no HAM10000): a step takes 1.29 s on 2 CPU cores
   (tools/benchmark.py --cases=config, 145 GFLOP), so about 7 h; an estimate for one H200 from

@@ -172,6 +172,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # in this process's shard), so class shares follow class_count**(1-alpha). 0: off (shuffled
     # epochs, each record once per epoch); 1: every class equally often.
     config.data.balance_alpha = 0.0
+    # Threads that assemble training batches (grain's ReadOptions.num_threads). Decoding and
+    # augmenting in Python hold the GIL, so threads beyond the spare cores slow the step down;
+    # 0: one per core beyond the first, at most 16 (one thread on a 2-core machine).
+    config.data.read_threads = 0
     # Real + synthetic training data (data/synthetic.py); val and test stay real.
     config.data.synthetic = ml_collections.ConfigDict(
         {

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ham_synth import checkpoint, evaluators, parallel
+from ham_synth import checkpoint, environment, evaluators, parallel
 from ham_synth import metric_writer as metric_writer_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.tasks import base
@@ -156,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     config = built.config
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        environment.write(workdir)
     train_iter = iter(built.dataset)
     train_step = make_train_step(built.task, mesh)
 

@@ -5,6 +5,8 @@ source -> this process's shard -> per-epoch shuffle -> repeat (or class-balanced
 The iterator's `get_state()` is saved in every checkpoint, so a resumed run sees the same data.
 """
 
+import os
+
 import grain
 import jax
 import ml_collections
@@ -138,6 +140,7 @@ def make_dataset(
     augment: str = "",
     balance_alpha: float = 0.0,
     mix: synthetic.Mix | None = None,
+    read_threads: int = 0,
 ) -> grain.IterDataset:
     """Infinite stream of `batch_size` batches from shard `shard_index` of `shard_count`.
 
@@ -146,6 +149,7 @@ def make_dataset(
     counts of this shard, instead of shuffled epochs.
     `mix`: synthetic records (this shard of them, in shuffled epochs) take each stream position
     with probability `mix.weight`; batches then carry `synthetic` True for them.
+    `read_threads`: threads assembling batches; 0: `default_read_threads()`.
     """
     ops = transforms.parse_ops(augment)  # Fails on a typo before any data is read.
     if not 0 <= balance_alpha <= 1:
@@ -184,8 +188,21 @@ def make_dataset(
     return (
         records.map(transforms.ToModelInputs())
         .batch(batch_size, drop_remainder=True)
-        .to_iter_dataset()
+        .to_iter_dataset(read_options(read_threads or default_read_threads()))
     )
+
+
+def read_options(threads: int) -> grain.ReadOptions:
+    """`threads` threads and a few batches ahead each: grain's default buffer of 500 batches
+    would hold gigabytes of float images at 224²."""
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(8, 2 * threads))
+
+
+def default_read_threads() -> int:
+    """One batch-assembling thread per core beyond the first (the step's), at most 16: the
+    Python decoding and augmentation hold the GIL, and on 2 cores grain's default of 16 threads
+    made a batch of 64 augmented 16² images take 27 ms against 13 ms with one."""
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
 
 
 def mix_synthetic(
@@ -227,7 +244,11 @@ def make_train_dataset(
     mix = None
     if "synthetic" in config.data:  # Configs saved before data.synthetic existed have none.
         mix = synthetic.make_mix(
-            config.data.synthetic, source.class_names, labels, config.data.image_size
+            config.data.synthetic,
+            source.class_names,
+            labels,
+            config.data.image_size,
+            config.data.get("balance_alpha", 0.0),
         )
     if mix is not None:
         logging.info(
@@ -247,6 +268,7 @@ def make_train_dataset(
         augment=config.data.get("augment", ""),
         balance_alpha=config.data.get("balance_alpha", 0.0),
         mix=mix,
+        read_threads=config.data.get("read_threads", 0),
     )
     counts = np.bincount(labels, minlength=len(source.class_names))
     classes = {

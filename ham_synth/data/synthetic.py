@@ -21,14 +21,19 @@ import numpy as np
 from ham_synth.data import sources
 
 POLICIES = ("add", "balance", "ratio", "only")
+# Policies that mix by image count: every record, real or synthetic, equally likely.
+COUNT_POLICIES = ("add", "balance")
 MANIFEST = "manifest.csv"
+# A chosen set whose decoded pixels fit in this many bytes is decoded once, up front, instead of
+# at every draw (at 16², per-draw PNG decoding took a third of a batch's assembly time).
+IN_MEMORY_BYTES = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
 class Mix:
     """The chosen synthetic records and the share of the training stream they take."""
 
-    source: sources.FolderSource
+    source: sources.FolderSource | sources.ArraySource
     weight: float  # Probability that a stream position reads a synthetic record.
     counts: np.ndarray  # int64[K]: synthetic images chosen per class.
 
@@ -57,13 +62,23 @@ def make_mix(
     class_names: tuple[str, ...],
     real_labels: np.ndarray,
     image_size: int,
+    balance_alpha: float = 0.0,
 ) -> Mix | None:
-    """The synthetic side of the training stream, or None when `synthetic.dirs` is empty."""
+    """The synthetic side of the training stream, or None when `synthetic.dirs` is empty;
+    `balance_alpha` is the real stream's (data.balance_alpha)."""
     dirs = [d.strip() for d in synthetic.dirs.split(",") if d.strip()]
     if not dirs:
         return None
     if synthetic.policy not in POLICIES:
         raise ValueError(f"data.synthetic.policy={synthetic.policy!r}; choose one of {POLICIES}.")
+    if synthetic.policy in COUNT_POLICIES and balance_alpha > 0:
+        raise ValueError(
+            f"data.synthetic.policy={synthetic.policy!r} mixes by image count (every real or "
+            f"synthetic image equally likely), but data.balance_alpha={balance_alpha} also draws "
+            "the real images class-balanced, so the classes would be balanced twice and the "
+            "largest one shrunk far below its share. Set --config.data.balance_alpha=0, or use "
+            "policy 'ratio' (class-balanced real draws plus a fixed synthetic share)."
+        )
     if synthetic.policy == "ratio" and not 0 < synthetic.ratio < 1:
         raise ValueError(f"data.synthetic.ratio={synthetic.ratio}; the ratio policy needs (0, 1).")
     if synthetic.per_class < 0:
@@ -121,7 +136,15 @@ def make_mix(
     else:  # add, balance: each record, real or synthetic, equally likely at every position.
         weight = len(keep) / (len(keep) + len(real_labels))
     source = sources.FolderSource(paths, labels[keep], class_names, image_size)
+    if len(paths) * image_size**2 * 3 <= IN_MEMORY_BYTES:
+        source = decoded(source)
     return Mix(source, weight, counts)
+
+
+def decoded(source: sources.FolderSource) -> sources.ArraySource:
+    """`source` with every image decoded into memory, in the same order."""
+    images = np.stack([source[i]["image"] for i in range(len(source))])
+    return sources.ArraySource(images, source.labels, source.class_names)
 
 
 def wanted_counts(synthetic, available: np.ndarray, real_counts: np.ndarray) -> np.ndarray:

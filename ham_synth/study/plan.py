@@ -23,7 +23,9 @@ dependencies' keys, with W written as `$W`, so a moved study keeps its keys). A 
 changes the keys of exactly the runs that depend on the change. How many images to sample is set
 once, by `synthetic`: each class gets what its policy draws (e.g. balance: the real largest class,
 or `per_class`, minus the real count), and at least `tstr_per_class` of every class when the
-synthetic-only condition is on.
+synthetic-only condition is on. With the add and balance policies the real + synthetic runs draw
+their real images uniformly (data.balance_alpha=0): the synthetic images do the balancing, while
+the real-only runs keep the classifier config's class-balanced draws.
 """
 
 import dataclasses
@@ -245,6 +247,10 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
     # Only the classes generated for mixing: images made for the synthetic-only condition alone
     # (tstr_per_class of the other classes) stay out of real + synthetic.
     mix["data.synthetic.classes"] = ",".join(generated_classes(study, class_names, real_counts))
+    if study.synthetic.policy in synthetic.COUNT_POLICIES:
+        # The synthetic images balance the classes: the real ones are drawn uniformly, not also
+        # class-balanced as the real-only runs may be (data.balance_alpha).
+        mix["data.balance_alpha"] = 0.0
     mixes = {f"real+{g}": [g] for g in study.generators}
     if study.conditions.real_plus_all and len(study.generators) > 1:
         mixes[f"real+{ALL}"] = list(study.generators)

@@ -8,6 +8,7 @@ classes).
 """
 
 import csv
+import glob
 import json
 import math
 import os
@@ -16,9 +17,10 @@ import pathlib
 import matplotlib
 import ml_collections
 import numpy as np
+from PIL import Image
 from scipy import stats
 
-from ham_synth import config_lib, memorization, metric_writer
+from ham_synth import config_lib, environment, grids, memorization, metric_writer
 from ham_synth.evaluators import classification
 from ham_synth.study import plan as plan_lib
 
@@ -36,6 +38,7 @@ METRICS = {
     "F1 (macro)": "f1_macro",
 }
 ALPHA = 0.05
+SET_GRID_COLUMNS = 8  # Images per class in the report's grid of each synthetic set.
 
 
 def test_metrics(workdir: pathlib.Path, split: str = "test") -> dict:
@@ -195,17 +198,104 @@ def memorization_section(audits: dict) -> list[str]:
     return [*lines, "", memorization.STATEMENT]
 
 
+def best_condition(results: dict, primary: str) -> str | None:
+    """The real + synthetic condition with the highest mean `primary`, or None if there is none."""
+    mixed = [c for c in results if c.startswith("real+")]
+    if not mixed:
+        return None
+    return max(mixed, key=lambda c: np.mean([r["metrics"][primary] for r in results[c]]))
+
+
+def _latest_png(folder: pathlib.Path, prefix: str = "") -> pathlib.Path | None:
+    """The PNG of `folder` named `prefix`step_N.png with the largest N, or None."""
+    found = sorted(folder.glob(f"{glob.escape(prefix)}step_*.png"))
+    return found[-1] if found else None
+
+
+def synthetic_grid(folder: pathlib.Path, class_names: list[str], path: pathlib.Path) -> bool:
+    """A grid of the first SET_GRID_COLUMNS images of each class of a `ham-synth sample` folder,
+    one labelled row per class it holds (what the classifiers were given); False if it is empty."""
+    rows, names = [], []
+    for name in class_names:
+        files = sorted((folder / name).glob("*.png"))[:SET_GRID_COLUMNS]
+        if not files:
+            continue
+        images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        images += [np.full_like(images[0], 255)] * (SET_GRID_COLUMNS - len(images))
+        rows += images
+        names.append(name)
+    if not rows:
+        return False
+    stacked = np.stack(rows).astype(np.float32) / 127.5 - 1.0
+    grid = grids.make_grid(stacked, rows=len(names))
+    grids.write_png(path, grid, grids.display_scale(stacked.shape[1]), names)
+    return True
+
+
+def images_section(plan, root: pathlib.Path, out: pathlib.Path, results: dict, primary: str,
+                   class_names: list[str]) -> list[str]:  # fmt: skip
+    """Links to each generator's last sample grid, a per-class grid of each synthetic set (made
+    here, in report/), and the ViT's attention maps (real-only and the best condition, seed 0)."""
+    lines = ["## Images", ""]
+    for run in plan:
+        kind, _, generator = run.base_name.partition("/")
+        if run.base_name.count("/") != 1:
+            continue
+        if kind == "generators" and (grid := _latest_png(root / run.name / "samples")):
+            step = grid.stem.removeprefix("step_").lstrip("0")
+            lines.append(f"- {generator}: sample grid at step {step}, a row per class: "
+                         f"![{generator} samples]({os.path.relpath(grid, out)})")  # fmt: skip
+        if kind == "synthetic":
+            path = out / "report" / f"synthetic_{generator}.png"
+            if synthetic_grid(root / run.name, class_names, path):
+                lines.append(
+                    f"- {generator}: its synthetic set, first {SET_GRID_COLUMNS} images of each "
+                    f"class: ![{generator} set]({os.path.relpath(path, out)})"
+                )
+    shown = [plan_lib.REAL] + [c for c in [best_condition(results, primary)] if c]
+    seed_0 = {c: pathlib.Path(results[c][0]["file"]).parent for c in shown}
+    maps = {c: {name: _latest_png(seed_0[c] / "evals" / "attention", f"{name}_")
+                for name in class_names} for c in shown}  # fmt: skip
+    if any(path for by_class in maps.values() for path in by_class.values()):
+        lines += [
+            "",
+            "Attention rollout of the ViT (seed 0) on test images of each class, correct and "
+            "wrong predictions side by side:",
+            "",
+            "| class | " + " | ".join(shown) + " |",
+            "|---" * (len(shown) + 1) + "|",
+        ]
+        for name in class_names:
+            cells = [f"![{c} {name}]({os.path.relpath(maps[c][name], out)})" if maps[c][name]
+                     else "none" for c in shown]  # fmt: skip
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def environment_section(plan, root: pathlib.Path) -> list[str]:
+    """Where the training runs ran (their environment.json): each distinct setup and its runs."""
+    setups: dict[str, list[str]] = {}
+    for run in plan:
+        if run.verb == "train" and (env := environment.read(root / run.name)):
+            setups.setdefault(environment.summary(env), []).append(run.name)
+    lines = ["## Environment", ""]
+    for setup, names in setups.items():
+        lines.append(f"- {len(names)} training run(s), e.g. {names[0]}: {setup}")
+    if not setups:
+        lines.append(f"No training run left an {environment.FILE} (older runs did not write one).")
+    return lines
+
+
 def subgroup_section(results: dict, primary: str) -> list[str]:
     """Balanced accuracy per sex, age band and body site for real-only and the best real +
     synthetic condition (by mean `primary`), and each attribute's gap (best - worst subgroup)."""
     lines = ["## Subgroups", ""]
     real = results[plan_lib.REAL]
-    mixed = [c for c in results if c.startswith("real+")]
-    if real[0].get("subgroups") is None or not mixed:
+    best = best_condition(results, primary)
+    if real[0].get("subgroups") is None or best is None:
         note = ("No subgroup metadata in this data (HAM10000 records age, sex and body site; the "
                 "digits and DermaMNIST do not), so no subgroup table.")  # fmt: skip
         return [*lines, note]
-    best = max(mixed, key=lambda c: np.mean([r["metrics"][primary] for r in results[c]]))
     lines += [
         f"Test balanced accuracy per subgroup, mean ± std over seeds, for real-only and {best} "
         f"(the best real + synthetic condition by {primary}); subgroups under "
@@ -495,6 +585,8 @@ def write_point_report(
     lines += realism_section(realism, has_inception)
     audits = collect_memorization(plan, root, out)
     lines += ["", *memorization_section(audits)]
+    lines += ["", *images_section(plan, root, out, results, primary, class_names)]
+    lines += ["", *environment_section(plan, root)]
     lines += ["", "## Runs", ""]
     lines += [f"- `{plan_lib.shell_command(r, root)}`" for r in plan if r.verb != "report"]
     (out / REPORT_MD).write_text("\n".join(lines) + "\n")

@@ -80,10 +80,15 @@ def test_num_classes_comes_from_the_data_or_a_mismatch_says_how_to_fix_it():
         sources.get_source(_data(imbalance=True, num_classes=10))
 
 
-def _dataset(seed, shard_index=0, shard_count=1, batch_size=8):
+def _dataset(seed, shard_index=0, shard_count=1, batch_size=8, **kwargs):
     source = sources.get_source(_data())
     return pipeline.make_dataset(
-        source, batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count
+        source,
+        batch_size=batch_size,
+        seed=seed,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        **kwargs,
     )
 
 
@@ -91,6 +96,16 @@ def test_same_seed_same_order_other_seed_other_order():
     first = _indices(_dataset(seed=1), 10)
     np.testing.assert_array_equal(_indices(_dataset(seed=1), 10), first)
     assert not np.array_equal(_indices(_dataset(seed=2), 10), first)
+
+
+def test_the_number_of_read_threads_leaves_the_batches_unchanged():
+    def batches(threads):
+        dataset = _dataset(seed=3, augment="rotate(20)|zoom(0.8,1.2)", read_threads=threads)
+        return list(itertools.islice(iter(dataset), 6))
+
+    for a, b in zip(batches(1), batches(4), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["index"], b["index"])
 
 
 def test_each_epoch_is_a_new_permutation_of_the_split():

@@ -10,8 +10,8 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from ham_synth import metric_writer, train
-from ham_synth.data import pipeline, sources
+from ham_synth import config_lib, metric_writer, train
+from ham_synth.data import pipeline, sources, synthetic
 
 NAMES = [f"{d}:{name}" for d, name in enumerate(("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"))]
 
@@ -91,6 +91,23 @@ def test_synthetic_classes_limit_what_is_taken(folder):
         _stream(_config(folder, classes="zz"))
 
 
+def test_small_sets_are_decoded_once_into_the_same_stream(folder, monkeypatch):
+    """A set under synthetic.IN_MEMORY_BYTES is held decoded; the batches equal those of the
+    decode-on-access path."""
+    config = _config(folder, policy="ratio", ratio=0.5)
+    mix = synthetic.make_mix(config.data.synthetic, tuple(NAMES), np.arange(7), 8)
+    assert isinstance(mix.source, sources.ArraySource)
+    in_memory = list(itertools.islice(iter(pipeline.make_train_dataset(config)[0]), 3))
+    monkeypatch.setattr(synthetic, "IN_MEMORY_BYTES", 0)
+    mix = synthetic.make_mix(config.data.synthetic, tuple(NAMES), np.arange(7), 8)
+    assert isinstance(mix.source, sources.FolderSource)
+    on_access = list(itertools.islice(iter(pipeline.make_train_dataset(config)[0]), 3))
+    for a, b in zip(in_memory, on_access, strict=True):
+        assert a["synthetic"].any()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_class_names_are_matched_by_name_and_shortfalls_are_named(tmp_path):
     odd = _sample_folder(tmp_path / "odd", {"melanoma": 3, NAMES[0]: 2})
     with pytest.raises(ValueError, match=r"classes \['melanoma'\].*not among the real data's"):
@@ -102,6 +119,9 @@ def test_class_names_are_matched_by_name_and_shortfalls_are_named(tmp_path):
         _stream(_config(tmp_path))
     with pytest.raises(ValueError, match="policy='mix'; choose one of"):
         _stream(_config(few, policy="mix"))
+    twice = config_lib.with_values(_config(few, policy="balance"), {"data.balance_alpha": 0.5})
+    with pytest.raises(ValueError, match="balanced twice.*balance_alpha=0, or use policy 'ratio'"):
+        _stream(twice)
 
 
 def test_resume_is_bit_exact_with_mixing(folder):

@@ -66,6 +66,18 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert only.overrides["data.synthetic.policy"] == "only"
     real_run = next(r for r in plan if r.name == "classifiers/real/seed_0")
     assert real_run.deps == () and "data.synthetic.dirs" not in real_run.overrides
+    # The balance top-up balances the classes, so its runs draw real images uniformly; real-only
+    # keeps the classifier config's class-balanced draws.
+    assert mixed.resolved_config(tmp_path).data.balance_alpha == 0
+    assert (
+        real_run.resolved_config(tmp_path).data.balance_alpha
+        == config_lib.load_config(study.classifier.config).data.balance_alpha
+        > 0
+    )
+    ratio = plan_lib.make_plan(smoke(**{"synthetic.policy": "ratio", "synthetic.ratio": 0.3}),
+                               tmp_path)  # fmt: skip
+    mixed = next(r for r in ratio if r.name == "classifiers/real+gan/seed_1")
+    assert "data.balance_alpha" not in mixed.overrides
     scored = next(r for r in plan if r.name == "realism/gan/classifier")
     assert scored.deps == ("synthetic/gan", "classifiers/real/seed_0")
     assert scored.flags["features"] == "classifier"

@@ -2,13 +2,15 @@
 match closed forms, its verdicts follow them; and one real smoke study end to end."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 from conftest import REPO
+from PIL import Image
 from scipy import stats
 
-from ham_synth import config_lib, metric_writer
+from ham_synth import config_lib, grids, metric_writer
 from ham_synth.study import plan as plan_lib
 from ham_synth.study import report, runner
 
@@ -168,6 +170,16 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
         assert f"| {condition} |" in text
     assert "| vae | 6:vasc |" in text  # Realism per class.
     assert (tmp_path / "memorization" / "vae" / "closest_pairs.png").stat().st_size > 0
+    # Images: the generator's sample grid, the set's per-class grid, attention maps; every link
+    # resolves to a file of the workdir.
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert "report/synthetic_vae.png" in links
+    assert any(link.startswith("generators/vae/samples/step_") for link in links)
+    assert any("classifiers/real/seed_0/evals/attention/" in link for link in links)
+    assert all((tmp_path / link).is_file() for link in links), links
+    with Image.open(tmp_path / "report" / "synthetic_vae.png") as grid:  # 7 classes of 8x8.
+        assert grid.height == grids.display_scale(8) * (7 * (8 + 1) + 1)
+    assert "training run(s), e.g. generators/vae: cpu (" in text
     assert runner.run_study(study, tmp_path) == []
 
     real_sizes = None

@@ -149,7 +149,9 @@ def _eta(durations: dict[str, list[float]], pending: list[plan_lib.Run]) -> str:
     for run in pending:
         seconds = durations.get(run.stage) or everything
         total += sum(seconds) / len(seconds)
-    return f"ETA {total / 60:.1f} min"
+    untimed = sorted({r.stage for r in pending} - set(durations), key=plan_lib.STAGES.index)
+    guess = f" (guessing {', '.join(untimed)} from the runs so far)" if untimed else ""
+    return f"ETA {total / 60:.1f} min{guess}"
 
 
 def compilation_cache(config: ml_collections.ConfigDict) -> str:

@@ -265,3 +265,14 @@ def test_one_run_by_name(tmp_path):
     assert fake.made == ["generators/vae", "synthetic/vae"]
     with pytest.raises(ValueError, match="not a run of this study"):
         runner.run_study(smoke(), tmp_path, run_name="synthetic/nope", executor=fake)
+
+
+def test_eta_is_the_mean_run_time_of_each_stage_and_names_its_guesses(tmp_path):
+    plan = plan_lib.make_plan(smoke(), tmp_path)
+    pending = [r for r in plan if r.stage in ("generators", "real")]  # 3 + 2 runs
+    assert runner._eta({}, pending) == "ETA unknown until a run finishes"
+    assert runner._eta({"generators": [60.0, 120.0]}, pending) == (
+        "ETA 7.5 min (guessing real from the runs so far)"
+    )
+    timed = {"generators": [60.0], "real": [30.0, 90.0]}
+    assert runner._eta(timed, pending) == "ETA 5.0 min"

@@ -16,7 +16,13 @@ derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), every family 
   recipe; each minority class topped up to 1,000 images, 500 of every class for the DDPM-only
   condition. At full length it is many CPU hours (one vit.py:derma28 run took 46 min on 2 CPU
   cores, and the study trains 15); lower the step counts through flags, e.g.
-  `--config.classifier.overrides.train.total_steps=N`. Not yet run.
+  `--config.classifier.overrides.train.total_steps=N` with `...overrides.optim.warmup_steps=M`
+  (the recipe warms up for 300 steps). On dermamnist_dev with generators at 800 (DDPM, GAN) and
+  1,500 (VAE) steps, DDIM-10, per_class 400 and tstr_per_class 100 (1,090 images a set): the DDPM
+  took 12 min, the GAN 17, the VAE 14, sampling the DDPM's set 4.4 (2 CPU cores, partly beside
+  other jobs). A first pass of the classifiers at 400 steps (warmup 300) left the real-only ViT
+  predicting nv for nearly everything (test balanced accuracy 0.15-0.17 over 3 seeds), so no
+  verdict from it; the classifier stages rerun at 1,000 steps (warmup 100), about 9 min a run.
 ham64: HAM10000 prepared at 64 (`--config.data.data_dir=D`), for GPUs: every family at its ham64
   recipe, each minority class topped up to the largest (nv), 1,000 of every class for the
   DDPM-only condition, the ViT over 5 seeds; `--config.study.parallel_runs=8` on an 8-GPU host.
@@ -37,7 +43,8 @@ from ham_synth import config_lib
 def use_recipes(config, variant: str, *, data, generator_steps, classifier_steps, per_class,
                 tstr_per_class):  # fmt: skip
     """Every family at its `variant` recipe on real dermoscopy (not imbalanced digits), with each
-    recipe's own length set here so that flags can lower it; DDIM-50 sampling."""
+    recipe's own length (and the classifier's warmup, which a shorter run must shorten too) set
+    here so that flags can lower them; DDIM-50 sampling."""
     config.data.update(imbalance=False, **data)
     for name, steps in generator_steps.items():
         config.generators[name].config = f"configs/{name}.py:{variant}"
@@ -47,6 +54,8 @@ def use_recipes(config, variant: str, *, data, generator_steps, classifier_steps
     config.synthetic.tstr_per_class = tstr_per_class
     config.classifier.config = f"configs/vit.py:{variant}"
     config.classifier.overrides.train.total_steps = classifier_steps
+    recipe = config_lib.load_config(config.classifier.config)
+    config.classifier.overrides.optim = dict(warmup_steps=recipe.optim.warmup_steps)
 
 
 def get_config(arg: str | None = None):

@@ -14,6 +14,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from ham_synth.data import imaging
+
 # Label order used everywhere (and by MedMNIST's DermaMNIST).
 CLASS_NAMES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
@@ -392,11 +394,10 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
     it). PIL's Lanczos widens its kernel by the scale factor, so the 450 -> 64 downsample is
     antialiased (no moire from hair and pigment network).
     """
+    image = imaging.to_rgb(image)  # Upright first: EXIF orientation can swap width and height.
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.convert("RGB").resize(
-        (size, size), Image.LANCZOS, box=(left, top, left + side, top + side)
-    )
+    return image.resize((size, size), Image.LANCZOS, box=(left, top, left + side, top + side))
 
 
 def load_square(path: pathlib.Path, size: int) -> Image.Image:

@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn import datasets as sk_datasets
 
 from ham_synth import config_lib
-from ham_synth.data import ham10000
+from ham_synth.data import ham10000, imaging
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -322,7 +322,7 @@ class FolderSource:
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))
+                pixels = np.asarray(imaging.to_rgb(image))
         except (OSError, SyntaxError, ValueError) as error:
             raise ham10000.DataError(
                 f"{path}: cannot decode the image ({error}); delete or replace it."

@@ -21,6 +21,7 @@ from PIL import Image
 from scipy import stats
 
 from ham_synth import config_lib, environment, grids, memorization, metric_writer
+from ham_synth.data import imaging
 from ham_synth.evaluators import classification
 from ham_synth.study import plan as plan_lib
 
@@ -220,7 +221,10 @@ def synthetic_grid(folder: pathlib.Path, class_names: list[str], path: pathlib.P
         files = sorted((folder / name).glob("*.png"))[:SET_GRID_COLUMNS]
         if not files:
             continue
-        images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        images = []
+        for file in files:
+            with Image.open(file) as image:
+                images.append(np.asarray(imaging.to_rgb(image)))
         images += [np.full_like(images[0], 255)] * (SET_GRID_COLUMNS - len(images))
         rows += images
         names.append(name)
@@ -238,9 +242,9 @@ def images_section(plan, root: pathlib.Path, out: pathlib.Path, results: dict, p
     here, in report/), and the ViT's attention maps (real-only and the best condition, seed 0)."""
     lines = ["## Images", ""]
     for run in plan:
-        kind, _, generator = run.base_name.partition("/")
-        if run.base_name.count("/") != 1:
+        if run.base_name.count("/") != 1:  # generators/<g> and synthetic/<g> only
             continue
+        kind, generator = run.base_name.split("/")
         if kind == "generators" and (grid := _latest_png(root / run.name / "samples")):
             step = grid.stem.removeprefix("step_").lstrip("0")
             lines.append(f"- {generator}: sample grid at step {step}, a row per class: "

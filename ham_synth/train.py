@@ -58,22 +58,30 @@ def _accumulate(total, metrics):
 
 
 class _StopRequest:
-    """Records SIGTERM (preemption, `kill`) so the loop can checkpoint and exit cleanly."""
+    """Records SIGTERM (preemption, `kill`) and SIGINT (Ctrl-C) so the loop can checkpoint and
+    exit cleanly; a second Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         # With several processes, JAX's preemption notifier (installed by
         # jax.distributed.initialize) must keep SIGTERM: a Python handler would replace it.
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         del frame
-        logging.warning("Received signal %d: checkpointing and stopping.", signum)
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.warning(
+            "Received %s: checkpointing and stopping (Ctrl-C again to interrupt at once).",
+            signal.Signals(signum).name,
+        )
         self.requested = True
 
     def should_stop(self, step: int) -> bool:
@@ -83,8 +91,8 @@ class _StopRequest:
         return self.requested
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def check_finite(means: dict[str, float], step: int, last_good_step: int, ckpt) -> None:

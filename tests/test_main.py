@@ -1,4 +1,4 @@
-"""The `ham-synth` command line, run as a user would: verbs, config typos, SIGTERM."""
+"""The `ham-synth` command line, run as a user would: verbs, config typos, SIGTERM and Ctrl-C."""
 
 import os
 import signal
@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import load_config
 
 from ham_synth import main, metric_writer, train
@@ -63,7 +64,8 @@ def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, repo):
     assert proc.returncode == 2 and "--fake_dir do(es) not apply to `sample`" in out
 
 
-def test_sigterm_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, repo):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, repo, signum):
     overrides = {
         "train.total_steps": 100_000,
         "train.log_every_steps": 1,
@@ -81,7 +83,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, repo):
     while len(metric_writer.read_metrics(tmp_path)) < 3:
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signum)
     out, _ = proc.communicate(timeout=120)
 
     assert proc.returncode == main.EXIT_STOPPED, out  # Not 0: the run is not finished.

@@ -365,6 +365,11 @@ def make_folder(data: ml_collections.ConfigDict) -> FolderSource:
     paths, labels = [], []
     for label, name in enumerate(class_names):
         files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in FOLDER_SUFFIXES)
+        if not files and not data.class_names:  # A class of its own folder, with no image.
+            raise ValueError(
+                f"{root / name} holds no .png or .jpg image, so its class would have none; add "
+                "images, remove the folder, or name the classes in data.class_names."
+            )
         paths += files
         labels += [label] * len(files)
     if not paths:

@@ -145,6 +145,15 @@ def test_folder_labels_follow_sorted_folder_names_and_images_are_resized(tmp_pat
     assert record["label"] == 2 and record["image"][..., 2].mean() > 190
 
 
+def test_an_empty_class_folder_is_named_unless_the_classes_are_configured(tmp_path):
+    _write_folder(tmp_path, {"akiec": 2, "df": 0})
+    data = _data(name="folder", path=str(tmp_path), split="all", num_classes=2)
+    with pytest.raises(ValueError, match=r"df holds no .png or .jpg image.*data.class_names"):
+        sources.get_source(data)
+    named = sources.get_source(_data(**{**data.to_dict(), "class_names": "akiec,df"}))
+    np.testing.assert_array_equal(named.labels, [0, 0])  # df: a class with no image here.
+
+
 def test_folder_follows_the_configured_class_list(tmp_path):
     # A synthetic set for the minority classes only: the label space is still HAM10000's.
     _write_folder(tmp_path, {"df": 2, "vasc": 1})

@@ -43,11 +43,8 @@ class Reference:
         self.norms = (self.rows * self.rows).sum(1)
 
 
-def nearest(queries: np.ndarray, reference, chunk: int = 512):
-    """(int64[N] index, float64[N] distance) of each query's nearest reference row (L2);
-    `reference`: rows, or a Reference built from them once."""
-    if not isinstance(reference, Reference):
-        reference = Reference(reference)
+def nearest(queries: np.ndarray, reference: Reference, chunk: int = 512):
+    """(int64[N] index, float64[N] distance) of each query's nearest reference row (L2)."""
     index, distance = [], []
     for start in range(0, len(queries), chunk):
         q = np.asarray(queries[start : start + chunk], np.float64)
@@ -61,6 +58,7 @@ def nearest(queries: np.ndarray, reference, chunk: int = 512):
 def audit_space(synthetic: np.ndarray, test: np.ndarray, train: np.ndarray, quantile: float):
     """One space's nearest-training rows for the synthetic and test sets, the median ratio and the
     near-copy threshold (the `quantile` of the test distances)."""
+    train = Reference(train)
     syn_index, syn_distance = nearest(synthetic, train)
     _, test_distance = nearest(test, train)
     median_test = float(np.median(test_distance))

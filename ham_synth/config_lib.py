@@ -293,6 +293,16 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
     return config.data.class_names.split(",")
 
 
+def named_classes(text: str, class_names, field: str) -> list[str]:
+    """The comma-separated class names in `text` (config field `field`), each one of
+    `class_names`; empty text gives []."""
+    named = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = sorted(set(named) - set(class_names))
+    if unknown:
+        raise ValueError(f"{field} names {unknown}; the data's classes are {list(class_names)}.")
+    return named
+
+
 def upgrade_config_dict(fields: dict) -> dict:
     """A config.json written by an older ham_synth, with the fields added since at the values that
     reproduce its behaviour."""

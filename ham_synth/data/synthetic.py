@@ -18,6 +18,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
+from ham_synth import config_lib
 from ham_synth.data import sources
 
 POLICIES = ("add", "balance", "ratio", "only")
@@ -95,13 +96,10 @@ def make_mix(
     labels = np.asarray([class_names.index(name) for _, name in rows], np.int32)
     real_counts = np.bincount(real_labels, minlength=len(class_names))
     available = np.bincount(labels, minlength=len(class_names))
-    chosen = [c.strip() for c in synthetic.get("classes", "").split(",") if c.strip()]
+    chosen = config_lib.named_classes(
+        synthetic.get("classes", ""), class_names, "data.synthetic.classes"
+    )
     if chosen:
-        unknown = sorted(set(chosen) - set(class_names))
-        if unknown:
-            raise ValueError(
-                f"data.synthetic.classes names {unknown}; the real data's are {list(class_names)}."
-            )
         available = np.where(np.isin(class_names, chosen), available, 0)
     wanted = wanted_counts(synthetic, available, real_counts)
     short = {class_names[c]: (int(wanted[c]), int(available[c]))

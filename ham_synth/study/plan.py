@@ -142,10 +142,7 @@ def data_values(study: ml_collections.ConfigDict) -> dict:
 
 def generated_classes(study, class_names, real_counts: np.ndarray) -> list[str]:
     """The classes sampled for mixing: `synthetic.classes`, or all but the largest."""
-    named = [c.strip() for c in study.synthetic.classes.split(",") if c.strip()]
-    unknown = sorted(set(named) - set(class_names))
-    if unknown:
-        raise ValueError(f"synthetic.classes names {unknown}; the data's are {list(class_names)}.")
+    named = config_lib.named_classes(study.synthetic.classes, class_names, "synthetic.classes")
     return named or [
         n for n, c in zip(class_names, real_counts, strict=True) if c < max(real_counts)
     ]

@@ -78,6 +78,8 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
                                tmp_path)  # fmt: skip
     mixed = next(r for r in ratio if r.name == "classifiers/real+gan/seed_1")
     assert "data.balance_alpha" not in mixed.overrides
+    with pytest.raises(ValueError, match=r"synthetic.classes names \['zz'\]; the data's classes"):
+        plan_lib.make_plan(smoke(**{"synthetic.classes": "3:df,zz"}), tmp_path)
     scored = next(r for r in plan if r.name == "realism/gan/classifier")
     assert scored.deps == ("synthetic/gan", "classifiers/real/seed_0")
     assert scored.flags["features"] == "classifier"

@@ -44,7 +44,8 @@ def read(workdir: pathlib.Path) -> dict | None:
 
 
 def summary(env: dict) -> str:
-    """One line: e.g. 'cpu (cpu x1), 1 process; jax 0.4.38, flax 0.10.2, ...; Python 3.11.7'."""
+    """One line: e.g. 'cpu (cpu x1), 1 process(es) on vm; ham_synth 0.1.0, jax ...; Python
+    3.11.7'."""
     packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
     return (
         f"{env['backend']} ({', '.join(env['device_kinds'])} x{env['global_devices']}), "

@@ -241,6 +241,8 @@ def make_train_dataset(
     source = sources.get_source(config.data)
     check_augment_size(config.data)
     labels = source_labels(source)
+    # .get keeps configs saved before these fields existed loadable.
+    balance_alpha = config.data.get("balance_alpha", 0.0)
     mix = None
     if "synthetic" in config.data:  # Configs saved before data.synthetic existed have none.
         mix = synthetic.make_mix(
@@ -248,7 +250,7 @@ def make_train_dataset(
             source.class_names,
             labels,
             config.data.image_size,
-            config.data.get("balance_alpha", 0.0),
+            balance_alpha,
         )
     if mix is not None:
         logging.info(
@@ -264,9 +266,8 @@ def make_train_dataset(
         seed=config.seed,
         shard_index=jax.process_index(),
         shard_count=process_count,
-        # Training only; .get keeps configs saved before these fields existed loadable.
-        augment=config.data.get("augment", ""),
-        balance_alpha=config.data.get("balance_alpha", 0.0),
+        augment=config.data.get("augment", ""),  # Training only.
+        balance_alpha=balance_alpha,
         mix=mix,
         read_threads=config.data.get("read_threads", 0),
     )

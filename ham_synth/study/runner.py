@@ -175,7 +175,9 @@ def run(
     must be done), as launch/sweep.py's SLURM array tasks do."""
     cache = compilation_cache(config)
     jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs", scheduler.CACHE_MIN_COMPILE_SECONDS
+    )
     if config.study.parallel_runs > 1:  # The runs own the GPUs; this process only reports.
         jax.config.update("jax_platforms", "cpu")
     return run_study(

@@ -16,6 +16,10 @@ from typing import Protocol
 
 from ham_synth.study import plan as plan_lib
 
+# Compilations at least this long go to the shared persistent cache (JAX's default, 1 s, would
+# leave out most of a small model's, which the seeds and conditions then compile again).
+CACHE_MIN_COMPILE_SECONDS = 0.1
+
 
 class Handle(Protocol):
     """What `launch` returns (subprocess.Popen is one)."""
@@ -47,8 +51,8 @@ def subprocess_launcher(root: pathlib.Path, cache_dir: str = "") -> Launch:
             )
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[slot] if gpus else str(slot)}
         if cache_dir:
-            env |= {"JAX_COMPILATION_CACHE_DIR": cache_dir,
-                    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}  # fmt: skip
+            env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+            env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(CACHE_MIN_COMPILE_SECONDS)
         argv = [sys.executable, "-m", "ham_synth.main", *run.command(root)[1:]]
         with open(log, "a") as out:
             return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -4,6 +4,12 @@ the data-iterator state together, so a resumed run continues with the same param
 The latest `keep` checkpoints are kept for resume and, when a best metric is named, the best one
 beside them (orbax preservation policies). Which weights a run starts from is decided in
 workdir.py.
+
+A restore first checks the saved shapes against the model the config builds, and refuses a
+different model naming both shapes. A checkpoint that cannot be read (truncated, files missing)
+is skipped for the next newest; a training run moves it to `checkpoints/damaged/`. Orbax
+writes each checkpoint into a temporary folder and renames it when complete, so a save cut off
+by a kill is never taken for a checkpoint.
 """
 
 import pathlib
@@ -12,8 +18,20 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 MODES = ("min", "max")
+DAMAGED_DIR = "damaged"
+# What orbax and tensorstore raise for a checkpoint with truncated or missing files.
+DAMAGE_ERRORS = (ValueError, KeyError, OSError)
+
+
+class ModelMismatchError(ValueError):
+    """The checkpoint holds a different model (names or shapes) than the config builds."""
+
+
+class NoReadableCheckpointError(FileNotFoundError):
+    """Every checkpoint in the directory is damaged."""
 
 
 def _options(keep: int | None, best_metric: str, best_mode: str, **kwargs):
@@ -61,7 +79,13 @@ class Checkpointer:
         self.best_metric = best_metric
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=_options(keep, best_metric, best_mode, enable_async_checkpointing=True),
+            options=_options(
+                keep,
+                best_metric,
+                best_mode,
+                enable_async_checkpointing=True,
+                cleanup_tmp_directories=True,
+            ),
         )
 
     def latest_step(self) -> int | None:
@@ -86,20 +110,50 @@ class Checkpointer:
         )
 
     def restore_or_init(self, abstract_state, data_iterator, init_fn):
-        """(state, step): the latest checkpoint restored onto `abstract_state`'s shardings,
-        with `data_iterator` rewound to match; or `init_fn()` at step 0."""
-        step = self.latest_step()
-        if step is None:
-            return init_fn(), 0
-        logging.info("Resuming from the checkpoint at step %d in %s", step, self.directory)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-            ),
-        )
-        return restored["state"], step
+        """(state, step): the newest readable checkpoint restored onto `abstract_state`'s
+        shardings, with `data_iterator` rewound to match; or `init_fn()` at step 0. Damaged
+        checkpoints on the way are moved to `damaged/`."""
+
+        def restore(step):
+            return self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(data_iterator),
+                ),
+            )["state"]
+
+        while (step := self.latest_step()) is not None:
+            check_model_matches(self.directory, step, abstract_state)
+            try:
+                state = restore(step)
+            except DAMAGE_ERRORS as e:
+                self._move_aside(step, e)
+                continue
+            logging.info("Resuming from the checkpoint at step %d in %s", step, self.directory)
+            return state, step
+        damaged = self.directory / DAMAGED_DIR
+        if damaged.is_dir() and any(damaged.iterdir()):
+            raise NoReadableCheckpointError(
+                f"No readable checkpoint in {self.directory}: the damaged ones are in {damaged}. "
+                f"To start this run from step 0, delete {damaged} (or train in a new --workdir)."
+            )
+        return init_fn(), 0
+
+    def _move_aside(self, step: int, error: Exception) -> None:
+        """Moves the damaged checkpoint `step` to damaged/ (process 0) and forgets it."""
+        target = _free_name(self.directory / DAMAGED_DIR / str(step))
+        logging.warning(
+            "The checkpoint at step %d in %s is damaged (%s: %s); moving it to %s and trying "
+            "the one before.",
+            step, self.directory, type(error).__name__, str(error)[:300], target,
+        )  # fmt: skip
+        if jax.process_index() == 0:
+            target.parent.mkdir(exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+        self._manager.reload()
 
     def wait(self) -> None:
         """Blocks until async saves are on disk."""
@@ -132,18 +186,32 @@ def restore_state(
             raise FileNotFoundError(
                 f"No checkpoint in {directory}; train one first with `ham-synth train`."
             )
-        chosen = _resolve_step(manager, step, available, best_metric)
-        restored = manager.restore(
-            chosen, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        if step == "latest":  # The newest readable one.
+            candidates = sorted(available, reverse=True)
+        else:
+            candidates = [_resolve_step(manager, step, available, best_metric)]
+        for chosen in candidates:
+            check_model_matches(directory, chosen, abstract_state)
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            try:
+                return manager.restore(chosen, args=args)["state"], chosen
+            except DAMAGE_ERRORS as e:
+                if step != "latest":
+                    raise NoReadableCheckpointError(
+                        f"The checkpoint at step {chosen} in {directory} is damaged "
+                        f"({type(e).__name__}: {str(e)[:300]}); choose another of {available}."
+                    ) from e
+                logging.warning("The checkpoint at step %d in %s is damaged (%s); trying the "
+                                "one before.", chosen, directory, type(e).__name__)  # fmt: skip
+        raise NoReadableCheckpointError(
+            f"Every checkpoint in {directory} ({available}) is damaged; retrain the run."
         )
     finally:
         manager.close()
-    return restored["state"], chosen
 
 
 def _resolve_step(manager, step, available, best_metric: str) -> int:
-    if step == "latest":
-        return manager.latest_step()
+    """The step that "best" or a number names."""
     if step == "best":
         if not best_metric:
             raise ValueError(
@@ -168,3 +236,61 @@ def abstract_with_sharding(abstract_tree, sharding):
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_tree
     )
+
+
+def _leaf_name(path) -> str:
+    """A pytree path as `params/Conv_0/kernel`, the same for the train state's dataclass and
+    optax tuples as for the dicts orbax saves them as."""
+    names = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                names.append(str(getattr(key, attr)))
+                break
+    return "/".join(names)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {_leaf_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def check_model_matches(directory: pathlib.Path, step: int, abstract_state) -> None:
+    """Raises ModelMismatchError naming the variables whose names or shapes differ between
+    the checkpoint `step` and `abstract_state`. A checkpoint whose metadata cannot be read is
+    left to the restore, which reports it damaged."""
+    try:
+        with ocp.StandardCheckpointer() as reader:
+            saved_tree = reader.metadata(directory / str(step) / "state").item_metadata
+    except DAMAGE_ERRORS:
+        return
+    if saved_tree is None:  # Unreadable: orbax logged why.
+        return
+    saved = _shapes(saved_tree.tree)
+    wanted = _shapes(abstract_state)
+    differ = [f"{k} is {saved[k]} there, {wanted[k]} here"
+              for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]  # fmt: skip
+    missing, unexpected = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+    if not (differ or missing or unexpected):
+        return
+    found = []
+    if differ:
+        found.append(f"{len(differ)} shapes differ ({'; '.join(differ[:3])})")
+    if missing:
+        found.append(f"{len(missing)} variables are not in the checkpoint ({missing[:3]})")
+    if unexpected:
+        found.append(f"{len(unexpected)} are only in the checkpoint ({unexpected[:3]})")
+    raise ModelMismatchError(
+        f"The checkpoint at step {step} in {directory} holds a different model than this config "
+        f"builds: {', '.join(found)}. Use a new --workdir for a new model, or the config the run "
+        "was trained with (its config.json)."
+    )
+
+
+def _free_name(path: pathlib.Path) -> pathlib.Path:
+    """`path`, or `path.1`, `path.2`, ... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate

@@ -8,6 +8,8 @@ import platform
 
 import jax
 
+from ham_synth import fileio
+
 PACKAGES = ("ham_synth", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 FILE = "environment.json"
 
@@ -35,7 +37,7 @@ def describe() -> dict:
 
 
 def write(workdir: pathlib.Path) -> None:
-    (pathlib.Path(workdir) / FILE).write_text(json.dumps(describe(), indent=2) + "\n")
+    fileio.write_json(pathlib.Path(workdir) / FILE, describe())
 
 
 def read(workdir: pathlib.Path) -> dict | None:

@@ -9,7 +9,6 @@
   (`fd`, `kd`: not FID), `--features=pixels` in average-pooled pixels.
 """
 
-import json
 import pathlib
 import warnings
 
@@ -18,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ham_synth import evaluators, parallel, synthesize
+from ham_synth import evaluators, fileio, parallel, synthesize
 from ham_synth import workdir as workdir_lib
 from ham_synth.data import sources
 from ham_synth.evaluators import features as features_lib
@@ -200,7 +199,7 @@ def score_images(
 def write_outputs(out: pathlib.Path, metrics: dict, real: np.ndarray, fake: np.ndarray) -> None:
     """metrics.json, both sides' FID statistics (which pytorch-fid reads), and a printed table."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    fileio.write_json(out / "metrics.json", metrics)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # The small-sample warning is already in metrics.
         fid.save_statistics(out / "real_stats.npz", *fid.compute_statistics(real))

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ham_synth import fileio
+
 # PNG grids are upscaled (nearest) until each image is at least this many pixels wide.
 MIN_DISPLAY_PIXELS = 64
 LABEL_FONT_SIZE = 14  # Pixels; row labels in a left margin, LABEL_PADDING from its edges.
@@ -67,5 +69,5 @@ def write_png(
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     if row_labels:
         image = label_rows(image, row_labels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    with fileio.atomic_write(path, "wb") as f:
+        image.save(f, format="PNG")

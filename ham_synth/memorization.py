@@ -15,7 +15,6 @@ membership-inference test and gives no privacy guarantee: a set with no near-cop
 what it was trained on.
 """
 
-import json
 import pathlib
 
 import jax
@@ -23,7 +22,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ham_synth import grids, parallel
+from ham_synth import fileio, grids, parallel
 from ham_synth.data import pipeline, sources
 from ham_synth.evaluators import features as features_lib
 
@@ -96,7 +95,8 @@ def closest_pairs_png(path, synthetic, train, pairs, captions) -> None:
     scale = grids.display_scale(synthetic.shape[1])
     grid = grids.make_grid(np.stack(tiles).astype(np.float32) / 127.5 - 1, rows=len(tiles))
     image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), 0)
-    grids.label_rows(image, captions).save(path)
+    with fileio.atomic_write(path, "wb") as f:
+        grids.label_rows(image, captions).save(f, format="PNG")
 
 
 def audit(
@@ -213,7 +213,7 @@ def run(
     out = pathlib.Path(workdir)
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        fileio.write_json(out / REPORT, report)
         order = np.argsort(spaces["pixels"]["distance"])[:8]
         pairs = [(int(i), int(spaces["pixels"]["index"][i])) for i in order]
         captions = [f"{report['images'][i]['class']} d={spaces['pixels']['distance'][i]:.2f}"

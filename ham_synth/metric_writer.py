@@ -9,6 +9,8 @@ import jax
 import matplotlib
 from absl import logging
 
+from ham_synth import fileio
+
 matplotlib.use("Agg")  # Files only; never a window.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -20,11 +22,37 @@ CURVES_FILE = "curves.png"
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
-    """Every row of `workdir/metrics.jsonl`, in order (resumed runs append)."""
+    """Every row of `workdir/metrics.jsonl`, in order. A torn last line (the run was killed
+    while appending it) is left out; a damaged line before it is an error naming it."""
     path = pathlib.Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                logging.warning("%s: ignoring its torn last line %r.", path, line[:80])
+                break
+            raise ValueError(
+                f"{path}, line {number}, is not JSON ({e}); fix or delete that line."
+            ) from None
+    return rows
+
+
+def drop_rows_after(workdir: pathlib.Path, step: int) -> None:
+    """Rewrites metrics.jsonl without the rows past `step` (and a torn last line): a resumed run
+    redoes those steps, and no step may appear twice."""
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return
+    rows = read_metrics(workdir)
+    kept = "".join(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
+    if kept != path.read_text():
+        logging.info("%s: dropped what was logged past step %d, which this run redoes.", path, step)
+        fileio.write_text(path, kept)
 
 
 def curve_keys(rows: list[dict]) -> list[str]:
@@ -61,17 +89,25 @@ def plot_curves(rows: list[dict], path: pathlib.Path, columns: int = 3) -> None:
     inch = 1 / fig.get_figheight()
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.5 * inch, top=1 - 0.3 * inch,
                         hspace=0.45, wspace=0.25)  # fmt: skip
-    fig.savefig(path, dpi=100)
+    with fileio.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
 class MetricWriter:
-    """Scalars to JSONL + TensorBoard + the log; images to TensorBoard; a tqdm bar with ETA."""
+    """Scalars to JSONL + TensorBoard + the log; images to TensorBoard; a tqdm bar with ETA.
+
+    A run that resumes at `first_step` first drops what was logged past it (metrics.jsonl rows;
+    TensorBoard events, through its purge step), since it logs those steps again.
+    """
 
     def __init__(self, workdir: pathlib.Path, *, first_step: int, total_steps: int):
         self.workdir = pathlib.Path(workdir)
         self.is_writer = jax.process_index() == 0
-        self._tb = SummaryWriter(str(self.workdir / "tensorboard")) if self.is_writer else None
+        self._tb = None
+        if self.is_writer:
+            drop_rows_after(self.workdir, first_step)
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=first_step + 1)
         self._bar = tqdm.tqdm(
             initial=first_step,
             total=total_steps,

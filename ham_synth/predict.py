@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ham_synth import config_lib, parallel
+from ham_synth import config_lib, fileio, parallel
 from ham_synth import workdir as workdir_lib
 from ham_synth.data import ham10000, pipeline, sources, transforms
 from ham_synth.evaluators import classification, features
@@ -86,10 +86,8 @@ def run(
 
 def write_csv(out, root, paths, errors, probs, class_names) -> None:
     """path (relative to root), predicted, probability, p_<class>..., error."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     rows = iter(probs)
-    with open(tmp, "w", newline="") as f:
+    with fileio.atomic_write(out, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "predicted", "probability",
                          *[f"p_{name}" for name in class_names], "error"])  # fmt: skip
@@ -102,4 +100,3 @@ def write_csv(out, root, paths, errors, probs, class_names) -> None:
             top = int(np.argmax(p))
             writer.writerow([name, class_names[top], f"{p[top]:.6f}",
                              *[f"{x:.6f}" for x in p], ""])  # fmt: skip
-    tmp.replace(out)

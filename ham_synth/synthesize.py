@@ -18,7 +18,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image, PngImagePlugin
 
-from ham_synth import config_lib, grids, memorization, parallel
+from ham_synth import config_lib, fileio, grids, memorization, parallel
 from ham_synth import state as state_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.tasks import base
@@ -249,7 +249,7 @@ def write_samples(
             (out_dir / rows.pop(index)["file"]).unlink(missing_ok=True)
     rows = [rows[i] for i in sorted(rows)]
     if jax.process_index() == 0:
-        with open(out_dir / "manifest.csv", "w", newline="") as f:
+        with fileio.atomic_write(out_dir / "manifest.csv", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
             for row in rows:
@@ -286,8 +286,10 @@ def _write_images(out_dir, images, labels, class_names, indices, provenance) -> 
         name = class_names[labels[index]]
         path = out_dir / name / f"{name}_{index:06d}.png"
         if jax.process_index() == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(path, pnginfo=png_provenance({**provenance, "class": name}))
+            with fileio.atomic_write(path, "wb") as f:
+                Image.fromarray(image).save(
+                    f, format="PNG", pnginfo=png_provenance({**provenance, "class": name})
+                )
         rows[index] = {"file": str(path.relative_to(out_dir)), "class": name,
                        "label": int(labels[index])}  # fmt: skip
     return rows

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ham_synth import checkpoint, environment, evaluators, parallel
+from ham_synth import checkpoint, environment, evaluators, fileio, parallel
 from ham_synth import metric_writer as metric_writer_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.tasks import base
@@ -140,6 +140,12 @@ def evaluate_best(entries, config, abstract_state, ckpt_dir, writer, step: int) 
     writer.write_curves()
 
 
+def best_logged(entries, workdir: pathlib.Path) -> bool:
+    """Whether metrics.jsonl holds the results of `evaluate_best` for every entry."""
+    logged = set().union(*metric_writer_lib.read_metrics(workdir))
+    return all(f"{entry.name}/checkpoint_step" in logged for entry in entries)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     """Trains `config.task` to `config.train.total_steps`, resuming from `workdir` if it holds a
     checkpoint, and runs the evaluators of `config.evals` on their schedule. Returns the final
@@ -163,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     built = workdir_lib.build(config, mesh)
     config = built.config
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        fileio.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         environment.write(workdir)
     train_iter = iter(built.dataset)
     train_step = make_train_step(built.task, mesh)
@@ -258,9 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 "Stopped at step %d of %d; the checkpoint there resumes the run.", step, total_steps
             )
         elif first_step >= total_steps:
-            logging.info(
-                "Nothing to do: the checkpoint is at step %d >= train.total_steps.", first_step
-            )
+            logging.info("The checkpoint is at step %d >= train.total_steps.", first_step)
         else:
             best_step = ckpt.best_step()
             logging.info(
@@ -269,9 +273,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 saved_step,
                 f", best {best.metric} at step {best_step}" if best_step is not None else "",
             )
-            if on_best:
-                ckpt.wait()
-                evaluate_best(on_best, config, built.abstract_state, ckpt.directory, writer, step)
+        # Also when a run killed before them resumes at its last step.
+        if step >= total_steps and on_best and not best_logged(on_best, workdir):
+            ckpt.wait()
+            evaluate_best(on_best, config, built.abstract_state, ckpt.directory, writer, step)
     finally:
         ckpt.wait()
         ckpt.close()

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from ham_synth import grids
+from ham_synth import fileio, grids
 from ham_synth.data import ham10000, ham10000_tfds
 
 STATS_FILE = "stats.txt"
@@ -100,7 +100,7 @@ def prepare_ham10000(
             )
     dataset_dir = pathlib.Path(builder.data_dir)
     stats = format_split_stats(read_split_membership(dataset_dir))
-    (dataset_dir / STATS_FILE).write_text(stats + "\n")
+    fileio.write_text(dataset_dir / STATS_FILE, stats + "\n")
     write_examples(builder, dataset_dir / EXAMPLES_FILE)
     print(f"Prepared {dataset_dir}\n{stats}\nExamples per class: {dataset_dir / EXAMPLES_FILE}")
     return dataset_dir

@@ -7,7 +7,6 @@ Each entry is `config.evals.<name> = {type, every_steps, **options}`; its scalar
 
 import dataclasses
 import inspect
-import json
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -16,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ham_synth import fileio
 from ham_synth.evaluators import attention, classification, common, realism, samples
 from ham_synth.tasks import base
 
@@ -110,7 +110,7 @@ def run_entry(entry: Entry, state, step: int) -> tuple[dict[str, float], Mapping
     if scalars and jax.process_index() == 0:
         entry.outdir.mkdir(parents=True, exist_ok=True)
         record = {"step": step, "scalars": scalars, **result.details}
-        (entry.outdir / f"step_{step:07d}.json").write_text(json.dumps(record, indent=2) + "\n")
+        fileio.write_json(entry.outdir / f"step_{step:07d}.json", record)
     return scalars, result.images
 
 

@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ham_synth import config_lib, parallel
+from ham_synth import config_lib, fileio, parallel
 from ham_synth import state as state_lib
 from ham_synth.data import pipeline
 from ham_synth.evaluators import common, features
@@ -168,11 +168,9 @@ def plot_reliability(rows: list[dict], ece: float, path: pathlib.Path, title: st
 
 
 def save_figure(fig, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with fileio.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)  # A reader never sees half a PNG.
 
 
 def make_logits_fn(task, config, mesh):

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ham_synth import config_lib, parallel
+from ham_synth import config_lib, fileio, parallel
 from ham_synth import state as state_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.data import pipeline, sources
@@ -164,8 +164,6 @@ def real_features(net: FeatureNet, data: ml_collections.ConfigDict, batch_size: 
             return cached["features"], cached["labels"], source.class_names
     features, labels = source_features(net, source, batch_size, mesh)
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, features=features, labels=labels)
-        tmp.replace(path)  # Never a half-written cache, even if killed here.
+        with fileio.atomic_write(path, "wb") as f:
+            np.savez(f, features=features, labels=labels)
     return features, labels, source.class_names

@@ -5,11 +5,12 @@ Everything here is float64 numpy on features already extracted (`inception.extra
 """
 
 import os
-import pathlib
 import warnings
 
 import numpy as np
 from scipy import linalg
+
+from ham_synth import fileio
 
 # Below this many samples the 2048-d covariance is rank-deficient and FID strongly biased.
 MIN_SAMPLES_FOR_FID = 2048
@@ -73,9 +74,8 @@ def frechet_distance(
 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
     """An .npz with `mu` and `sigma`, the layout of pytorch-fid's --save-stats files."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, mu=np.asarray(mu), sigma=np.asarray(sigma))
+    with fileio.atomic_write(path, "wb") as f:
+        np.savez_compressed(f, mu=np.asarray(mu), sigma=np.asarray(sigma))
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

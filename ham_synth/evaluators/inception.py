@@ -17,7 +17,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ham_synth import parallel
+from ham_synth import fileio, parallel
 from ham_synth import variables as variables_lib
 
 INPUT_SIZE = 299
@@ -254,10 +254,8 @@ def save_variables(variables: dict, path: str | os.PathLike) -> None:
     """Writes variables as an .npz of float32 arrays keyed by `collection/module/.../name`."""
     flat = traverse_util.flatten_dict(variables, sep="/")
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-    tmp.replace(path)  # a crash never leaves a half-written weights file behind
+    with fileio.atomic_write(path, "wb") as f:
+        np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
 
 
 def load_variables(path: str | os.PathLike | None = None) -> dict:

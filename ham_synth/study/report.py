@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import stats
 
-from ham_synth import config_lib, environment, grids, memorization, metric_writer
+from ham_synth import config_lib, environment, fileio, grids, memorization, metric_writer
 from ham_synth.data import imaging
 from ham_synth.evaluators import classification
 from ham_synth.study import plan as plan_lib
@@ -373,7 +373,8 @@ def per_class_f1_plot(results: dict, class_names: list[str], path: pathlib.Path)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with fileio.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -484,9 +485,9 @@ def write_sweep_report(study, contents: dict, root: pathlib.Path) -> dict:
                 f"{_signed(change['low'])} to {_signed(change['high'])} | {change['verdict']} |"
             )
     lines += ["", *[f"- [{label}](points/{label}/report.md)" for label in contents]]
-    (root / REPORT_MD).write_text("\n".join(lines) + "\n")
+    fileio.write_text(root / REPORT_MD, "\n".join(lines) + "\n")
     content = {"sweep": study.sweep, "points": contents}
-    (root / REPORT_JSON).write_text(json.dumps(content, indent=2, default=str) + "\n")
+    fileio.write_json(root / REPORT_JSON, content, default=str)
     return content
 
 
@@ -593,7 +594,7 @@ def write_point_report(
     lines += ["", *environment_section(plan, root)]
     lines += ["", "## Runs", ""]
     lines += [f"- `{plan_lib.shell_command(r, root)}`" for r in plan if r.verb != "report"]
-    (out / REPORT_MD).write_text("\n".join(lines) + "\n")
+    fileio.write_text(out / REPORT_MD, "\n".join(lines) + "\n")
 
     content = {
         "primary_metric": primary,
@@ -605,5 +606,5 @@ def write_point_report(
         "memorization": audits,
         "study_config": study.to_dict(),
     }
-    (out / REPORT_JSON).write_text(json.dumps(content, indent=2, default=str) + "\n")
+    fileio.write_json(out / REPORT_JSON, content, default=str)
     return content

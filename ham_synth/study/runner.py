@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from ham_synth import evaluate, memorization, predict, synthesize, train
+from ham_synth import evaluate, fileio, memorization, predict, synthesize, train
 from ham_synth.evaluators import inception
 from ham_synth.study import plan as plan_lib
 from ham_synth.study import report, scheduler
@@ -52,9 +52,7 @@ def write_marker(root: pathlib.Path, run: plan_lib.Run, **fields) -> None:
     path = marker_path(root, run)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"key": run.key, "command": plan_lib.shell_command(run, root), **fields}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    fileio.write_json(path, record)
 
 
 def status(root: pathlib.Path, run: plan_lib.Run) -> str:

@@ -1,0 +1,47 @@
+"""Atomic file writes: a reader, or a rerun after a kill or a full disk, finds the old file or the
+new one, never half of one.
+
+Every output a user or a rerun reads (config.json, metrics files, PNG grids, manifests, feature
+caches, reports) is written through `atomic_write`: into a temporary file beside the target,
+flushed to disk, then renamed onto it (a rename within a directory is atomic on POSIX).
+"""
+
+import contextlib
+import json
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import IO, Any
+
+# Temporary files end with this, so a glob for `*.png` or `*.npz` never picks one up.
+TMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """An open file to write `path`'s new content to; it replaces `path` only when the block
+    ends without an exception. Writers that pick a format from the file name (PIL, matplotlib,
+    numpy) must be told it (`format="PNG"`), since the open file has none."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode {mode!r}; use 'w' or 'wb'.")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs) -> None:
+    """`obj` as indented JSON and a final newline."""
+    write_text(path, json.dumps(obj, indent=2, **dumps_kwargs) + "\n")

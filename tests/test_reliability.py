@@ -1,0 +1,225 @@
+"""Faults a long run meets, each with the behaviour docs/reliability.md promises: hard kills
+(anywhere, and inside a checkpoint write), damaged checkpoints, a checkpoint of another model,
+and torn or stale metric logs."""
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, load_config
+from tensorboardX.proto import event_pb2
+
+from ham_synth import checkpoint, metric_writer, train
+from ham_synth import workdir as workdir_lib
+
+# 10 steps, a checkpoint every 2 and a log row every step: a kill can land anywhere.
+KILL_OVERRIDES = {
+    "train.total_steps": 10,
+    "train.ckpt_every_steps": 2,
+    "train.log_every_steps": 1,
+    "train.sample_every_steps": 1000,
+}
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def _assert_same_state(a, b):
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_array_equal(y, x)
+
+
+def _train_command(workdir, overrides, program=("-m", "ham_synth.main")):
+    return [
+        sys.executable, *program, "train", f"--config={REPO}/configs/vae.py:smoke",
+        f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in overrides.items()],
+    ]  # fmt: skip
+
+
+def _assert_steps_logged_once(workdir):
+    steps = [row["step"] for row in metric_writer.read_metrics(workdir)]
+    assert steps == sorted(set(steps)), steps
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The state a run of KILL_OVERRIDES ends with when nothing stops it."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return train.train_and_evaluate(load_config("vae.py:smoke", **KILL_OVERRIDES), workdir)
+
+
+def test_sigkill_at_random_steps_then_rerun_matches_an_uninterrupted_run(tmp_path, uninterrupted):
+    rng = np.random.default_rng(0)
+    workdir = tmp_path / "run"
+    logged = 0
+    for _ in range(2):  # Two kills at seeded random steps, each after the last one's resume.
+        logged = int(rng.integers(logged + 1, logged + 4))
+        proc = subprocess.Popen(
+            _train_command(workdir, KILL_OVERRIDES), stdout=subprocess.DEVNULL, cwd=REPO
+        )
+        deadline = time.time() + 300
+        while len(metric_writer.read_metrics(workdir)) < logged:
+            assert proc.poll() is None and time.time() < deadline, "finished before the kill"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+    subprocess.run(_train_command(workdir, KILL_OVERRIDES), check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+    _assert_same_state(uninterrupted, workdir_lib.load(workdir).state)
+    steps = [row["step"] for row in metric_writer.read_metrics(workdir)]
+    assert steps == list(range(1, 11))  # Each step once: rows past the resumed step dropped.
+
+
+def test_sigkill_inside_a_checkpoint_write_resumes_from_the_one_before(tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    killed = subprocess.run(
+        _train_command(workdir, KILL_OVERRIDES, program=(str(REPO / "tests/kill_worker.py"),)),
+        env={**os.environ, "KILL_AT_CHECKPOINT": "4"},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    assert "2" in names and "4" not in names
+    assert any(name.startswith("4.orbax-checkpoint-tmp") for name in names), names
+
+    subprocess.run(_train_command(workdir, KILL_OVERRIDES), check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+    _assert_same_state(uninterrupted, workdir_lib.load(workdir).state)
+    _assert_steps_logged_once(workdir)
+    leftovers = [p.name for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+    assert leftovers == []  # The half-written folder was cleaned up.
+
+
+# --- Damaged checkpoints ---
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A vae.py:smoke run of 6 steps with checkpoints at 3 and 6, and its final state."""
+    workdir = tmp_path_factory.mktemp("finished")
+    state = train.train_and_evaluate(load_config("vae.py:smoke"), workdir)
+    return workdir, state
+
+
+def _truncate_arrays(step_dir):
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:5])
+
+
+DAMAGES = {
+    "truncated arrays": _truncate_arrays,
+    "truncated metadata": lambda d: (d / "state/_METADATA").write_bytes(b'{"tree'),
+    "missing data-iterator state": lambda d: shutil.rmtree(d / "data"),
+}
+
+
+def _tensorboard_events(directory):
+    """Every Event in the TFRecord files under `directory`, file by file in name order."""
+    events = []
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        while data:
+            (length,) = struct.unpack("<Q", data[:8])
+            events.append(event_pb2.Event.FromString(data[12 : 12 + length]))
+            data = data[16 + length :]
+    return events
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_one_before_resumes(
+    tmp_path, finished_run, damage, caplog
+):
+    source, final_state = finished_run
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    DAMAGES[damage](workdir / "checkpoints/6")
+
+    state = train.train_and_evaluate(load_config("vae.py:smoke"), workdir)
+
+    _assert_same_state(final_state, state)  # Steps 4..6 redone from the checkpoint at 3.
+    assert sorted(p.name for p in (workdir / "checkpoints/damaged").iterdir()) == ["6"]
+    assert "The checkpoint at step 6" in caplog.text and "is damaged" in caplog.text
+    _assert_steps_logged_once(workdir)
+    # TensorBoard hides the events past step 3 of the first attempt: the resumed writer starts
+    # its file with a session START at step 4.
+    events = _tensorboard_events(workdir / "tensorboard")
+    starts = [e.step for e in events if e.session_log.status == event_pb2.SessionLog.START]
+    assert starts[-1] == 4
+
+
+def test_no_readable_checkpoint_names_the_directory_and_how_to_start_fresh(tmp_path, finished_run):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    for step in ("3", "6"):
+        _truncate_arrays(workdir / "checkpoints" / step)
+
+    with pytest.raises(checkpoint.NoReadableCheckpointError) as error:
+        train.train_and_evaluate(load_config("vae.py:smoke"), workdir)
+    damaged = workdir / "checkpoints/damaged"
+    assert f"delete {damaged}" in str(error.value)
+    assert sorted(p.name for p in damaged.iterdir()) == ["3", "6"]  # Moved, never deleted.
+    # A read-only restore says so too, without moving anything.
+    with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+        workdir_lib.load(workdir)
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_both_shapes(tmp_path, finished_run):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    config = load_config("vae.py:smoke", **{"model.latent_dim": 6})
+
+    with pytest.raises(checkpoint.ModelMismatchError) as error:
+        train.train_and_evaluate(config, workdir)
+    message = str(error.value)
+    assert "holds a different model" in message and "new --workdir" in message
+    assert "(4,) there, (6,) here" in message or "(8, 4) there, (8, 6) here" in message, message
+    assert not (workdir / "checkpoints/damaged").exists()  # Not taken for damage.
+
+
+# --- Metric logs ---
+
+
+def test_a_torn_last_metrics_line_is_ignored_and_rows_past_the_resumed_step_dropped(tmp_path):
+    rows = [{"step": s, "train/loss": 1.0 / s} for s in range(1, 6)]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (tmp_path / metric_writer.METRICS_FILE).write_text(text + '{"step": 6, "train/lo')
+
+    assert metric_writer.read_metrics(tmp_path) == rows
+    metric_writer.drop_rows_after(tmp_path, 3)
+    assert metric_writer.read_metrics(tmp_path) == rows[:3]
+    assert (tmp_path / metric_writer.METRICS_FILE).read_text().endswith("}\n")
+
+
+def test_a_damaged_metrics_line_before_the_last_is_an_error_naming_it(tmp_path):
+    (tmp_path / metric_writer.METRICS_FILE).write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2, is not JSON"):
+        metric_writer.read_metrics(tmp_path)
+
+
+def test_a_run_killed_before_its_best_checkpoint_evals_runs_them_on_rerun(tmp_path, vit_run):
+    workdir = tmp_path / "run"
+    shutil.copytree(vit_run, workdir)
+    rows = metric_writer.read_metrics(workdir)
+    (best_row,) = [row for row in rows if any(k.endswith("/checkpoint_step") for k in row)]
+    without = "".join(json.dumps(row) + "\n" for row in rows if row is not best_row)
+    (workdir / metric_writer.METRICS_FILE).write_text(without)  # Killed just before them.
+
+    train.train_and_evaluate(load_config("vit.py:smoke"), workdir)
+
+    rerun = metric_writer.read_metrics(workdir)
+    assert len(rerun) == len(rows) and rerun[-1].keys() == best_row.keys()
+    for key, value in best_row.items():
+        np.testing.assert_allclose(rerun[-1][key], value, rtol=1e-6, err_msg=key)

@@ -20,6 +20,7 @@ from absl import logging
 from ham_synth import evaluators, fileio, parallel, synthesize
 from ham_synth import workdir as workdir_lib
 from ham_synth.data import sources
+from ham_synth.data import synthetic as synthetic_data
 from ham_synth.evaluators import features as features_lib
 from ham_synth.evaluators import fid, realism
 
@@ -105,7 +106,7 @@ def sample_fake_dir(generator_workdir: str, num_per_class, out: pathlib.Path, **
     """Samples `num_per_class` images per class from a generator workdir into `out`."""
     if not num_per_class:
         raise ValueError("--generator_workdir needs --num_per_class: how many images per class.")
-    if out.exists() and any(out.iterdir()):
+    if (out / synthetic_data.MANIFEST).exists():
         raise FileExistsError(
             f"{out} already holds samples: score them with --fake_dir={out}, or move the folder "
             "away (or use another --workdir) to sample again."

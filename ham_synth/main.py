@@ -48,6 +48,12 @@ flags.DEFINE_bool("traceback", False, "On an error, show the traceback, not only
 # own default", so a default lives in one place.
 _FLAG_SPECS = {
     "workdir": (str, "The run's folder: checkpoints, metrics, samples, evals."),
+    # train
+    "allow_config_change": (
+        bool,
+        "Resume even if the config changed beyond the fields a "
+        "resume may change (run_config.RESUMABLE_FIELDS).",
+    ),  # fmt: skip
     # sample, evaluate
     "num_per_class": (str, "Images to generate: N for each class, or name=N,name=M,..."),
     "step": (str, "Checkpoint to restore: latest (default), best or a step number."),
@@ -60,6 +66,7 @@ _FLAG_SPECS = {
     "sample_batch_size": (int, "Images per sampling call (default 256)."),
     "out_dir": (str, "Where the images go; default: WORKDIR/synthetic."),
     "exclude_near_copies": (bool, "Draw again images that are near-copies of training images."),
+    "overwrite": (bool, "Replace a finished sample in --out_dir (an unfinished one resumes)."),
     # evaluate
     "evals": (str, "Comma-separated config.evals entries to run; default: all that are on."),
     "fake_dir": (str, "Images to score: FAKE_DIR/<class_name>/*.png|jpg, classes as the data's."),
@@ -128,6 +135,7 @@ VERBS = {
     "train": Verb(
         "train a model family and run its evaluators; resumes from the workdir's checkpoint",
         train.run,
+        optional=("allow_config_change",),
     ),
     "sample": Verb(
         "class-conditional PNGs + manifest.csv from a generator workdir -> WORKDIR/synthetic",
@@ -141,6 +149,7 @@ VERBS = {
             "exclude_near_copies",
             "classifier_workdir",
             "quantile",
+            "overwrite",
         ),  # fmt: skip
     ),
     "evaluate": Verb(

@@ -3,13 +3,19 @@
 The output, `W/synthetic/<class_name>/*.png`, is a valid `folder` data source; `manifest.csv`
 records, per image, the class, the model family, the checkpoint step, the sampler settings, the
 seed and `synthetic=true`. Each PNG carries its provenance too, in text chunks (synthetic,
-generator, run, step, seed, class), so a copied file stays labelled as synthetic. `generate` is
-the sharded sampling loop the evaluators share.
+generator, run, step, seed, sampler settings, class), so a copied file stays labelled as synthetic.
+`generate` is the sharded sampling loop the evaluators share.
+
+The manifest is written last: a folder with one is finished, and `sample` refuses it unless
+`--overwrite`. A folder without one is an unfinished sample (killed): a rerun keeps the batches
+whose PNGs all decode with this sample's provenance and draws the others again with their own
+noise, so the folder ends as an uninterrupted run would have left it.
 """
 
 import csv
 import pathlib
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -21,6 +27,7 @@ from PIL import Image, PngImagePlugin
 from ham_synth import config_lib, fileio, grids, memorization, parallel
 from ham_synth import state as state_lib
 from ham_synth import workdir as workdir_lib
+from ham_synth.data import synthetic as synthetic_data
 from ham_synth.tasks import base
 
 # sample --exclude_near_copies: how many times a near-copy is drawn again before it is left out.
@@ -51,15 +58,20 @@ def generate(
     mesh,
     settings: dict | None = None,
     progress: bool = False,
+    on_disk: Callable[[int, int], np.ndarray | None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (first index, float32[n, H, W, C] images in [-1, 1]) for `labels` in order, on every
     process. Batches are split over the mesh and padded to one shape, so sampling compiles once;
-    batch i draws its noise from fold_in(rng, i)."""
+    batch i draws its noise from fold_in(rng, i). `on_disk(start, stop)` may return a batch's
+    images from an earlier, unfinished run instead (the same on every process)."""
     jitted = base.jit_predict(sample_fn, mesh)
     batch = parallel.round_to_devices(min(batch_size, len(labels)), mesh)
     starts = range(0, len(labels), batch)
     for i, start in enumerate(tqdm.tqdm(starts, desc="sample", unit="batch", disable=not progress)):
         chunk = labels[start : start + batch]
+        if on_disk is not None and (kept := on_disk(start, start + len(chunk))) is not None:
+            yield start, kept
+            continue
         padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")
         sharded = jax.device_put(padded, parallel.batch_sharded(mesh))
         images = jitted(variables, sharded, jax.random.fold_in(rng, i), **(settings or {}))
@@ -143,13 +155,15 @@ def run(
     exclude_near_copies: bool = False,
     classifier_workdir: str = "",
     quantile: float = 0.01,
+    overwrite: bool = False,
 ) -> pathlib.Path:
     """The `sample` verb: restores `workdir` at `step` and writes its samples; returns the
     folder. `num_per_class` is a count for each of `classes`, or "name=count,...".
     `exclude_near_copies` draws again any image the memorization audit would call a near-copy of
-    the generator's training images (pixels; and `classifier_workdir`'s features when given)."""
+    the generator's training images (pixels; and `classifier_workdir`'s features when given).
+    `overwrite` replaces a finished sample in the folder; an unfinished one is resumed."""
     out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(workdir) / "synthetic"
-    check_empty(out_dir)
+    prepare_out_dir(out_dir, overwrite)
     if (classifier_workdir or quantile != 0.01) and not exclude_near_copies:
         raise ValueError("--classifier_workdir and --quantile apply with --exclude_near_copies.")
     restored = workdir_lib.load(workdir, step)
@@ -172,9 +186,72 @@ def run(
     )
 
 
-def check_empty(out_dir: pathlib.Path) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; move it away or pass --out_dir.")
+def _is_sample_file(relative: pathlib.Path) -> bool:
+    """Whether `sample` writes files by this name: the manifest, `<class>/<class>_NNNNNN.png`,
+    or a temporary file of either left by a kill."""
+    name = relative.name.removesuffix(fileio.TMP_SUFFIX)
+    name = re.sub(r"\.\d+$", "", name) if name != relative.name else name  # The writer's pid.
+    if len(relative.parts) == 1:
+        return name == synthetic_data.MANIFEST
+    cls = relative.parts[0]
+    return len(relative.parts) == 2 and bool(re.fullmatch(rf"{re.escape(cls)}_\d{{6}}\.png", name))
+
+
+def prepare_out_dir(out_dir: pathlib.Path, overwrite: bool = False) -> None:
+    """Refuses a folder with files `sample` did not write, and a finished sample (its manifest
+    written) unless `overwrite`, which deletes that sample's files. An unfinished sample stays,
+    to be resumed."""
+    if not out_dir.exists():
+        return
+    files = [p for p in out_dir.rglob("*") if p.is_file()]
+    foreign = [p for p in files if not _is_sample_file(p.relative_to(out_dir))]
+    if foreign:
+        raise FileExistsError(
+            f"{out_dir} holds files `sample` did not write ({foreign[0].relative_to(out_dir)}"
+            f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); move them away or "
+            "pass another --out_dir."
+        )
+    if (out_dir / synthetic_data.MANIFEST).exists() and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} holds a finished sample (its {synthetic_data.MANIFEST} is written); pass "
+            "--overwrite to replace it, or another --out_dir."
+        )
+    stale = [p for p in files if overwrite or p.name.endswith(fileio.TMP_SUFFIX)]
+    if jax.process_index() == 0:
+        for path in stale:
+            path.unlink()
+    if jax.process_count() > 1:  # Nobody looks for kept images before they are gone.
+        multihost_utils.sync_global_devices("sample: stale files deleted")
+    if len(stale) < len(files):
+        logging.info("%s holds an unfinished sample: keeping its batches whose images all decode, "
+                     "drawing the others.", out_dir)  # fmt: skip
+
+
+def _image_path(out_dir: pathlib.Path, class_name: str, index: int) -> pathlib.Path:
+    return out_dir / class_name / f"{class_name}_{index:06d}.png"
+
+
+def _read_kept(paths, provenance: dict) -> np.ndarray | None:
+    """float32 [-1, 1] images of an unfinished sample; None if one is missing or does not
+    decode. Raises if one was drawn with other settings (its provenance chunks differ)."""
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as png:
+                png.load()
+                drawn_with = {k: png.text.get(k) for k in provenance}
+                pixels = np.asarray(png)
+        except (OSError, SyntaxError, ValueError):  # Missing, truncated or not a PNG.
+            return None
+        if drawn_with != provenance:
+            changed = {k: (v, provenance[k]) for k, v in drawn_with.items() if v != provenance[k]}
+            raise FileExistsError(
+                f"{path.parent.parent} holds an unfinished sample drawn with other settings "
+                f"({', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in changed.items())}); "
+                "rerun with those, pass --overwrite to start over, or another --out_dir."
+            )
+        images.append(pixels if pixels.ndim == 3 else pixels[..., None])
+    return np.stack(images).astype(np.float32) / 127.5 - 1
 
 
 def write_samples(
@@ -192,7 +269,6 @@ def write_samples(
     or "name=count,...") into `out_dir`, with the manifest; `settings` override the sampler's
     config defaults. `screen` (uint8 images -> bool[N], e.g. memorization.near_copy_screen)
     flags images to replace: each is drawn again, up to SCREEN_ROUNDS times, then left out."""
-    check_empty(out_dir)
     config = restored.config
     class_names = config_lib.class_names(config)
     counts = parse_counts(num_per_class, class_names, classes)
@@ -213,16 +289,23 @@ def write_samples(
     mesh = parallel.make_mesh()
     variables = state_lib.eval_variables(restored.state)
 
-    def draw(which: np.ndarray, rng, progress: bool = False):
+    def draw(which: np.ndarray, rng, progress: bool = False, on_disk=None):
         return generate(sample_fn, variables, labels[which], rng, batch_size=sample_batch_size,
-                        mesh=mesh, settings=settings, progress=progress)  # fmt: skip
+                        mesh=mesh, settings=settings, progress=progress,
+                        on_disk=on_disk)  # fmt: skip
 
     # Inside every PNG too, so a copied file stays labelled as synthetic.
     provenance = {"synthetic": "true", "generator": config.task, "run": str(restored.workdir),
-                  "step": str(restored.step), "seed": str(seed)}  # fmt: skip
+                  "step": str(restored.step), "seed": str(seed),
+                  **{k: str(v) for k, v in recorded.items()}}  # fmt: skip
+
+    def kept(start: int, stop: int) -> np.ndarray | None:
+        paths = [_image_path(out_dir, class_names[labels[i]], i) for i in range(start, stop)]
+        return _read_kept(paths, provenance)
+
     rows, flagged = {}, []
     everything = np.arange(len(labels))
-    for start, images in draw(everything, jax.random.key(seed), progress=True):
+    for start, images in draw(everything, jax.random.key(seed), progress=True, on_disk=kept):
         indices = everything[start : start + len(images)]
         if screen is not None:
             flagged += indices[screen(grids.to_uint8(images))].tolist()
@@ -249,7 +332,7 @@ def write_samples(
             (out_dir / rows.pop(index)["file"]).unlink(missing_ok=True)
     rows = [rows[i] for i in sorted(rows)]
     if jax.process_index() == 0:
-        with fileio.atomic_write(out_dir / "manifest.csv", newline="") as f:
+        with fileio.atomic_write(out_dir / synthetic_data.MANIFEST, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
             for row in rows:
@@ -284,7 +367,7 @@ def _write_images(out_dir, images, labels, class_names, indices, provenance) -> 
     rows = {}
     for image, index in zip(grids.to_uint8(images), indices.tolist(), strict=True):
         name = class_names[labels[index]]
-        path = out_dir / name / f"{name}_{index:06d}.png"
+        path = _image_path(out_dir, name, index)
         if jax.process_index() == 0:
             with fileio.atomic_write(path, "wb") as f:
                 Image.fromarray(image).save(

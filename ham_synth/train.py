@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ham_synth import checkpoint, environment, evaluators, fileio, parallel
+from ham_synth import checkpoint, environment, evaluators, parallel, run_config
 from ham_synth import metric_writer as metric_writer_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.tasks import base
@@ -24,10 +24,14 @@ class TrainingStopped(Exception):
     resumes it."""
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    allow_config_change: bool = False,
+):
     """The `train` verb: train_and_evaluate, raising TrainingStopped when it stopped early, so a
     caller (the command's exit status, the study) never takes a stopped run for a finished one."""
-    state = train_and_evaluate(config, workdir)
+    state = train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
     if int(state.step) < config.train.total_steps:
         raise TrainingStopped(
             f"{workdir} stopped at step {int(state.step)} of {config.train.total_steps}; rerun "
@@ -146,10 +150,15 @@ def best_logged(entries, workdir: pathlib.Path) -> bool:
     return all(f"{entry.name}/checkpoint_step" in logged for entry in entries)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    allow_config_change: bool = False,
+):
     """Trains `config.task` to `config.train.total_steps`, resuming from `workdir` if it holds a
-    checkpoint, and runs the evaluators of `config.evals` on their schedule. Returns the final
-    TrainState."""
+    checkpoint (with the same config, but for run_config.RESUMABLE_FIELDS, unless
+    `allow_config_change`), and runs the evaluators of `config.evals` on their schedule. Returns
+    the final TrainState."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     total_steps = config.train.total_steps
@@ -168,9 +177,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # workdir.load rebuilds this task without the data.
     built = workdir_lib.build(config, mesh)
     config = built.config
-    if jax.process_index() == 0:
-        fileio.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
-        environment.write(workdir)
     train_iter = iter(built.dataset)
     train_step = make_train_step(built.task, mesh)
 
@@ -189,6 +195,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         best_metric=best.metric,
         best_mode=best.mode,
     )
+    resuming_from = ckpt.latest_step()
+    changed = {}
+    if resuming_from is not None:
+        changed = run_config.check_resume(workdir, config, allow_config_change)
+    if jax.process_index() == 0:
+        run_config.record(workdir, config, resuming_from, changed)
+        environment.write(workdir)
     state, first_step = ckpt.restore_or_init(
         built.abstract_state,
         train_iter,

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, load_config
 from tensorboardX.proto import event_pb2
 
-from ham_synth import checkpoint, metric_writer, train
+from ham_synth import checkpoint, metric_writer, run_config, train
 from ham_synth import workdir as workdir_lib
 
 # 10 steps, a checkpoint every 2 and a log row every step: a kill can land anywhere.
@@ -187,6 +187,33 @@ def test_a_checkpoint_of_another_model_is_refused_naming_both_shapes(tmp_path, f
     assert "holds a different model" in message and "new --workdir" in message
     assert "(4,) there, (6,) here" in message or "(8, 4) there, (8, 6) here" in message, message
     assert not (workdir / "checkpoints/damaged").exists()  # Not taken for damage.
+
+
+def test_a_resume_with_a_changed_config_is_refused_unless_allowed_and_recorded(
+    tmp_path, finished_run
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    longer = {"train.total_steps": 8}
+
+    with pytest.raises(run_config.ConfigChangedError) as error:
+        faster = load_config("vae.py:smoke", **longer, **{"optim.lr": 1e-3})
+        train.train_and_evaluate(faster, workdir)
+    message = str(error.value)
+    assert "optim.lr: 0.002 -> 0.001" in message and "--allow_config_change" in message
+    assert "train.total_steps: 6" not in message  # A resume may run longer.
+
+    state = train.train_and_evaluate(load_config("vae.py:smoke", **longer), workdir)
+    assert int(state.step) == 8
+    changed = load_config("vae.py:smoke", **{"train.total_steps": 9, "optim.lr": 1e-3})
+    state = train.train_and_evaluate(changed, workdir, allow_config_change=True)
+    assert int(state.step) == 9
+
+    history = [json.loads(line) for line in (workdir / run_config.HISTORY_FILE).open()]
+    assert [row["resumed_from_step"] for row in history] == [None, 6, 8]
+    assert history[1]["changed"] == {"train.total_steps": [6, 8]}
+    assert history[2]["changed"] == {"optim.lr": [0.002, 0.001], "train.total_steps": [8, 9]}
+    assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 0.001
 
 
 # --- Metric logs ---

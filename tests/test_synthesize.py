@@ -1,6 +1,7 @@
 """`ham-synth sample`: PNGs per class, the manifest, and the folder source reading them back."""
 
 import csv
+import shutil
 
 import jax
 import numpy as np
@@ -34,7 +35,8 @@ def test_ddpm_samples_land_per_class_with_a_manifest(ddpm_workdir):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["3", "7"]
     with Image.open(next((out / "7").glob("*.png"))) as png:
         assert png.text == {"synthetic": "true", "generator": "ddpm", "run": str(ddpm_workdir),
-                            "step": "6", "seed": "5", "class": "7"}  # fmt: skip
+                            "step": "6", "seed": "5", "sampler": "dpmpp_2m", "steps": "4",
+                            "guidance": "1.5", "truncation": "", "class": "7"}  # fmt: skip
     with open(out / "manifest.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6
@@ -71,12 +73,68 @@ def test_same_seed_same_images_and_existing_output_is_kept(ddpm_workdir, tmp_pat
     second = synthesize.run(str(ddpm_workdir), out_dir=str(tmp_path / "b"), **kwargs)
     a, b = (np.asarray(Image.open(d / "0" / "0_000000.png")) for d in (first, second))
     np.testing.assert_array_equal(a, b)
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="finished sample"):
         synthesize.run(str(ddpm_workdir), out_dir=str(first), **kwargs)
     with pytest.raises(ValueError, match="Unknown classes"):
         synthesize.run(
             str(ddpm_workdir), out_dir=str(tmp_path / "c"), num_per_class=1, classes="nv"
         )
+
+
+def _pixels(folder):
+    """{path in folder: uint8 pixels} of every PNG of a sample."""
+    return {p.relative_to(folder): np.asarray(Image.open(p)) for p in folder.glob("*/*.png")}
+
+
+def test_an_unfinished_sample_resumes_to_what_an_uninterrupted_one_writes(ddpm_workdir, tmp_path):
+    # 10 images in batches of 8: indices 0-7, then 8-9.
+    kwargs = dict(num_per_class=5, steps=3, classes="0,1", sample_batch_size=8)
+    whole = synthesize.run(str(ddpm_workdir), out_dir=str(tmp_path / "whole"), **kwargs)
+    partial = tmp_path / "partial"
+    shutil.copytree(whole, partial)
+    # Killed in the second batch: no manifest yet, image 9 unwritten, 8 cut short, a temp file.
+    (partial / "manifest.csv").unlink()
+    (partial / "1/1_000009.png").unlink()
+    (partial / "1/1_000008.png").write_bytes((partial / "1/1_000008.png").read_bytes()[:40])
+    (partial / "1/1_000007.png.4242.tmp").write_bytes(b"half")
+    # A mark on a kept image shows the first batch is kept, not drawn again.
+    marked = partial / "0/0_000000.png"
+    with Image.open(marked) as png:
+        pixels, info = np.asarray(png).copy(), synthesize.png_provenance(png.text)
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(marked, pnginfo=info)
+
+    synthesize.run(str(ddpm_workdir), out_dir=str(partial), **kwargs)
+
+    expected, resumed = _pixels(whole), _pixels(partial)
+    assert resumed.keys() == expected.keys()  # And the temp file is gone.
+    assert [p.name for p in partial.rglob("*.tmp")] == []
+    for name, image in expected.items():
+        if partial / name != marked:
+            np.testing.assert_array_equal(resumed[name], image, err_msg=str(name))
+    np.testing.assert_array_equal(resumed[marked.relative_to(partial)], pixels)
+    assert (partial / "manifest.csv").read_text() == (whole / "manifest.csv").read_text()
+
+    # Finished now: refused unless --overwrite, which draws everything again.
+    with pytest.raises(FileExistsError, match="finished sample.*--overwrite"):
+        synthesize.run(str(ddpm_workdir), out_dir=str(partial), **kwargs)
+    synthesize.run(str(ddpm_workdir), out_dir=str(partial), overwrite=True, **kwargs)
+    assert _pixels(partial).keys() == expected.keys()
+    np.testing.assert_array_equal(_pixels(partial)[marked.relative_to(partial)],
+                                  expected[marked.relative_to(partial)])  # fmt: skip
+
+    # An unfinished sample drawn with other settings is not mixed with this one.
+    (partial / "manifest.csv").unlink()
+    with pytest.raises(FileExistsError, match="other settings.*steps: 3 there, 4 now"):
+        synthesize.run(str(ddpm_workdir), out_dir=str(partial), **{**kwargs, "steps": 4})
+
+
+def test_a_folder_with_other_files_is_refused_naming_one(ddpm_workdir, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"did not write \(notes.txt\)"):
+        synthesize.run(str(ddpm_workdir), num_per_class=1, out_dir=str(tmp_path / "mine"))
+    assert (tmp_path / "mine/notes.txt").read_text() == "keep me"
 
 
 def test_vae_samples_through_the_same_contract(tmp_path):

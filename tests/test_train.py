@@ -43,10 +43,11 @@ def test_eight_devices_match_one_device(tmp_path):
 
 def test_resume_matches_uninterrupted_run_bit_exactly(tmp_path):
     # The schedule spans 6 steps in both runs; the interrupted one stops at its step-3 checkpoint.
-    full = train.train_and_evaluate(_smoke(), tmp_path / "full")
-    first = _smoke(**{"train.total_steps": 3, "optim.schedule_steps": 6})
+    schedule = {"optim.schedule_steps": 6}
+    full = train.train_and_evaluate(_smoke(**schedule), tmp_path / "full")
+    first = _smoke(**schedule, **{"train.total_steps": 3})
     train.train_and_evaluate(first, tmp_path / "resumed")
-    resumed = train.train_and_evaluate(_smoke(), tmp_path / "resumed")
+    resumed = train.train_and_evaluate(_smoke(**schedule), tmp_path / "resumed")
 
     assert int(resumed.step) == int(full.step) == 6
     for a, b in zip(_leaves(full), _leaves(resumed), strict=True):

@@ -2,8 +2,8 @@
 
 Each run leaves a marker, W/markers/<run name>.json, with its key (plan.py), its command, and
 whether it finished. On the next invocation a run whose marker says done with the same key is
-skipped; one that started with the same key resumes (training from its last checkpoint; an
-unfinished `sample` starts over); one whose key changed is deleted and run afresh. W/study.lock
+skipped; one that started with the same key resumes (training from its last checkpoint, `sample`
+from the images it wrote); one whose key changed is deleted and run afresh. W/study.lock
 keeps a second study from writing the same workdir.
 """
 
@@ -209,7 +209,7 @@ class _Book:
             f"{elapsed:.1f} min | {_eta(self.durations, remaining)}",
             flush=True,
         )
-        if state == CHANGED or (state == RESUME and run.verb == "sample"):
+        if state == CHANGED:
             shutil.rmtree(self.root / run.name, ignore_errors=True)
         write_marker(self.root, run, stage=run.stage, done=False)
         self.started[run.name] = time.perf_counter()

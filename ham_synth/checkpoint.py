@@ -30,6 +30,10 @@ class ModelMismatchError(ValueError):
     """The checkpoint holds a different model (names or shapes) than the config builds."""
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, no permission); the ones before stay."""
+
+
 class NoReadableCheckpointError(FileNotFoundError):
     """Every checkpoint in the directory is damaged."""
 
@@ -99,15 +103,16 @@ class Checkpointer:
 
     def save(self, step: int, state, data_iterator, metrics: dict | None = None) -> None:
         """Starts an async save of both; the data iterator's position is read now. `metrics`
-        (holding the best metric) rank the checkpoint for the best-checkpoint policy."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-            ),
-            metrics=metrics,
+        (holding the best metric) rank the checkpoint for the best-checkpoint policy. A failed
+        earlier save (disk full) raises CheckpointSaveError here or at `wait`."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
         )
+        try:
+            self._manager.save(step, args=args, metrics=metrics)
+        except OSError as e:
+            raise self._save_failed(e) from e
 
     def restore_or_init(self, abstract_state, data_iterator, init_fn):
         """(state, step): the newest readable checkpoint restored onto `abstract_state`'s
@@ -157,10 +162,28 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until async saves are on disk."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except OSError as e:
+            raise self._save_failed(e) from e
 
     def close(self) -> None:
-        self._manager.close()
+        """Waits for the last save, then releases the manager."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    def _save_failed(self, error: OSError) -> "CheckpointSaveError":
+        committed = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        kept = (
+            f"The checkpoint at step {committed[-1]} is intact: free disk space (or make the "
+            "folder writable) and rerun the same command to resume from it."
+            if committed
+            else "No checkpoint was written yet: free disk space and rerun to start over."
+        )
+        return CheckpointSaveError(f"Writing a checkpoint to {self.directory} failed ({error}). "
+                                   + kept)  # fmt: skip
 
 
 def restore_state(

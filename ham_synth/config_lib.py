@@ -228,6 +228,19 @@ def get_base_config() -> ml_collections.ConfigDict:
     return config
 
 
+# train.* counts that must be whole numbers >= 1.
+POSITIVE_TRAIN_FIELDS = ("total_steps", "batch_size", "log_every_steps", "ckpt_every_steps",
+                         "keep_checkpoints")  # fmt: skip
+
+
+def check_train_fields(train: ml_collections.ConfigDict) -> None:
+    """Raises naming the first of POSITIVE_TRAIN_FIELDS that is not a whole number >= 1."""
+    for field in POSITIVE_TRAIN_FIELDS:
+        value = train[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train.{field}={value!r}; it must be a whole number >= 1.")
+
+
 def apply_smoke_schedule(config: ml_collections.ConfigDict) -> None:
     """The `smoke` variants' schedule: 6 steps of 16 images that log, checkpoint and sample every
     few steps, so a test passes through every branch of the trainer in seconds."""

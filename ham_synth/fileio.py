@@ -7,6 +7,7 @@ flushed to disk, then renamed onto it (a rename within a directory is atomic on 
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -45,3 +46,25 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs) -> None:
     """`obj` as indented JSON and a final newline."""
     write_text(path, json.dumps(obj, indent=2, **dumps_kwargs) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: pathlib.Path, holder: str) -> Iterator[None]:
+    """Holds an exclusive lock on the file `path` (a workdir's) for the block; released on exit,
+    and by the OS if the process dies. `holder` names what holds it ("study", "training run")
+    in the error a second one gets."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise FileExistsError(
+                f"Another {holder} is writing {path.parent} (its lock {path} is held by "
+                f"{f.read().strip() or 'another process'}); wait for it, or use another --workdir."
+            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield

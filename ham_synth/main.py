@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ham_synth import evaluate, memorization, predict, synthesize, train
+from ham_synth import checkpoint, evaluate, memorization, predict, synthesize, train
 from ham_synth.data import prepare
 from ham_synth.evaluators import convert_inception
 from ham_synth.study import runner as study_runner
@@ -33,6 +33,7 @@ USER_ERRORS = (
     NotADirectoryError,
     PermissionError,
     train.NonFiniteLossError,
+    checkpoint.CheckpointSaveError,
     study_runner.StudyError,
 )
 

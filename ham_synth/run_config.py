@@ -2,8 +2,8 @@
 (one row per start), and what a resumed run may change.
 
 A resumed run may run longer, log, checkpoint and evaluate on another schedule, or use other
-devices (RESUMABLE_FIELDS); any other change would make its checkpoints mean something else, so it is refused with
-the changed fields named, unless `--allow_config_change`.
+devices (RESUMABLE_FIELDS); any other change would make its checkpoints mean something else, so
+it is refused with the changed fields named, unless `--allow_config_change`.
 """
 
 import datetime

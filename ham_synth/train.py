@@ -1,6 +1,7 @@
 """The one train loop every model family uses: mesh, state, jitted step, logging, checkpoints and
 evaluators. A family only supplies a Task (tasks/base.py) and its evaluators' config entries."""
 
+import contextlib
 import pathlib
 import signal
 import threading
@@ -13,10 +14,20 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ham_synth import checkpoint, environment, evaluators, parallel, run_config
+from ham_synth import (
+    checkpoint,
+    config_lib,
+    environment,
+    evaluators,
+    fileio,
+    parallel,
+    run_config,
+)
 from ham_synth import metric_writer as metric_writer_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.tasks import base
+
+LOCK_FILE = "train.lock"
 
 
 class TrainingStopped(Exception):
@@ -158,12 +169,22 @@ def train_and_evaluate(
     """Trains `config.task` to `config.train.total_steps`, resuming from `workdir` if it holds a
     checkpoint (with the same config, but for run_config.RESUMABLE_FIELDS, unless
     `allow_config_change`), and runs the evaluators of `config.evals` on their schedule. Returns
-    the final TrainState."""
+    the final TrainState. A second run on the same workdir fails at once."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Process 0 holds the lock for the whole (multi-host) job.
+    with (
+        fileio.exclusive_lock(workdir / LOCK_FILE, "training run")
+        if jax.process_index() == 0
+        else contextlib.nullcontext()
+    ):
+        return _train_and_evaluate(config, workdir, allow_config_change)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, allow_config_change: bool):
     total_steps = config.train.total_steps
 
     # --- Setup ---
+    config_lib.check_train_fields(config.train)
     mesh = parallel.make_mesh(config.train.num_devices)
     parallel.check_batch_size(config.train.batch_size, mesh)
     logging.info(
@@ -291,7 +312,8 @@ def train_and_evaluate(
             ckpt.wait()
             evaluate_best(on_best, config, built.abstract_state, ckpt.directory, writer, step)
     finally:
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
+        try:
+            ckpt.close()  # Waits for the last save: a failed one raises here.
+        finally:
+            writer.close()
     return state

@@ -2,6 +2,7 @@
 (anywhere, and inside a checkpoint write), damaged checkpoints, a checkpoint of another model,
 and torn or stale metric logs."""
 
+import errno
 import json
 import os
 import shutil
@@ -15,9 +16,10 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO, load_config
+from orbax.checkpoint._src.path import atomicity
 from tensorboardX.proto import event_pb2
 
-from ham_synth import checkpoint, metric_writer, run_config, train
+from ham_synth import checkpoint, fileio, metric_writer, run_config, train
 from ham_synth import workdir as workdir_lib
 
 # 10 steps, a checkpoint every 2 and a log row every step: a kill can land anywhere.
@@ -100,6 +102,27 @@ def test_sigkill_inside_a_checkpoint_write_resumes_from_the_one_before(tmp_path,
     _assert_steps_logged_once(workdir)
     leftovers = [p.name for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
     assert leftovers == []  # The half-written folder was cleaned up.
+
+
+def test_a_full_disk_stops_the_run_naming_the_intact_checkpoint_and_a_rerun_resumes(
+    tmp_path, uninterrupted, monkeypatch
+):
+    commit = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def disk_full_at_step_4(self):
+        if self._final_path.name == "4":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await commit(self)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full_at_step_4)
+    config = load_config("vae.py:smoke", **KILL_OVERRIDES)
+    # The async save of step 4 fails in the background; the next save reports it.
+    with pytest.raises(checkpoint.CheckpointSaveError, match=r"No space left.*step 2 is intact"):
+        train.train_and_evaluate(config, tmp_path)
+    monkeypatch.undo()  # Space freed.
+
+    _assert_same_state(uninterrupted, train.train_and_evaluate(config, tmp_path))
+    _assert_steps_logged_once(tmp_path)
 
 
 # --- Damaged checkpoints ---
@@ -250,3 +273,41 @@ def test_a_run_killed_before_its_best_checkpoint_evals_runs_them_on_rerun(tmp_pa
     assert len(rerun) == len(rows) and rerun[-1].keys() == best_row.keys()
     for key, value in best_row.items():
         np.testing.assert_allclose(rerun[-1][key], value, rtol=1e-6, err_msg=key)
+
+
+# --- Odd configs and a second writer ---
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.total_steps": -5}, r"train.total_steps=-5; it must be a whole number >= 1"),
+        ({"train.log_every_steps": 0}, r"train.log_every_steps=0; it must be a whole number"),
+        ({"train.batch_size": 12}, r"train.batch_size=12 must divide evenly over 8 devices"),
+        ({"data.image_size": 10}, r"image_size=10 must be divisible by 2\*\*len\(channels\)=4"),
+    ],
+)
+def test_a_config_value_out_of_range_fails_before_training_naming_it(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(load_config("vae.py:smoke", **overrides), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_unet_refuses_an_image_size_its_levels_cannot_halve(tmp_path):
+    config = load_config("ddpm.py:smoke", **{"data.image_size": 7})  # Two levels: needs even.
+    with pytest.raises(ValueError, match=r"Image size 7x7 is not a multiple of 2, which "):
+        train.train_and_evaluate(config, tmp_path)
+
+
+def test_a_config_value_of_the_wrong_type_is_refused_naming_the_field():
+    with pytest.raises(TypeError, match="'log_every_steps'.*often.*cannot be casted"):
+        load_config("vae.py:smoke", **{"train.log_every_steps": "often"})
+
+
+def test_a_second_training_run_on_one_workdir_fails_clearly(tmp_path):
+    with (
+        fileio.exclusive_lock(tmp_path / train.LOCK_FILE, "training run"),
+        pytest.raises(FileExistsError, match=r"Another training run is writing .*pid \d+"),
+    ):
+        train.train_and_evaluate(load_config("vae.py:smoke"), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

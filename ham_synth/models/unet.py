@@ -45,6 +45,12 @@ class UNet(nn.Module):
                 h = attention()(h)
             return h
 
+        factor = 2 ** (len(self.channel_mults) - 1)  # Each level after the first halves.
+        if x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(
+                f"Image size {x.shape[1]}x{x.shape[2]} is not a multiple of {factor}, which "
+                f"model.channel_mults={tuple(self.channel_mults)} needs; change one."
+            )
         h = conv(self.channels, 3)(x)
         skips = [h]
         for level, mult in enumerate(self.channel_mults):

@@ -7,10 +7,7 @@ from the images it wrote); one whose key changed is deleted and run afresh. W/st
 keeps a second study from writing the same workdir.
 """
 
-import contextlib
-import fcntl
 import json
-import os
 import pathlib
 import shutil
 import time
@@ -81,28 +78,6 @@ def select(plan: list[plan_lib.Run], only: str, run_name: str = "") -> list[plan
     if unknown:
         raise ValueError(f"--only names {unknown}; the stages are {list(plan_lib.STAGES)}.")
     return [r for r in plan if not stages or r.stage in stages]
-
-
-@contextlib.contextmanager
-def workdir_lock(root: pathlib.Path, name: str = LOCK):
-    """An exclusive lock on W/`name` (the whole study's, or one run's), released on exit (and by
-    the OS if killed)."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise FileExistsError(
-                f"Another study is writing {root} (its lock {path} is held by "
-                f"{f.read().strip() or 'another process'}); wait for it, or use another --workdir."
-            ) from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        yield
 
 
 def format_plan(plan: list[plan_lib.Run], selected: list[plan_lib.Run], root) -> str:
@@ -242,7 +217,7 @@ def run_study(
         return []
     # One run (a SLURM array task) locks only itself, so the stage's runs go side by side.
     lock = f"{MARKERS}/{run_name}.lock" if run_name else LOCK
-    with workdir_lock(root, lock):
+    with fileio.exclusive_lock(root / lock, "study"):
         names = {r.name for r in selected}
         done = {r.name for r in plan if status(root, r) == DONE}
         todo = [r for r in selected if r.name not in done]

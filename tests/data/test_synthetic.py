@@ -122,6 +122,10 @@ def test_class_names_are_matched_by_name_and_shortfalls_are_named(tmp_path):
     twice = config_lib.with_values(_config(few, policy="balance"), {"data.balance_alpha": 0.5})
     with pytest.raises(ValueError, match="balanced twice.*balance_alpha=0, or use policy 'ratio'"):
         _stream(twice)
+    (few / NAMES[3] / f"{NAMES[3]}_000001.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"manifest.csv, row 3, lists .*_000001.png, which "
+                       r"is not there; restore the folder, or sample it again"):  # fmt: skip
+        _stream(_config(few))
 
 
 def test_resume_is_bit_exact_with_mixing(folder):

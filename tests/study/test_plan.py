@@ -10,7 +10,7 @@ from absl import flags
 from conftest import REPO
 from ml_collections import config_flags
 
-from ham_synth import config_lib
+from ham_synth import config_lib, fileio
 from ham_synth.study import plan as plan_lib
 from ham_synth.study import runner
 
@@ -183,13 +183,14 @@ def test_only_needs_finished_dependencies(tmp_path, capsys):
 
 
 def test_second_writer_fails_clearly(tmp_path):
+    lock = tmp_path / runner.LOCK
     with (
-        runner.workdir_lock(tmp_path),
-        pytest.raises(FileExistsError, match="Another study is writing"),
-        runner.workdir_lock(tmp_path),
+        fileio.exclusive_lock(lock, "study"),
+        pytest.raises(FileExistsError, match=f"Another study is writing {tmp_path} .*pid"),
+        fileio.exclusive_lock(lock, "study"),
     ):
         pass
-    with runner.workdir_lock(tmp_path):  # Released on exit.
+    with fileio.exclusive_lock(lock, "study"):  # Released on exit.
         pass
 
 

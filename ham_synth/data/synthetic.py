@@ -54,16 +54,7 @@ def read_manifests(dirs: list[str]) -> list[tuple[pathlib.Path, str]]:
             missing = {"file", "class"} - set(reader.fieldnames or ())
             if missing:
                 raise ValueError(f"{manifest} lacks the column(s) {sorted(missing)}.")
-            listed = [(folder / row["file"], row["class"]) for row in reader]
-        missing = [(row, path) for row, (path, _) in enumerate(listed, 2) if not path.is_file()]
-        if missing:
-            number, path = missing[0]
-            raise FileNotFoundError(
-                f"{manifest}, row {number}, lists {path}, which is not there"
-                f"{f' (nor are {len(missing) - 1} more)' if len(missing) > 1 else ''}; restore "
-                "the folder, or sample it again with `ham-synth sample --overwrite`."
-            )
-        rows += listed
+            rows += [(folder / row["file"], row["class"]) for row in reader]
     return rows
 
 

@@ -123,8 +123,8 @@ def test_class_names_are_matched_by_name_and_shortfalls_are_named(tmp_path):
     with pytest.raises(ValueError, match="balanced twice.*balance_alpha=0, or use policy 'ratio'"):
         _stream(twice)
     (few / NAMES[3] / f"{NAMES[3]}_000001.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"manifest.csv, row 3, lists .*_000001.png, which "
-                       r"is not there; restore the folder, or sample it again"):  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) listed in the manifests are "
+                       r"missing, e.g. \[.*_000001.png'\]; sample the folder again"):  # fmt: skip
         _stream(_config(few))
 
 

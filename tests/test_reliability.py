@@ -5,6 +5,7 @@ and torn or stale metric logs."""
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -239,6 +240,16 @@ def test_a_resume_with_a_changed_config_is_refused_unless_allowed_and_recorded(
     assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 0.001
 
 
+def test_an_output_is_replaced_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "report.md"
+    fileio.write_text(path, "old\n")
+    with pytest.raises(OSError, match="No space left"), fileio.atomic_write(path) as f:
+        f.write("half of the new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # No temporary file left.
+
+
 # --- Metric logs ---
 
 
@@ -311,3 +322,17 @@ def test_a_second_training_run_on_one_workdir_fails_clearly(tmp_path):
     ):
         train.train_and_evaluate(load_config("vae.py:smoke"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_every_row_of_docs_reliability_names_tests_that_exist():
+    rows = [line for line in (REPO / "docs/reliability.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith(("| fault", "|---"))]  # fmt: skip
+    files = list((REPO / "tests").rglob("test_*.py"))
+    known = {p.stem for p in files} | {
+        name for p in files for name in re.findall(r"^def (test_\w+)", p.read_text(), re.M)
+    }
+    assert len(rows) >= 25
+    for row in rows:
+        named = re.findall(r"\btest_\w+", row.rsplit(" | ", 1)[-1])
+        assert named, f"no test named in: {row}"
+        assert set(named) <= known, (sorted(set(named) - known), row)

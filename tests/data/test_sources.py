@@ -145,6 +145,19 @@ def test_folder_labels_follow_sorted_folder_names_and_images_are_resized(tmp_pat
     assert record["label"] == 2 and record["image"][..., 2].mean() > 190
 
 
+@pytest.mark.parametrize("damage", ["zero_bytes", "truncated"])
+def test_a_broken_image_in_a_folder_is_an_error_naming_it_and_the_fix(tmp_path, damage):
+    _write_folder(tmp_path, {"akiec": 2, "df": 2})
+    broken = tmp_path / "df" / "001.png"
+    broken.write_bytes(b"" if damage == "zero_bytes" else broken.read_bytes()[:30])
+    source = sources.get_source(_data(name="folder", path=str(tmp_path), split="all",
+                                      num_classes=2))  # fmt: skip
+    assert source[0]["image"].shape == (8, 8, 3)  # The others read.
+    with pytest.raises(ham10000.DataError, match=rf"{broken}: cannot decode the image .*; delete "
+                       "or replace it"):  # fmt: skip
+        source[3]
+
+
 def test_an_empty_class_folder_is_named_unless_the_classes_are_configured(tmp_path):
     _write_folder(tmp_path, {"akiec": 2, "df": 0})
     data = _data(name="folder", path=str(tmp_path), split="all", num_classes=2)

@@ -213,8 +213,8 @@ def test_a_training_run_stopped_early_is_not_done(tmp_path, monkeypatch):
     study = smoke()
     run = next(r for r in plan_lib.make_plan(study, tmp_path) if r.verb == "train")
 
-    def stopped(config, workdir):
-        del workdir
+    def stopped(config, workdir, allow_config_change):
+        del workdir, allow_config_change
         return types.SimpleNamespace(step=np.int32(config.train.total_steps - 1))
 
     monkeypatch.setattr(runner.train, "train_and_evaluate", stopped)

@@ -60,8 +60,15 @@ def uninterrupted(tmp_path_factory):
     return train.train_and_evaluate(load_config("vae.py:smoke", **KILL_OVERRIDES), workdir)
 
 
-def test_sigkill_at_random_steps_then_rerun_matches_an_uninterrupted_run(tmp_path, uninterrupted):
-    rng = np.random.default_rng(0)
+# Seed 0 in the suite; 1-5 with `pytest -m soak`.
+SOAK_SEEDS = [pytest.param(seed, marks=pytest.mark.soak) for seed in range(1, 6)]
+
+
+@pytest.mark.parametrize("seed", [0, *SOAK_SEEDS])
+def test_sigkill_at_random_steps_then_rerun_matches_an_uninterrupted_run(
+    tmp_path, uninterrupted, seed
+):
+    rng = np.random.default_rng(seed)
     workdir = tmp_path / "run"
     logged = 0
     for _ in range(2):  # Two kills at seeded random steps, each after the last one's resume.

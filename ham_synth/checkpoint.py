@@ -282,12 +282,14 @@ def check_model_matches(directory: pathlib.Path, step: int, abstract_state) -> N
     """Raises ModelMismatchError naming the variables whose names or shapes differ between
     the checkpoint `step` and `abstract_state`. A checkpoint whose metadata cannot be read is
     left to the restore, which reports it damaged."""
+    reader = ocp.StandardCheckpointHandler()
     try:
-        with ocp.StandardCheckpointer() as reader:
-            saved_tree = reader.metadata(directory / str(step) / "state").item_metadata
+        saved_tree = reader.metadata(directory / str(step) / "state")
     except DAMAGE_ERRORS:
         return
-    if saved_tree is None:  # Unreadable: orbax logged why.
+    finally:
+        reader.close()
+    if saved_tree is None:
         return
     saved = _shapes(saved_tree.tree)
     wanted = _shapes(abstract_state)

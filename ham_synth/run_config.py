@@ -54,7 +54,14 @@ def changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> d
     }
 
 
+# ...and in every optimizer group (optim.*, optim.<group>.*): how long the schedule runs, which
+# a resume may stretch or pin like train.total_steps.
+RESUMABLE_OPTIM_FIELDS = ("schedule_steps",)
+
+
 def is_resumable(field: str) -> bool:
+    if field.startswith("optim.") and field.rsplit(".", 1)[-1] in RESUMABLE_OPTIM_FIELDS:
+        return True
     return any(field == f or field.startswith(f + ".") for f in RESUMABLE_FIELDS)
 
 
@@ -72,7 +79,7 @@ def check_resume(
             f"not: {named}. Rerun with the config in {workdir / CONFIG_FILE}, train in a new "
             "--workdir, or pass --allow_config_change to resume with the change anyway "
             f"(recorded in {HISTORY_FILE}). A resume may change "
-            f"{', '.join(RESUMABLE_FIELDS)}."
+            f"{', '.join(RESUMABLE_FIELDS)} and optim schedule_steps."
         )
     return changed
 

@@ -155,9 +155,11 @@ def evaluate_best(entries, config, abstract_state, ckpt_dir, writer, step: int) 
     writer.write_curves()
 
 
-def best_logged(entries, workdir: pathlib.Path) -> bool:
-    """Whether metrics.jsonl holds the results of `evaluate_best` for every entry."""
-    logged = set().union(*metric_writer_lib.read_metrics(workdir))
+def best_logged(entries, workdir: pathlib.Path, step: int) -> bool:
+    """Whether metrics.jsonl holds `evaluate_best`'s results at `step` for every entry (a run
+    extended past an earlier end evaluates its best checkpoint again)."""
+    rows = [row for row in metric_writer_lib.read_metrics(workdir) if row["step"] == step]
+    logged = set().union(*rows)
     return all(f"{entry.name}/checkpoint_step" in logged for entry in entries)
 
 
@@ -308,7 +310,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, allow_config_change: bool
                 f", best {best.metric} at step {best_step}" if best_step is not None else "",
             )
         # Also when a run killed before them resumes at its last step.
-        if step >= total_steps and on_best and not best_logged(on_best, workdir):
+        if step >= total_steps and on_best and not best_logged(on_best, workdir, step):
             ckpt.wait()
             evaluate_best(on_best, config, built.abstract_state, ckpt.directory, writer, step)
     finally:

@@ -301,6 +301,11 @@ def test_a_run_killed_before_its_best_checkpoint_evals_runs_them_on_rerun(tmp_pa
     for key, value in best_row.items():
         np.testing.assert_allclose(rerun[-1][key], value, rtol=1e-6, err_msg=key)
 
+    # Trained on past its end, the run evaluates its best checkpoint again at the new end.
+    train.train_and_evaluate(load_config("vit.py:smoke", **{"train.total_steps": 7}), workdir)
+    last = metric_writer.read_metrics(workdir)[-1]
+    assert last["step"] == 7 and last.keys() == best_row.keys()
+
 
 # --- Odd configs and a second writer ---
 

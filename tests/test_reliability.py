@@ -65,33 +65,11 @@ SOAK_SEEDS = [pytest.param(seed, marks=pytest.mark.soak) for seed in range(1, 6)
 
 
 @pytest.mark.parametrize("seed", [0, *SOAK_SEEDS])
-def test_sigkill_at_random_steps_then_rerun_matches_an_uninterrupted_run(
+def test_sigkill_in_a_checkpoint_write_and_at_a_random_step_then_rerun_matches_an_uninterrupted_run(
     tmp_path, uninterrupted, seed
 ):
-    rng = np.random.default_rng(seed)
     workdir = tmp_path / "run"
-    logged = 0
-    for _ in range(2):  # Two kills at seeded random steps, each after the last one's resume.
-        logged = int(rng.integers(logged + 1, logged + 4))
-        proc = subprocess.Popen(
-            _train_command(workdir, KILL_OVERRIDES), stdout=subprocess.DEVNULL, cwd=REPO
-        )
-        deadline = time.time() + 300
-        while len(metric_writer.read_metrics(workdir)) < logged:
-            assert proc.poll() is None and time.time() < deadline, "finished before the kill"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL
-    subprocess.run(_train_command(workdir, KILL_OVERRIDES), check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-
-    _assert_same_state(uninterrupted, workdir_lib.load(workdir).state)
-    steps = [row["step"] for row in metric_writer.read_metrics(workdir)]
-    assert steps == list(range(1, 11))  # Each step once: rows past the resumed step dropped.
-
-
-def test_sigkill_inside_a_checkpoint_write_resumes_from_the_one_before(tmp_path, uninterrupted):
-    workdir = tmp_path / "run"
+    # Killed inside the write of the checkpoint at step 4 (a random kill rarely lands there).
     killed = subprocess.run(
         _train_command(workdir, KILL_OVERRIDES, program=(str(REPO / "tests/kill_worker.py"),)),
         env={**os.environ, "KILL_AT_CHECKPOINT": "4"},
@@ -103,11 +81,25 @@ def test_sigkill_inside_a_checkpoint_write_resumes_from_the_one_before(tmp_path,
     assert "2" in names and "4" not in names
     assert any(name.startswith("4.orbax-checkpoint-tmp") for name in names), names
 
+    # The rerun resumes from step 2 and is killed again once it has logged a seeded random step
+    # past the 4 rows the first run left.
+    logged = int(np.random.default_rng(seed).integers(5, 10))
+    proc = subprocess.Popen(
+        _train_command(workdir, KILL_OVERRIDES), stdout=subprocess.DEVNULL, cwd=REPO
+    )
+    deadline = time.time() + 300
+    while len(metric_writer.read_metrics(workdir)) < logged:
+        assert proc.poll() is None and time.time() < deadline, "finished before the kill"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
     subprocess.run(_train_command(workdir, KILL_OVERRIDES), check=True, cwd=REPO,
                    stdout=subprocess.DEVNULL)  # fmt: skip
 
     _assert_same_state(uninterrupted, workdir_lib.load(workdir).state)
-    _assert_steps_logged_once(workdir)
+    steps = [row["step"] for row in metric_writer.read_metrics(workdir)]
+    assert steps == list(range(1, 11))  # Each step once: rows past the resumed step dropped.
     leftovers = [p.name for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
     assert leftovers == []  # The half-written folder was cleaned up.
 

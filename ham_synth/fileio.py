@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -27,7 +28,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         raise ValueError(f"atomic_write mode {mode!r}; use 'w' or 'wb'.")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")  # target_name undoes this.
     try:
         with open(tmp, mode, **open_kwargs) as f:
             yield f
@@ -36,6 +37,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def target_name(name: str) -> str:
+    """The file name a temporary file of `atomic_write` stands for; other names unchanged."""
+    if not name.endswith(TMP_SUFFIX):
+        return name
+    return re.sub(r"\.\d+$", "", name.removesuffix(TMP_SUFFIX))  # Drop the writer's pid.
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -189,8 +189,7 @@ def run(
 def _is_sample_file(relative: pathlib.Path) -> bool:
     """Whether `sample` writes files by this name: the manifest, `<class>/<class>_NNNNNN.png`,
     or a temporary file of either left by a kill."""
-    name = relative.name.removesuffix(fileio.TMP_SUFFIX)
-    name = re.sub(r"\.\d+$", "", name) if name != relative.name else name  # The writer's pid.
+    name = fileio.target_name(relative.name)
     if len(relative.parts) == 1:
         return name == synthetic_data.MANIFEST
     cls = relative.parts[0]

@@ -3,6 +3,7 @@ write it to W/environment.json beside config.json; the study's report quotes it.
 
 import importlib.metadata
 import json
+import os
 import pathlib
 import platform
 
@@ -31,6 +32,7 @@ def describe() -> dict:
         "local_devices": jax.local_device_count(),
         "global_devices": jax.device_count(),
         "processes": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # With ham_synth's XLA:CPU default.
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
     }

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ham_synth.models import layers
@@ -83,8 +82,7 @@ class Generator(nn.Module):
         for i, width in enumerate(self.channels):
             x = nn.relu(norm()(x, labels, train))
             if i > 0:
-                b, h, w, c = x.shape
-                x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+                x = layers.upsample_nearest(x)
             x = layers.conv(width, 3, use_bias=False, dtype=self.dtype)(x)
         x = nn.relu(norm()(x, labels, train))
         return jnp.tanh(layers.conv(3, 3, dtype=self.dtype)(x).astype(jnp.float32))

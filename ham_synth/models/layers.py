@@ -39,15 +39,11 @@ def conv(
     )
 
 
-def conv_transpose(features: int, kernel: int, stride: int, dtype: Any = None) -> nn.ConvTranspose:
-    """A square 'SAME' transposed conv (upsamples by `stride`) with `conv_kernel_init`."""
-    return nn.ConvTranspose(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        kernel_init=conv_kernel_init,
-        dtype=dtype,
-    )
+def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
+    """[B, H, W, C] -> [B, factor*H, factor*W, C], each pixel repeated. Followed by a conv, it is
+    the decoders' upsampling: no checkerboard artifacts (Odena et al. 2016), and on XLA:CPU its
+    gradient is ~20x cheaper than a stride-2 transposed conv's (docs/benchmarks.md)."""
+    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:

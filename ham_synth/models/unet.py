@@ -69,7 +69,7 @@ class UNet(nn.Module):
             for _ in range(self.num_res_blocks + 1):
                 h = block(jnp.concatenate([h, skips.pop()], axis=-1), self.channels * mult)
             if level > 0:
-                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # Nearest-neighbour 2x.
+                h = layers.upsample_nearest(h)
                 h = conv(h.shape[-1], 3)(h)
         h = nn.silu(nn.GroupNorm(min(8, h.shape[-1]), dtype=self.dtype)(h))
         out = conv(self.out_channels, 3, kernel_init=nn.initializers.zeros)(h)

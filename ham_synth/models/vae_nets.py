@@ -34,7 +34,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """[z, class embedding] -> a small feature map -> transposed convs -> image in [-1, 1]."""
+    """[z, class embedding] -> a small feature map -> (2x nearest upsampling, conv) per level
+    -> image in [-1, 1]."""
 
     channels: Sequence[int]
     image_size: int
@@ -48,7 +49,8 @@ class Decoder(nn.Module):
         x = nn.silu(nn.Dense(base * base * self.channels[-1], dtype=self.dtype)(x))
         x = x.reshape(z.shape[0], base, base, self.channels[-1])
         for width in reversed(self.channels):
-            x = nn.silu(layers.conv_transpose(width, 4, stride=2, dtype=self.dtype)(x))
+            x = layers.upsample_nearest(x)
+            x = nn.silu(layers.conv(width, 3, dtype=self.dtype)(x))
             x = nn.silu(layers.conv(width, 3, dtype=self.dtype)(x))
         x = layers.conv(self.out_channels, 3, dtype=self.dtype)(x)
         return jnp.tanh(x.astype(jnp.float32))

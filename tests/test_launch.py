@@ -1,11 +1,17 @@
-"""The launch scripts parse, and the SLURM script's dry run prints the srun line it would run."""
+"""The launch scripts parse, the SLURM script's dry run prints the srun line it would run, and
+two processes joined by jax.distributed stop together."""
 
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
+
+from ham_synth import main, metric_writer
 
 SCRIPTS = ("run_local.sh", "run_multihost.sh", "slurm.sbatch")
 
@@ -90,3 +96,65 @@ def test_slurm_array_mode_runs_one_line_of_the_commands_file(repo, tmp_path):
     assert shlex.split(out)[5:] == [
         "ham-synth", "sample", "--workdir=/w/two words", "--num_per_class=akiec=5,df=7"
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_one_step_when_one_receives_sigterm(repo, tmp_path):
+    """launch/run_multihost.sh on 2 CPU processes (1 device each, joined by jax.distributed).
+    SIGTERM reaches process 1 only, as when one node is preempted: JAX's preemption sync point
+    carries it to process 0, both checkpoint the same step and exit as stopped."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "run"
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "",
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "COORDINATOR": f"localhost:{port}",
+        "NUM_HOSTS": "2",
+    }
+    overrides = {
+        "train.total_steps": 100_000,
+        "train.batch_size": 4,
+        "train.log_every_steps": 1,
+        "train.ckpt_every_steps": 10_000,
+        "train.sample_every_steps": 10_000,
+    }
+    command = [
+        "bash",
+        str(repo / "launch" / "run_multihost.sh"),
+        "configs/vae.py:smoke",
+        str(workdir),
+        *[f"--config.{k}={v}" for k, v in overrides.items()],
+    ]
+    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+    jobs = [
+        subprocess.Popen(
+            command,
+            env={**env, "HOST_ID": str(i)},
+            cwd=repo,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for i, log in enumerate(logs)
+    ]
+    try:
+        deadline = time.time() + 240
+        while len(metric_writer.read_metrics(workdir)) < 3:
+            assert all(job.poll() is None for job in jobs), [log.read_text() for log in logs]
+            assert time.time() < deadline, [log.read_text() for log in logs]
+            time.sleep(0.2)
+        jobs[1].send_signal(signal.SIGTERM)
+        codes = [job.wait(timeout=120) for job in jobs]
+    finally:
+        for job in jobs:
+            job.kill()
+
+    outs = [log.read_text() for log in logs]
+    assert codes == [main.EXIT_STOPPED] * 2, outs
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 3 <= saved[0] < 10_000, saved
+    for out in outs:
+        assert f"Stopped at step {saved[0]}" in out, out

@@ -29,6 +29,7 @@ import functools
 import importlib.metadata
 import itertools
 import json
+import os
 import pathlib
 import platform
 import resource
@@ -685,6 +686,7 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "host": f"{platform.processor() or platform.machine()}, {platform.platform()}",
         "versions": versions,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # ham_synth's XLA:CPU default included.
     }
 
 
@@ -698,6 +700,7 @@ def write_results(out_dir: pathlib.Path, env: dict, peaks: dict, rows: list[Row]
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + ". Matmul peak (the MFU denominator): "
         + ", ".join(f"{d} {p / 1e12:.2f} TFLOP/s" for d, p in peaks.items())
+        + f". XLA_FLAGS: {env['xla_flags'] or '(none)'}"
         + f". Preset {_PRESET.value}, {_REPEATS.value} interleaved rounds, {env['date']}.\n"
     )
     if "full_10k" in extra:

@@ -3,6 +3,7 @@ progress bar. Only process 0 writes files; the others only log."""
 
 import json
 import pathlib
+import re
 import sys
 
 import jax
@@ -94,6 +95,16 @@ def plot_curves(rows: list[dict], path: pathlib.Path, columns: int = 3) -> None:
     plt.close(fig)
 
 
+# TensorBoard tags allow only these characters; tensorboardX replaces the rest with '_'.
+_TAG_FORBIDDEN = re.compile(r"[^-/\w.]")
+
+
+def tensorboard_tag(name: str) -> str:
+    """`name` as the tag tensorboardX makes of it ('val/5:nv/f1' -> 'val/5_nv/f1'), made here
+    because tensorboardX logs a line for every scalar it renames."""
+    return _TAG_FORBIDDEN.sub("_", name).lstrip("/")
+
+
 class MetricWriter:
     """Scalars to JSONL + TensorBoard + the log; images to TensorBoard; a tqdm bar with ETA.
 
@@ -131,14 +142,14 @@ class MetricWriter:
         with open(self.workdir / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
         for key, value in scalars.items():
-            self._tb.add_scalar(key, value, step)
+            self._tb.add_scalar(tensorboard_tag(key), value, step)
         if "train/loss" in row:
             self._bar.set_postfix(loss=f"{row['train/loss']:.4g}")
 
     def write_image(self, step: int, name: str, image: np.ndarray) -> None:
         """uint8 [H, W, C] picture to TensorBoard."""
         if self.is_writer:
-            self._tb.add_image(name, image, step, dataformats="HWC")
+            self._tb.add_image(tensorboard_tag(name), image, step, dataformats="HWC")
 
     def write_curves(self) -> None:
         if self.is_writer:

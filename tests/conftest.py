@@ -5,6 +5,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import struct
 import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
@@ -48,3 +49,17 @@ def vit_run(tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp("vit_smoke")
     train.train_and_evaluate(load_config("vit.py:smoke"), workdir)
     return workdir
+
+
+def tensorboard_events(directory):
+    """Every Event in the TFRecord files under `directory`, file by file in name order."""
+    from tensorboardX.proto import event_pb2  # noqa: PLC0415
+
+    events = []
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        while data:
+            (length,) = struct.unpack("<Q", data[:8])
+            events.append(event_pb2.Event.FromString(data[12 : 12 + length]))
+            data = data[16 + length :]
+    return events

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, load_config
+from conftest import REPO, load_config, tensorboard_events
 from orbax.checkpoint._src.path import atomicity
 from tensorboardX.proto import event_pb2
 
@@ -149,18 +148,6 @@ DAMAGES = {
 }
 
 
-def _tensorboard_events(directory):
-    """Every Event in the TFRecord files under `directory`, file by file in name order."""
-    events = []
-    for path in sorted(directory.glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        while data:
-            (length,) = struct.unpack("<Q", data[:8])
-            events.append(event_pb2.Event.FromString(data[12 : 12 + length]))
-            data = data[16 + length :]
-    return events
-
-
 # A failed restore leaves an orbax callback on a closed event loop; harmless.
 QUIET_ORBAX = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -183,7 +170,7 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_one_before_resumes(
     _assert_steps_logged_once(workdir)
     # TensorBoard hides the events past step 3 of the first attempt: the resumed writer starts
     # its file with a session START at step 4.
-    events = _tensorboard_events(workdir / "tensorboard")
+    events = tensorboard_events(workdir / "tensorboard")
     starts = [e.step for e in events if e.session_log.status == event_pb2.SessionLog.START]
     assert starts[-1] == 4
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import load_config
+from conftest import load_config, tensorboard_events
 from PIL import Image
 
 from ham_synth import metric_writer, tasks, train
@@ -128,3 +128,18 @@ def test_non_finite_auxiliary_metric_stops_naming_it(tmp_path, monkeypatch):
     with pytest.raises(train.NonFiniteLossError, match=r"train/probe is inf at step 6") as error:
         train.train_and_evaluate(_smoke(), tmp_path)
     assert "train/loss" not in str(error.value)  # The loss stayed finite; only the probe broke.
+
+
+def test_tensorboard_tags_are_made_legal_here_without_a_log_line_each(tmp_path, caplog):
+    """Digits' class names ('5:nv') put ':' in per-class scalar names; TensorBoard gets the tag
+    tensorboardX would make ('_' for ':'), and the log gets no line per renamed scalar."""
+    writer = metric_writer.MetricWriter(tmp_path, first_step=0, total_steps=1)
+    with caplog.at_level("INFO"):
+        writer.write_scalars(1, {"val/5:nv/f1": 0.5, "/train/loss": 1.0})
+    writer.close()
+
+    assert "illegal" not in caplog.text
+    tags = {v.tag for e in tensorboard_events(tmp_path / "tensorboard") for v in e.summary.value}
+    assert tags == {"val/5_nv/f1", "train/loss"}
+    # metrics.jsonl keeps the names as written.
+    assert set(metric_writer.read_metrics(tmp_path)[0]) == {"step", "val/5:nv/f1", "/train/loss"}

@@ -3,9 +3,9 @@
 jaxlib 0.10's XLA:CPU sends convolutions to YNNPACK by default. YNNPACK is fast for
 reductions, but slow for a convolution's weight gradient (3.5x slower than XLA's Eigen path for a
 3x3 conv, 64 channels, 32x32, batch 32). Taking convolutions, and nothing else, away from YNNPACK
-made the DDPM train step 1.45x faster and Inception features 1.6x faster
-(docs/benchmarks.md, "What the CPU rows say"). Unknown XLA flags abort the process, so the flag is
-set only on the jaxlib minor versions where it was measured.
+made the DDPM train step 1.9x faster and Inception features 2x faster on 2 cores
+(docs/benchmarks.md, "What was found on XLA:CPU"). Unknown XLA flags abort the process, so the
+flag is set only on the jaxlib minor versions where it was measured.
 """
 
 import importlib.metadata

@@ -79,7 +79,7 @@ def test_a_task_refuses_an_unresolved_class_count():
 
 def test_decoder_upsamples_as_nearest_neighbour_resize_then_conv():
     """Each decoder level is a 2x nearest upsampling (jax.image.resize's) and a 3x3 conv: no
-    transposed convs, whose gradient XLA:CPU runs ~20x slower."""
+    transposed convs, whose weight gradients were 70% of the VAE step on XLA:CPU."""
     x = jax.random.normal(jax.random.key(0), (2, 5, 7, 3))
     expected = jax.image.resize(x, (2, 10, 14, 3), method="nearest")
     np.testing.assert_array_equal(layers.upsample_nearest(x), expected)

@@ -5,6 +5,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import socket
 import struct
 import tempfile
 
@@ -63,3 +64,10 @@ def tensorboard_events(directory):
             events.append(event_pb2.Event.FromString(data[12 : 12 + length]))
             data = data[16 + length :]
     return events
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for a jax.distributed coordinator)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]

@@ -2,14 +2,13 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import features_worker
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import free_port, load_config
 from flax import traverse_util
 from PIL import Image
 
@@ -177,9 +176,7 @@ def test_two_processes_each_read_their_share_and_get_every_feature_in_order(tmp_
     stale.parent.mkdir(parents=True)
     np.savez(stale, features=np.zeros((len(source), 1)), labels=source.labels)
 
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     outs = [tmp_path / f"process_{i}.npz" for i in range(2)]
     # CPU only, so two processes never share one GPU where there is one.
     env = {

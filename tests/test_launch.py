@@ -4,12 +4,12 @@ two processes joined by jax.distributed stop together."""
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import free_port
 
 from ham_synth import main, metric_writer
 
@@ -103,9 +103,7 @@ def test_two_processes_stop_at_one_step_when_one_receives_sigterm(repo, tmp_path
     """launch/run_multihost.sh on 2 CPU processes (1 device each, joined by jax.distributed).
     SIGTERM reaches process 1 only, as when one node is preempted: JAX's preemption sync point
     carries it to process 0, both checkpoint the same step and exit as stopped."""
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     workdir = tmp_path / "run"
     env = {
         **os.environ,

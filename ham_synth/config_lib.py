@@ -62,7 +62,9 @@ def optim_group(**overrides) -> ml_collections.ConfigDict:
     group.b2 = 0.999
     group.weight_decay = 1e-4
     group.grad_clip = 1.0  # Global-norm clipping; 0 disables it.
-    group.ema_decay = 0.999  # EMA of this network's params (samples and evaluators use it).
+    # EMA of this network's params (samples and evaluators use it), warmed up: the decay at step
+    # t is min(ema_decay, (1 + t) / (10 + t)) (state.ema_decay_at). 0: the EMA is the params.
+    group.ema_decay = 0.999
     group.update(overrides)
     return group
 

@@ -160,7 +160,9 @@ def make_simple_step(loss_fn: LossFn, optimizer: optim.Optimizer, accum_steps: i
             step=state.step + 1,
             params=params,
             opt_state=opt_state,
-            ema_params=state_lib.ema_update(state.ema_params, params, optimizer.ema_decay),
+            ema_params=state_lib.ema_update(
+                state.ema_params, params, optimizer.ema_decay, state.step + 1
+            ),
         )
         metrics = {
             "train/loss": loss,

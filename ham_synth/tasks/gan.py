@@ -4,8 +4,13 @@ on reals, DiffAugment with an optional ADA-adapted probability, and an EMA gener
 
 State layout: params and opt_state are {"gen", "disc"}; ema_params is {"gen"}; model_state is
 {"batch_stats": {"gen": BatchNorm statistics, "disc": spectral-norm vectors}, "ada": {"p"}}.
-Sampling applies the EMA generator's params with the training generator's running BatchNorm
-statistics (the EMA only averages params; with bn_momentum near 1 both move slowly together).
+
+Sampling applies the EMA generator with BatchNorm statistics of its own: "standing statistics"
+(BigGAN), the mean over `gan.standing_stats_batches` class-balanced batches of the EMA generator's
+batch statistics, recomputed inside every sampling call from fixed noise, so they are a function
+of the weights alone. The training generator's running statistics describe another network (its
+momentum spans ~100 steps, the EMA's ~1,000), and an EMA of them would still be that network's;
+standing statistics cost a few forward passes per sampling call, which a GAN can afford.
 """
 
 import jax
@@ -45,6 +50,24 @@ def generator_variables(variables: dict) -> dict:
     return {"params": variables["params"]["gen"], "batch_stats": variables["batch_stats"]["gen"]}
 
 
+def standing_stats(generator, g_vars, *, num_batches, batch_size, num_classes, latent_dim):
+    """BatchNorm statistics of the generator `g_vars` itself (BigGAN's standing statistics): the
+    mean of its batch statistics in train mode over `num_batches` batches, classes in equal
+    shares, z from a fixed key, so every sampling call of one set of weights agrees."""
+    labels = jnp.arange(batch_size, dtype=jnp.int32) % num_classes
+    this_batch = generator.clone(bn_momentum=0.0)  # Running statistics <- this batch's.
+
+    def batch_stats(i):
+        z = jax.random.normal(
+            jax.random.fold_in(jax.random.PRNGKey(0), i), (batch_size, latent_dim)
+        )
+        _, updates = this_batch.apply(g_vars, z, labels, train=True, mutable=["batch_stats"])
+        return updates["batch_stats"]
+
+    stacked = jax.lax.map(batch_stats, jnp.arange(num_batches))
+    return jax.tree.map(lambda x: jnp.mean(x, axis=0), stacked)
+
+
 def make_task(config: ml_collections.ConfigDict) -> base.Task:
     """The GAN of models/gan_nets.py, sized by config.model and config.data."""
     num_classes = base.num_classes(config)
@@ -79,6 +102,11 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             f"train.grad_accum_steps={config.train.grad_accum_steps}: the GAN does not accumulate "
             "gradients (its BatchNorm statistics are per batch); set it to 1 and lower "
             "train.batch_size instead."
+        )
+    if config.train.batch_size % gan.n_disc:
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} must be a multiple of gan.n_disc="
+            f"{gan.n_disc}: each D update takes its own 1/n_disc of the step's real batch."
         )
     policy = diffaugment.parse_policy(gan.augment)
     optimizers = optim.make_optimizers(config.optim, config.train.total_steps, ("gen", "disc"))
@@ -152,10 +180,9 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
                 ),
                 lambda: jnp.zeros((), jnp.float32),
             )
-            # Lazy regularization: every r1_interval steps, scaled by the interval.
-            total = (
-                d_loss_terms(d_real, d_fake, gan.loss) + 0.5 * gan.r1_gamma * gan.r1_interval * r1
-            )
+            # Lazy regularization: on one D update in r1_interval * n_disc, scaled by that.
+            r1_weight = 0.5 * gan.r1_gamma * gan.r1_interval * gan.n_disc
+            total = d_loss_terms(d_real, d_fake, gan.loss) + r1_weight * r1
             return total, (new_stats, d_real, d_fake, r1)
 
         (d_loss, (d_stats, d_real, d_fake, r1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -178,15 +205,24 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
         d_rng, g_rng, g_aug_rng = jax.random.split(rng, 3)
         do_r1 = (gan.r1_gamma > 0) & (state.step % gan.r1_interval == 0)
 
-        # --- Discriminator: n_disc updates, each on this step's real batch (reused) ---
+        # --- Discriminator: n_disc updates, each on its own 1/n_disc of the real batch ---
+        # (strided chunks, so each is spread over the devices of the batch-sharded mesh).
+        chunks = base.split_microbatches({"image": real, "label": labels}, gan.n_disc)
         disc = (state.params["disc"], state.opt_state["disc"], stats["disc"])
         d_metrics = []
         for i in range(gan.n_disc):
             fake_rng, *augment_rngs = jax.random.split(jax.random.fold_in(d_rng, i), 3)
+            chunk_labels = chunks["label"][i]
             # Fresh fakes from the current G; its BatchNorm statistics update only in the G step.
-            fake, _ = generate(state.params["gen"], stats["gen"], labels, fake_rng)
+            fake, _ = generate(state.params["gen"], stats["gen"], chunk_labels, fake_rng)
             disc, m = disc_step(
-                disc, real, jax.lax.stop_gradient(fake), labels, augment_rngs, p, do_r1 & (i == 0)
+                disc,
+                chunks["image"][i],
+                jax.lax.stop_gradient(fake),
+                chunk_labels,
+                augment_rngs,
+                p,
+                do_r1 & (i == 0),
             )
             d_metrics.append(m)
         d_params, d_opt, d_stats = disc
@@ -217,7 +253,7 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             opt_state={"gen": g_opt, "disc": d_opt},
             ema_params={
                 "gen": state_lib.ema_update(
-                    state.ema_params["gen"], g_params, optimizers["gen"].ema_decay
+                    state.ema_params["gen"], g_params, optimizers["gen"].ema_decay, state.step + 1
                 )
             },
             model_state={"batch_stats": {"gen": g_stats, "disc": d_stats}, "ada": {"p": p}},
@@ -249,7 +285,8 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
         compute_dtype: str = config.sample.compute_dtype,
     ):
         """The EMA generator on z ~ N(0, I), or a normal truncated to [-truncation, truncation]
-        when truncation > 0; BatchNorm uses the running statistics."""
+        when truncation > 0; BatchNorm uses its standing statistics (the training generator's
+        running ones when gan.standing_stats_batches is 0)."""
         shape = (labels.shape[0], latent_dim)
         if truncation > 0:
             z = jax.random.truncated_normal(rng, -truncation, truncation, shape)
@@ -257,6 +294,16 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             z = jax.random.normal(rng, shape)
         dtype = config_lib.compute_dtype(compute_dtype, "sample.compute_dtype")
         sampler = generator.clone(dtype=dtype)
-        return sampler.apply(generator_variables(variables), z, labels, train=False)
+        g_vars = generator_variables(variables)
+        if gan.standing_stats_batches > 0 and g_vars["batch_stats"]:
+            g_vars["batch_stats"] = standing_stats(
+                sampler,
+                g_vars,
+                num_batches=gan.standing_stats_batches,
+                batch_size=config.train.batch_size,
+                num_classes=base.num_classes(config),
+                latent_dim=latent_dim,
+            )
+        return sampler.apply(g_vars, z, labels, train=False)
 
     return base.Task(init=init, train_step=train_step, predict_fns={base.SAMPLE: sample})

@@ -138,6 +138,54 @@ def test_diffaugment_is_differentiable_and_the_same_on_real_and_fake():
         diffaugment.parse_policy("translation,flip")
 
 
+def test_standing_stats_are_the_generators_own_batch_statistics():
+    generator = gan_nets.Generator(num_classes=3, image_size=8, channels=(8, 4))
+    variables = generator.init(jax.random.key(0), jnp.zeros((2, 5)), jnp.zeros(2, jnp.int32))
+    stats = jax.jit(
+        lambda v: gan.standing_stats(
+            generator, v, num_batches=3, batch_size=6, num_classes=3, latent_dim=5
+        )
+    )(variables)
+    # The first BatchNorm sees the projected latents: its statistics by hand, batch by batch.
+    kernel = np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)
+    batches = [
+        np.asarray(jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), i), (6, 5))) @ kernel
+        for i in range(3)
+    ]
+    features = [x.reshape(6, 4, 4, 8) for x in batches]
+    first = stats["ConditionalBatchNorm_0"]["BatchNorm_0"]
+    np.testing.assert_allclose(
+        first["mean"], np.mean([x.mean((0, 1, 2)) for x in features], 0), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        first["var"], np.mean([x.var((0, 1, 2)) for x in features], 0), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_sampling_ignores_the_training_generators_running_statistics():
+    labels = jnp.arange(4, dtype=jnp.int32) % 3
+    samples = {}
+    for batches in (16, 0):
+        config = load_config(
+            "gan.py:smoke", **{"data.num_classes": 3, "gan.standing_stats_batches": batches}
+        )
+        task = gan.make_task(config)
+        size = config.data.image_size
+        state = task.init(
+            jax.random.key(0), {"image": jnp.zeros((4, size, size, 3)), "label": labels}
+        )
+        sample = jax.jit(task.predict_fns["sample"])
+        variables = state_lib.eval_variables(state)
+        # Running statistics far from the generator's own (as early in training).
+        skewed = jax.tree.map(lambda x: x + 3.0, variables["batch_stats"]["gen"])
+        other = {**variables, "batch_stats": {**variables["batch_stats"], "gen": skewed}}
+        samples[batches] = [
+            np.asarray(sample(v, labels, jax.random.key(1))) for v in (variables, other)
+        ]
+    np.testing.assert_array_equal(*samples[16])  # Standing statistics: the weights alone count.
+    assert np.abs(samples[0][0] - samples[0][1]).max() > 1e-2
+
+
 class _MLPGen(nn.Module):
     dtype: Any = None  # make_gan_task samples with generator.clone(dtype=...).
 

@@ -7,7 +7,8 @@ Stages, in order: what each makes, where under the study's workdir W, and what i
 - real: `train` the real-only ViT per seed -> classifiers/real/seed_<s>/; data, classifier.
 - realism: score each set against the real test split -> realism/<name>/: `evaluate` in the
   real-only seed-0 ViT's feature space (classifier/), and in Inception's when its weights exist
-  (inception/); `classify` each image with that ViT for CAS (cas/); its set and that ViT.
+  (inception/); `classify` each image with that ViT for its recognised share (recognised/); its
+  set and that ViT.
 - conditions: `train` the ViT per seed on real + each set (optionally all sets at once) and on
   a set alone -> classifiers/<condition>/seed_<s>/; real's inputs, the sets read, synthetic.*.
 - memorization: `memorization` of each set against the training images, in pixels and that
@@ -387,7 +388,8 @@ def make_plan(study: ml_collections.ConfigDict, root: pathlib.Path) -> list[Run]
 
 
 def reference_classifier() -> str:
-    """The real-only seed-0 ViT: the study's domain feature network and CAS labeller."""
+    """The real-only seed-0 ViT: the study's domain feature network, and the labeller of the
+    recognised share."""
     return f"classifiers/{REAL}/seed_0"
 
 
@@ -399,7 +401,7 @@ def inception_weights(study: ml_collections.ConfigDict) -> pathlib.Path | None:
 
 def _realism_runs(study) -> list[Run]:
     """Per generator: its set scored in the reference ViT's features (and Inception's, when the
-    weights exist) against the real test split, and labelled by that ViT (CAS)."""
+    weights exist) against the real test split, and labelled by that ViT (recognised share)."""
     test_data = {**data_values(study), **flatten(study.classifier.overrides), "data.split": "test"}
     reference = reference_classifier()
     weights = inception_weights(study)
@@ -433,11 +435,11 @@ def _realism_runs(study) -> list[Run]:
             )  # fmt: skip
         runs.append(
             Run(
-                f"realism/{g}/cas",
+                f"realism/{g}/recognised",
                 "realism",
                 "classify",
                 {"workdir": f"$W/{reference}", "images": f"$W/synthetic/{g}",
-                 "out_csv": f"$W/realism/{g}/cas/predictions.csv"},
+                 "out_csv": f"$W/realism/{g}/recognised/predictions.csv"},
                 deps=(f"synthetic/{g}", reference),
             )
         )  # fmt: skip

@@ -22,7 +22,7 @@ from scipy import stats
 
 from ham_synth import config_lib, environment, fileio, grids, memorization, metric_writer
 from ham_synth.data import imaging
-from ham_synth.evaluators import classification
+from ham_synth.evaluators import classification, recognition
 from ham_synth.study import plan as plan_lib
 
 matplotlib.use("Agg")
@@ -131,30 +131,35 @@ def collect(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
     return results
 
 
-def classification_agreement(csv_path: pathlib.Path) -> dict:
-    """CAS from a `ham-synth classify` CSV of a synthetic set: the share of images whose predicted
-    class is the class they were generated for (their folder), overall and per class."""
+def recognised(csv_path: pathlib.Path, reference: pathlib.Path) -> dict:
+    """The recognised share of a synthetic set (evaluators/recognition.py) from a `ham-synth
+    classify` CSV of it, beside the reference classifier's per-class recall on real test images."""
     with open(csv_path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if not r["error"]]
-    conditioned = np.asarray([r["path"].split("/")[0] for r in rows])
-    correct = conditioned == np.asarray([r["predicted"] for r in rows])
+    class_names = config_lib.class_names(config_lib.load_workdir_config(reference))
+    metrics = test_metrics(reference)["metrics"]
+    ceiling = {c: metrics.get(f"{c}/recall") for c in class_names}
     return {
         "file": str(csv_path),
-        "overall": float(correct.mean()),
-        "per_class": {c: float(correct[conditioned == c].mean()) for c in np.unique(conditioned)},
-        "count": {c: int((conditioned == c).sum()) for c in np.unique(conditioned)},
+        **recognition.recognised_share(
+            [r["path"].split("/")[0] for r in rows],  # The class folder it was generated for.
+            [r["predicted"] for r in rows],
+            ceiling,
+        ),
     }
 
 
 def collect_realism(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
-    """generator -> {"classifier": metrics.json, "inception": metrics.json (when run), "cas"}."""
+    """generator -> {"classifier": metrics.json, "inception": metrics.json (when run),
+    "recognised"}."""
     realism = {}
     for run in plan:
         if not run.base_name.startswith("realism/"):
             continue
         _, generator, kind = run.base_name.split("/")
-        if kind == "cas":
-            entry = classification_agreement(root / run.name / "predictions.csv")
+        if kind == "recognised":
+            reference = pathlib.Path(plan_lib.resolve(run.flags["workdir"], root))
+            entry = recognised(root / run.name / "predictions.csv", reference)
         else:
             path = root / run.name / "eval" / "metrics.json"
             entry = {"file": str(path), **json.loads(path.read_text())}
@@ -388,8 +393,8 @@ def _generator_of(condition: str, realism: dict) -> str:
 
 
 def realism_section(realism: dict, has_inception: bool) -> list[str]:
-    """Per generator: FD / KD / precision / recall in the ViT's features, CAS, and Inception's
-    FID / KID when present; then KD and CAS per class."""
+    """Per generator: FD / KD / precision / recall in the ViT's features, the balanced recognised
+    share, and Inception's FID / KID when present; then the recognised share and KD per class."""
     if not realism:
         return []
     space = next(iter(realism.values()))["classifier"]["feature_space"]
@@ -398,15 +403,16 @@ def realism_section(realism: dict, has_inception: bool) -> list[str]:
         "",
         f"Against the real test split. FD and KD: Fréchet and kernel (KID's) distances in the "
         f"real-only seed-0 ViT's feature space ({space}), not FID; precision and recall: the "
-        "k-NN manifold coverage (Kynkäänniemi et al.) in that space. CAS: the share of images "
-        "that ViT labels as the class they were generated for.",
+        "k-NN manifold coverage (Kynkäänniemi et al.) in that space. Recognised: the share of "
+        "each class's images that ViT labels as the class they were generated for, averaged over "
+        "classes; its ceiling is that ViT's balanced recall on real test images.",
         "",
-        "| generator | images | FD | KD | precision | recall | CAS | FID (Inception) | KID "
-        "(Inception) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| generator | images | FD | KD | precision | recall | recognised | ceiling | FID "
+        "(Inception) | KID (Inception) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for generator, entry in realism.items():
-        ours = entry["classifier"]["overall"]
+        ours, named = entry["classifier"]["overall"], entry["recognised"]
         inception_entry = entry.get("inception")
         fid_cells = (
             [f"{inception_entry['overall'][k]:.4g}" for k in ("fid", "kid")]
@@ -414,25 +420,29 @@ def realism_section(realism: dict, has_inception: bool) -> list[str]:
         )  # fmt: skip
         lines.append(
             f"| {generator} | {ours['n_fake']} | {ours['fd']:.4g} | {ours['kd']:.4g} | "
-            f"{ours['precision']:.3f} | {ours['recall']:.3f} | {entry['cas']['overall']:.3f} | "
-            + " | ".join(fid_cells)
-            + " |"
+            f"{ours['precision']:.3f} | {ours['recall']:.3f} | {named['balanced']:.3f} | "
+            f"{named['ceiling_balanced']:.3f} | " + " | ".join(fid_cells) + " |"
         )
     lines += [
         "",
-        "Per class (KD is unbiased at small sample sizes, where a per-class Fréchet distance is "
-        "not; classes with too few images on either side are left out):",
+        "Recognised share per class, beside the reference ViT's recall on real test images of "
+        "the class (the ceiling) and their ratio:",
         "",
-        "| generator | class | images | KD | CAS |",
-        "|---|---|---|---|---|",
+        *recognition.markdown_header(["generator"]),
     ]
     for generator, entry in realism.items():
-        per_class = entry["classifier"]["per_class"]
-        for cls, cas in entry["cas"]["per_class"].items():
-            kd = f"{per_class[cls]['kd']:.4g}" if cls in per_class else "too few images"
-            lines.append(
-                f"| {generator} | {cls} | {entry['cas']['count'][cls]} | {kd} | {cas:.3f} |"
-            )
+        lines += recognition.markdown_rows(entry["recognised"], prefix=[generator])
+    lines += [
+        "",
+        "KD per class (unbiased at small sample sizes, where a per-class Fréchet distance is "
+        "not; classes with too few images on either side are left out):",
+        "",
+        "| generator | class | KD |",
+        "|---|---|---|",
+    ]
+    for generator, entry in realism.items():
+        for cls, row in entry["classifier"]["per_class"].items():
+            lines.append(f"| {generator} | {cls} | {row['kd']:.4g} |")
     if not has_inception:
         lines += [
             "",

@@ -41,7 +41,7 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert plan_lib.conditions(plan) == ["real", "real+ddpm", "real+gan", "real+vae",
                                          "synthetic_vae"]  # fmt: skip
     assert names[8:14] == [f"realism/{g}/{k}" for g in ("ddpm", "gan", "vae")
-                           for k in ("classifier", "cas")]  # fmt: skip
+                           for k in ("classifier", "recognised")]  # fmt: skip
     assert names[-4:-1] == [f"memorization/{g}" for g in ("ddpm", "gan", "vae")]
     assert names[-1] == "report" and len(plan) == 6 + 2 + 6 + 4 * 2 + 3 + 1
 
@@ -102,7 +102,7 @@ def test_keys_follow_the_dependency_map(tmp_path):
     assert differ == [
         "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
         "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
-        "generators/vae", "memorization/vae", "realism/vae/cas", "realism/vae/classifier",
+        "generators/vae", "memorization/vae", "realism/vae/classifier", "realism/vae/recognised",
         "report", "synthetic/vae",
     ]  # fmt: skip
     # The mixing policy touches the sets' sizes and the mixed classifiers, not the generators.
@@ -157,7 +157,7 @@ def test_skip_resume_and_rerun_only_what_changed(tmp_path):
     fourth = FakeExecutor()
     runner.run_study(changed, tmp_path, executor=fourth)
     assert fourth.made == [
-        "generators/vae", "synthetic/vae", "realism/vae/classifier", "realism/vae/cas",
+        "generators/vae", "synthetic/vae", "realism/vae/classifier", "realism/vae/recognised",
         "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
         "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
         "memorization/vae", "report",

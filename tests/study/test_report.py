@@ -46,7 +46,7 @@ def fake_runs(root, plan, rng):
             metrics = {"feature_space": "classifier (step 3 of V)", "overall": row,
                        "per_class": {"3:df": row}}  # fmt: skip
             (folder / "eval" / "metrics.json").write_text(json.dumps(metrics))
-        if run.base_name.endswith("/cas"):  # 3 of 4 df images and 1 of 2 vasc images recognized
+        if run.base_name.endswith("/recognised"):  # 3 of 4 df and 1 of 2 vasc images recognised
             folder.mkdir(parents=True)
             (folder / "predictions.csv").write_text(
                 "path,predicted,probability,error\n"
@@ -66,6 +66,7 @@ def fake_runs(root, plan, rng):
         metrics = {m: base + rng.uniform(-1e-3, 1e-3) for m in report.METRICS.values()}
         metrics["balanced_accuracy"] = base
         metrics |= {f"{c}/f1": rng.uniform() for c in CLASSES}
+        metrics |= {f"{c}/recall": 0.5 if c == "3:df" else 0.8 for c in CLASSES}
         row = {"step": 6, "test/checkpoint_step": 3} | {f"test/{k}": v for k, v in metrics.items()}
         folder.mkdir(parents=True)
         (folder / metric_writer.METRICS_FILE).write_text(
@@ -115,13 +116,19 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert changes["real+gan"]["verdict"] == "no measurable effect"
     assert f"real+vae: helped on balanced_accuracy ({gain:+.3f}" in text
     assert (tmp_path / "report" / "per_class_f1.png").stat().st_size > 0
-    cas = content["realism"]["vae"]["cas"]
-    assert cas["overall"] == pytest.approx(4 / 6)
-    assert cas["per_class"] == {"3:df": 0.75, "6:vasc": 0.5}
+    # Against the real-only seed-0 ViT's recall on real test images (3:df 0.5, others 0.8).
+    named = content["realism"]["vae"]["recognised"]
+    assert named["per_class"] == {
+        "3:df": {"share": 0.75, "ceiling": 0.5, "ratio": 1.5, "n": 4},
+        "6:vasc": {"share": 0.5, "ceiling": 0.8, "ratio": 0.625, "n": 2},
+    }
+    assert (named["balanced"], named["ceiling_balanced"]) == pytest.approx((0.625, 0.65))
+    assert named["chance"] == pytest.approx(1 / 7)
     assert "| real+vae | " in text and "| 1.5 |" in text and "no weights" in text
-    assert "| vae | 4 | 1.5 | 0.25 | 0.500 | 0.750 | 0.667 | not computed" in text
-    assert "| vae | 3:df | 4 | 0.25 | 0.750 |" in text
-    assert "| vae | 6:vasc | 2 | too few images | 0.500 |" in text
+    assert "| vae | 4 | 1.5 | 0.25 | 0.500 | 0.750 | 0.625 | 0.650 | not computed" in text
+    assert "| vae | 3:df | 4 | 0.750 | 0.500 | 1.500 |" in text
+    assert "| vae | balanced (chance 0.143) | 6 | 0.625 | 0.650 | 0.962 |" in text
+    assert "| vae | 3:df | 0.25 |" in text
     assert "| gan | 10 | 2 | 0.500 | 0.250 | [memorization/gan/closest_pairs.png]" in text
     assert content["memorization"]["gan"]["near_copies"] == 2
     # Subgroups: real-only against the best real + synthetic condition (real+vae here).

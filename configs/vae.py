@@ -36,6 +36,10 @@ def get_config(arg: str | None = None):
     config.data.imbalance = arg.imbalance
 
     config.train.total_steps = 2000
+    # Class-balanced draws (weight 1 / count**alpha): the study asks generators for the rarest
+    # classes. On imbalanced digits at 800 steps (docs/results.md), samples read as their class:
+    # alpha 0: 0.57; 0.5: 0.82; 1: 0.91, with the lowest FD and the highest precision.
+    config.data.balance_alpha = 1.0
     config.optim.lr = 2e-3
     config.optim.ema_decay = 0.99
 

@@ -8,8 +8,9 @@ discriminator with spectral norm, hinge loss, two optimizers, lazy R1, DiffAugme
 quickstart: 16x16 digits, class-conditional, 2 D updates per G update, batch 64, lr 4e-4, 2,500
 steps: about 4-6 minutes on 2 CPU cores. A classifier trained on real digits labels 99.6% of 500
 samples (50 per class) as their conditioned class, every class at least 48 of 50; within-class
-diversity (mean pairwise pixel distance) is 0.74 of the real digits'. At 600 steps (the quickstart
-study's length): 86.4%, every class >= 35, diversity 0.89 (docs/results.md).
+diversity (mean pairwise pixel distance) is 0.74 of the real digits' (measured with shuffled
+epochs, before data.balance_alpha; both draw balanced digits' classes equally). At 600 steps (the
+quickstart study's length): 94.2%, every class >= 34 of 50, diversity 0.79 (docs/results.md).
 smoke: 8x8, tiny nets, a few steps through every branch (R1, 2 D updates, DiffAugment, ADA).
 sevens: the seed document's experiment, an unconditional GAN on the 7s only (`data.classes="7"`:
 one class, so no class conditioning). Embedded digits (145 train 7s at 16x16), 2,000 steps: 5.4

@@ -172,6 +172,7 @@ def get_config(arg: str | None = None):
         config.model.depth = 2
         config.model.num_heads = 2
         config.model.mlp_dim = 32
+        config.loss.mixup_alpha = 0.0  # Deterministic losses for the trainer's equality tests.
         config_lib.apply_smoke_schedule(config)
         val_every.set(3)
     return config

@@ -198,7 +198,7 @@ def test_augment_changes_images_not_order_and_only_when_configured():
 
 def test_train_dataset_reads_augment_and_balance_from_config():
     base = {"data.imbalance": True, "data.num_classes": 7, "train.batch_size": 256}
-    plain = load_config("vae.py:quickstart", **base)
+    plain = load_config("vae.py:quickstart", **base, **{"data.balance_alpha": 0.0})
     tuned = load_config(
         "vae.py:quickstart", **base, **{"data.augment": "flip_lr", "data.balance_alpha": 1.0}
     )

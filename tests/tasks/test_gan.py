@@ -164,26 +164,19 @@ def test_standing_stats_are_the_generators_own_batch_statistics():
 
 def test_sampling_ignores_the_training_generators_running_statistics():
     labels = jnp.arange(4, dtype=jnp.int32) % 3
-    samples = {}
-    for batches in (2, 0):
-        config = load_config(
-            "gan.py:smoke", **{"data.num_classes": 3, "gan.standing_stats_batches": batches}
-        )
-        task = gan.make_task(config)
-        size = config.data.image_size
-        state = task.init(
-            jax.random.key(0), {"image": jnp.zeros((4, size, size, 3)), "label": labels}
-        )
-        sample = jax.jit(task.predict_fns["sample"])
-        variables = state_lib.eval_variables(state)
-        # Running statistics far from the generator's own (as early in training).
-        skewed = jax.tree.map(lambda x: x + 3.0, variables["batch_stats"]["gen"])
-        other = {**variables, "batch_stats": {**variables["batch_stats"], "gen": skewed}}
-        samples[batches] = [
-            np.asarray(sample(v, labels, jax.random.key(1))) for v in (variables, other)
-        ]
-    np.testing.assert_array_equal(*samples[2])  # Standing statistics: the weights alone count.
-    assert np.abs(samples[0][0] - samples[0][1]).max() > 1e-2
+    config = load_config("gan.py:smoke", **{"data.num_classes": 3})
+    task = gan.make_task(config)
+    size = config.data.image_size
+    state = task.init(jax.random.key(0), {"image": jnp.zeros((4, size, size, 3)), "label": labels})
+    sample = jax.jit(task.predict_fns["sample"])
+    variables = state_lib.eval_variables(state)
+    # Running statistics far from the generator's own (as early in training): with them, the
+    # samples would change; with standing statistics the weights alone count.
+    skewed = jax.tree.map(lambda x: x + 3.0, variables["batch_stats"]["gen"])
+    other = {**variables, "batch_stats": {**variables["batch_stats"], "gen": skewed}}
+    np.testing.assert_array_equal(
+        sample(variables, labels, jax.random.key(1)), sample(other, labels, jax.random.key(1))
+    )
 
 
 class _MLPGen(nn.Module):

@@ -23,9 +23,10 @@ def _weight_on_init(decay: float, updates: int) -> float:
 def test_warmup_leaves_the_closed_form_weight_on_the_init(updates):
     # prod_{t=1..T} (1 + t) / (10 + t) = 10! (T + 1)! / (T + 10)! while below the decay.
     expected = math.factorial(10) * math.factorial(updates + 1) / math.factorial(updates + 10)
-    np.testing.assert_allclose(_weight_on_init(0.999, updates), expected, rtol=1e-4)
+    left = _weight_on_init(0.999, updates)
+    np.testing.assert_allclose(left, expected, rtol=1e-4)
     if updates >= 100:
-        assert _weight_on_init(0.999, updates) <= 1e-3
+        assert left <= 1e-3
 
 
 def test_decay_caps_the_warmup_and_zero_means_the_params():

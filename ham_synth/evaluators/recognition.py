@@ -33,9 +33,8 @@ def recognised_share(
             "ratio": None if not top else share / top,
             "n": int(members.sum()),
         }
-    with_ceiling = [c for c in per_class.values() if c["ceiling"] is not None]
     shares = [c["share"] for c in per_class.values()]
-    ceilings = [c["ceiling"] for c in with_ceiling]
+    ceilings = [c["ceiling"] for c in per_class.values() if c["ceiling"] is not None]
     balanced = float(np.mean(shares)) if shares else float("nan")
     ceiling_balanced = float(np.mean(ceilings)) if ceilings else float("nan")
     return {

@@ -109,6 +109,9 @@ def get_config(arg: str | None = None):
     config.model.mlp_dim = 128
     config.model.patch_size = 4
     config.model.pool = "token"  # token (class token) | gap (mean of the patch tokens)
+    # patch (one patch_size-strided convolution, as AugReg) | conv (3x3 stride-2 convolutions
+    # down to the same grid: Xiao et al. 2021's early convolutions; patch_size a power of 2).
+    config.model.stem = "patch"
     config.model.dropout = 0.0
     config.model.attention_dropout = 0.0
     config.model.stochastic_depth = 0.0  # Drop-path rate of the last block (linear from 0).
@@ -125,6 +128,12 @@ def get_config(arg: str | None = None):
         # On the quickstart's 217 images (no EMA), test balanced accuracy with 0.2 / without:
         # 0.802 / 0.786 at 600 steps, 0.929 / 0.897 at 3,000 (docs/results.md).
         mixup_alpha=0.2,
+        # CutMix's Beta(alpha, alpha) box area; 0: off. With mixup too, each batch takes one.
+        cutmix_alpha=0.0,
+        # Logit-adjusted cross-entropy (Menon et al. 2021): tau * log(prior) is added to the
+        # logits in the loss only, the prior being the training stream's class shares
+        # (data.class_shares), so argmax predicts as if every class were equally likely. 0: off.
+        logit_adjustment=0.0,
     )
     # Class-balanced draws (weight 1 / count**alpha): 1 shows every class equally often.
     config.data.balance_alpha = 1.0
@@ -133,9 +142,13 @@ def get_config(arg: str | None = None):
     # Classification metrics on val during training; the best checkpoint by val balanced accuracy
     # is kept, and test is evaluated on it at the end (test/checkpoint_step says which step; later
     # `ham-synth evaluate --workdir=W --step=best --evals=test` does the same).
+    # tta: test-time augmentation, the softmax averaged over views of each image (none | flips |
+    # d4: flips and 90-degree rotations | views joined by '|'; evaluators/tta.py).
     val_every = ml_collections.FieldReference(250)
-    config.evals.val = dict(type="classification", every_steps=val_every, split="val")
-    config.evals.test = dict(type="classification", every_steps=0, split="test", checkpoint="best")
+    config.evals.val = dict(type="classification", every_steps=val_every, split="val", tta="none")
+    config.evals.test = dict(
+        type="classification", every_steps=0, split="test", checkpoint="best", tta="none"
+    )
     # Attention rollout on test images of every class, correct and wrong side by side, drawn from
     # the best checkpoint at the end: evals/attention/<class>_step_N.png.
     config.evals.attention = dict(

@@ -146,6 +146,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # The training split's image count per class, comma-separated in label order; recorded by the
     # trainer like class_names (class weights use it, and config.json keeps it for restores).
     config.data.class_counts = ""
+    # The expected share of each class among the training stream's draws (real draws weighted by
+    # data.balance_alpha, mixed with any data.synthetic images), comma-separated in label order;
+    # recorded by the trainer (logit adjustment uses it as the training prior).
+    config.data.class_shares = ""
     # Keep only these classes (comma-separated names, as in data.class_names), any source; labels
     # become 0..k-1 in this order and the names are kept. One class trains unconditionally.
     config.data.classes = ""
@@ -324,6 +328,7 @@ def upgrade_config_dict(fields: dict) -> dict:
     fields.setdefault("init_from", "")
     fields.setdefault("data", {}).setdefault("classes", "")
     fields["data"].setdefault("class_counts", "")
+    fields["data"].setdefault("class_shares", "")
     fields["data"].setdefault("eval_preprocess", "")
     fields["data"].setdefault("train_fraction", 1.0)
     fields["data"].setdefault("split_by", "lesion")
@@ -344,6 +349,9 @@ def upgrade_config_dict(fields: dict) -> dict:
         fields.setdefault("optim", {}).setdefault("layer_decay", 1.0)
         fields["optim"].setdefault("trainable", "all")
         fields.setdefault("loss", {}).setdefault("mixup_alpha", 0.0)
+        fields["loss"].setdefault("cutmix_alpha", 0.0)
+        fields["loss"].setdefault("logit_adjustment", 0.0)
+        fields.setdefault("model", {}).setdefault("stem", "patch")
     if "sample_every_steps" in train and "samples" not in fields["evals"]:
         fields["evals"]["samples"] = {
             "type": "samples",

@@ -80,6 +80,7 @@ _FLAG_SPECS = {
     "images": (str, "A folder of images (sub-folders included) to classify."),
     "out_csv": (str, "Where the predictions go; default: WORKDIR/predictions/<folder>.csv."),
     "batch_size": (int, "Images per batch (default 256)."),
+    "tta": (str, "Test-time augmentation: none (default), flips, d4 or views joined by '|'."),
     # memorization
     "quantile": (float, "Near-copy threshold: this quantile of the test images' distances."),
     # study
@@ -178,7 +179,7 @@ VERBS = {
         "(default step: best when the run keeps one)",
         predict.run,
         required=("workdir", "images"),
-        optional=("step", "out_csv", "batch_size"),
+        optional=("step", "out_csv", "batch_size", "tta"),
         quiet=True,
     ),
     "memorization": Verb(

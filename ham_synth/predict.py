@@ -37,9 +37,11 @@ def run(
     step: str | None = None,
     out_csv: str | None = None,
     batch_size: int = 256,
+    tta: str = "none",
 ) -> pathlib.Path:
     """Writes the CSV (default WORKDIR/predictions/<images folder name>.csv); returns its path.
-    `step`: latest, best or a number; default best when the run keeps one, else latest."""
+    `step`: latest, best or a number; default best when the run keeps one, else latest. `tta`:
+    the softmax averaged over views of each image (evaluators/tta.py: none, flips, d4, ...)."""
     config = config_lib.load_workdir_config(workdir)
     if config.task != "classify":
         raise ValueError(
@@ -70,7 +72,7 @@ def run(
                         len(paths))  # fmt: skip
     probs = np.zeros((0, len(class_names)), np.float32)
     if pixels:
-        logits_fn = classification.make_logits_fn(restored.task, config, mesh)
+        logits_fn = classification.make_logits_fn(restored.task, config, mesh, tta)
         net = classification.logits_net(logits_fn, restored.state, mesh)
         logits = features.image_features(
             net, np.stack(pixels), parallel.round_to_devices(batch_size, mesh), mesh

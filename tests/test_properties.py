@@ -81,6 +81,9 @@ geometric_ops = st.one_of(
     st.just("flip_ud"),
     st.integers(1, 180).map(lambda degrees: f"rotate({degrees})"),
     st.tuples(st.floats(0.5, 0.99), st.floats(1.01, 2.0)).map(lambda z: f"zoom({z[0]},{z[1]})"),
+    st.tuples(st.floats(0.05, 1.0), st.floats(0.0, 1.0)).map(
+        lambda a: f"random_resized_crop({a[0]},{a[0] + (1 - a[0]) * a[1]})"
+    ),
 )
 color_ops = st.tuples(*[st.floats(0.0, 0.5)] * 3).map(lambda s: "color_jitter({},{},{})".format(*s))
 images = st.tuples(st.integers(2, 24), st.integers(2, 24), st.integers(0, 2**16)).map(

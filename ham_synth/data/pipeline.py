@@ -47,6 +47,18 @@ def balanced_probabilities(labels: np.ndarray, alpha: float) -> np.ndarray:
     return weights / weights.sum()
 
 
+def stream_class_shares(
+    labels: np.ndarray, num_classes: int, balance_alpha: float, mix: synthetic.Mix | None
+) -> np.ndarray:
+    """float64[num_classes]: the expected share of each class among the training stream's draws:
+    the real draws' (shuffled epochs, or `balanced_probabilities`) mixed at `mix.weight` with the
+    synthetic images' (shuffled epochs of `mix.counts`)."""
+    real = np.bincount(labels, balanced_probabilities(labels, balance_alpha), num_classes)
+    if mix is None:
+        return real
+    return (1.0 - mix.weight) * real + mix.weight * mix.counts / mix.counts.sum()
+
+
 class WeightedDraws(grain.transforms.DatasetSelectionMap):
     """Stream position i -> (0, a record index drawn with `probabilities`), for an endless stream.
 
@@ -230,8 +242,9 @@ def make_train_dataset(
     config: ml_collections.ConfigDict,
 ) -> tuple[grain.IterDataset, ml_collections.ConfigDict]:
     """This process's training stream, from config.data and config.train, and `config` with
-    `data.num_classes`, `data.class_names` and `data.class_counts` set from the source (the
-    models are sized by the count; sample grids name their rows; class weights use the counts)."""
+    `data.num_classes`, `data.class_names`, `data.class_counts` and `data.class_shares` set from
+    the source (the models are sized by the count; sample grids name their rows; class weights
+    use the counts, logit adjustment the stream's shares)."""
     process_count = jax.process_count()
     if config.train.batch_size % process_count:
         raise ValueError(
@@ -271,10 +284,13 @@ def make_train_dataset(
         mix=mix,
         read_threads=config.data.get("read_threads", 0),
     )
-    counts = np.bincount(labels, minlength=len(source.class_names))
+    num_classes = len(source.class_names)
+    counts = np.bincount(labels, minlength=num_classes)
+    shares = stream_class_shares(labels, num_classes, balance_alpha, mix)
     classes = {
-        "data.num_classes": len(source.class_names),
+        "data.num_classes": num_classes,
         "data.class_names": ",".join(source.class_names),
         "data.class_counts": ",".join(str(int(n)) for n in counts),
+        "data.class_shares": ",".join(f"{p:.6g}" for p in shares),
     }
     return dataset, config_lib.with_values(config, classes)

@@ -219,6 +219,36 @@ class RandomCrop(grain.transforms.RandomMap):
         return _with_image(record, crop_image(image, self.size, top, left))
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomResizedCrop(grain.transforms.RandomMap):
+    """Inception-style crop, resized back to the image's size (bilinear): its area a uniform
+    share in [min_area, max_area] of the image's, its aspect ratio log-uniform in [3/4, 4/3],
+    placed uniformly (torchvision's RandomResizedCrop, with the area capped so the box fits)."""
+
+    min_area: float
+    max_area: float = 1.0
+
+    def __post_init__(self):
+        if not 0 < self.min_area <= self.max_area <= 1:
+            raise ValueError(
+                f"random_resized_crop(min_area={self.min_area}, max_area={self.max_area}): "
+                "need 0 < min_area <= max_area <= 1."
+            )
+
+    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+        image = record["image"]
+        h, w = image.shape[:2]
+        area = rng.uniform(self.min_area, self.max_area) * h * w
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))  # width / height
+        crop_w = min(math.sqrt(area * aspect), w)
+        crop_h = min(math.sqrt(area / aspect), h)
+        top = rng.uniform(0, h - crop_h)
+        left = rng.uniform(0, w - crop_w)
+        box = (left, top, left + crop_w, top + crop_h)
+        resized = Image.fromarray(image).resize((w, h), Image.BILINEAR, box=box)
+        return _with_image(record, np.asarray(resized))
+
+
 class DeterministicOp(grain.transforms.RandomMap):
     """An op that draws nothing: `apply(image)`, also usable outside grain (evaluation)."""
 
@@ -253,6 +283,7 @@ class Resize(DeterministicOp):
 
 _OPS = {
     "random_crop": RandomCrop,
+    "random_resized_crop": RandomResizedCrop,
     "center_crop": CenterCrop,
     "resize": Resize,
     "flip_lr": FlipLR,

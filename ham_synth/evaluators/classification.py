@@ -7,6 +7,7 @@ Scalars: accuracy, balanced_accuracy, {precision, recall, f1}_{macro, weighted},
 class absent from it is named in the JSON, not scored as zero.
 """
 
+import functools
 import pathlib
 
 import jax
@@ -18,7 +19,7 @@ from sklearn import metrics as sk_metrics
 from ham_synth import config_lib, fileio, parallel
 from ham_synth import state as state_lib
 from ham_synth.data import pipeline
-from ham_synth.evaluators import common, features
+from ham_synth.evaluators import common, features, tta
 from ham_synth.tasks import base, classify
 
 matplotlib.use("Agg")
@@ -173,14 +174,20 @@ def save_figure(fig, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def make_logits_fn(task, config, mesh):
+def make_logits_fn(task, config, mesh, tta_views: str = "none"):
     """Jitted (variables, uint8 images [B, H, W, 3]) -> float32 logits [B, K], split over the
-    batch: the classifier's predict function on images scaled to [-1, 1] as in training."""
+    batch: the classifier's predict function on images scaled to [-1, 1] as in training; with
+    test-time augmentation (`tta_views`, see evaluators/tta.py), the log of its softmax averaged
+    over the views."""
     predict = base.get_predict_fn(task, classify.PREDICT, config.task)
-    return jax.jit(
-        lambda variables, images: predict(variables, images.astype(jnp.float32) / 127.5 - 1),
-        out_shardings=parallel.batch_sharded(mesh),
-    )
+    views = tta.parse_views(tta_views)
+
+    def logits(variables, images):
+        plain = functools.partial(predict, variables)
+        fn = tta.averaged(plain, views) if views else plain
+        return fn(images.astype(jnp.float32) / 127.5 - 1)
+
+    return jax.jit(logits, out_shardings=parallel.batch_sharded(mesh))
 
 
 def logits_net(logits_fn, state, mesh) -> features.FeatureNet:
@@ -195,8 +202,10 @@ class SplitClassifier:
     (a missing or empty split fails at construction, before training), and the EMA model's
     logits on every image."""
 
-    def __init__(self, name: str, config, task, mesh, split: str, batch_size: int):
-        self.logits_fn = make_logits_fn(task, config, mesh)
+    def __init__(
+        self, name: str, config, task, mesh, split: str, batch_size: int, tta_views: str = "none"
+    ):
+        self.logits_fn = make_logits_fn(task, config, mesh, tta_views)
         self.source = pipeline.eval_source(
             config_lib.with_values(config, {"data.split": split}).data
         )
@@ -220,7 +229,8 @@ class SplitClassifier:
 
 
 class ClassificationEvaluator:
-    """Scores the EMA model on the split at each run (SplitClassifier reads it)."""
+    """Scores the EMA model on the split at each run (SplitClassifier reads it); `tta`: the
+    softmax averaged over views of each image (evaluators/tta.py: none, flips, d4, ...)."""
 
     def __init__(
         self,
@@ -233,8 +243,9 @@ class ClassificationEvaluator:
         split: str = "val",
         batch_size: int = 256,
         calibration_bins: int = 15,
+        tta: str = "none",
     ):
-        self.split = SplitClassifier(name, config, task, mesh, split, batch_size)
+        self.split = SplitClassifier(name, config, task, mesh, split, batch_size, tta)
         self._name = name
         self._bins = calibration_bins
         self.outdir = pathlib.Path(workdir) / "evals" / name

@@ -19,6 +19,7 @@ SIZES = {
     "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
 }
 POOLS = ("token", "gap")
+STEMS = ("patch", "conv")
 
 
 def size_fields(variant: str, **explicit) -> dict[str, int]:
@@ -39,11 +40,11 @@ def size_fields(variant: str, **explicit) -> dict[str, int]:
 
 
 def layer_index(param_name: str, depth: int) -> int:
-    """A parameter's depth in the network, for layer-wise lr decay: 0 for the patch embedding,
-    class token and position embeddings, i + 1 for encoder block i, depth + 1 for the final
-    LayerNorm and the head."""
+    """A parameter's depth in the network, for layer-wise lr decay: 0 for the patch embedding
+    (or conv stem), class token and position embeddings, i + 1 for encoder block i, depth + 1
+    for the final LayerNorm and the head."""
     parts = param_name.split("/")
-    if parts[0] in ("embedding", "cls") or parts[1:2] == ["posembed_input"]:
+    if parts[0] in ("embedding", "stem", "cls") or parts[1:2] == ["posembed_input"]:
         return 0
     if parts[1:2] and parts[1].startswith("encoderblock_"):
         return int(parts[1].removeprefix("encoderblock_")) + 1
@@ -76,6 +77,34 @@ def drop_path(module: nn.Module, x, rate: float, train: bool):
         return x
     keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, (x.shape[0], 1, 1))
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class ConvStem(nn.Module):
+    """Early convolutions (Xiao et al. 2021): log2(patch_size) 3x3 stride-2 convolutions, each a
+    LayerNorm and a ReLU after it, widths rising to `width` by doubling, then a 1x1 `embedding`.
+    It tokenizes as a patch_size x patch_size patch embedding does, on features that already see
+    their neighbours. LayerNorm where the paper has BatchNorm keeps the ViT free of batch
+    statistics (one evaluation mode, no state across examples)."""
+
+    width: int
+    patch_size: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, images):
+        p = self.patch_size
+        if p < 2 or p & (p - 1):
+            raise ValueError(
+                f"model.stem='conv' needs model.patch_size to be a power of two >= 2, not {p}."
+            )
+        num_convs = p.bit_length() - 1
+        x = images
+        for i in range(num_convs):
+            channels = max(self.width >> (num_convs - 1 - i), 1)
+            x = nn.Conv(channels, (3, 3), strides=(2, 2), padding=1, use_bias=False,
+                        dtype=self.dtype, name=f"conv_{i}")(x)  # fmt: skip
+            x = nn.relu(nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(x))
+        return nn.Conv(self.width, (1, 1), dtype=self.dtype, name="embedding")(x)
 
 
 class Encoder1DBlock(nn.Module):
@@ -113,8 +142,10 @@ class Encoder1DBlock(nn.Module):
 class ViT(nn.Module):
     """images float32[B, H, W, 3] in [-1, 1] -> logits float32[B, num_classes].
 
-    `pool="token"` reads the class token, `"gap"` averages the patch tokens. Stochastic depth
-    rises linearly from 0 at the first block to `stochastic_depth` at the last.
+    `stem="patch"` embeds patch_size x patch_size patches with one strided convolution (the
+    AugReg layout); `"conv"` with a ConvStem of the same stride. `pool="token"` reads the class
+    token, `"gap"` averages the patch tokens. Stochastic depth rises linearly from 0 at the first
+    block to `stochastic_depth` at the last.
     """
 
     num_classes: int
@@ -124,6 +155,7 @@ class ViT(nn.Module):
     num_heads: int = 6
     mlp_dim: int = 1536
     pool: str = "token"
+    stem: str = "patch"
     dropout: float = 0.0
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
@@ -134,6 +166,8 @@ class ViT(nn.Module):
     def setup(self):
         if self.pool not in POOLS:
             raise ValueError(f"model.pool={self.pool!r}; choose one of {POOLS}.")
+        if self.stem not in STEMS:
+            raise ValueError(f"model.stem={self.stem!r}; choose one of {STEMS}.")
         if self.width % self.num_heads:
             raise ValueError(
                 f"model.width={self.width} must be a multiple of model.num_heads={self.num_heads}."
@@ -147,9 +181,11 @@ class ViT(nn.Module):
             raise ValueError(
                 f"Image size {h}x{w} is not a multiple of model.patch_size={p}; change one."
             )
-        x = nn.Conv(
-            self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embedding"
-        )(images)
+        if self.stem == "conv":
+            x = ConvStem(self.width, p, dtype=self.dtype, name="stem")(images)
+        else:
+            x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                        name="embedding")(images)  # fmt: skip
         x = x.reshape(b, -1, self.width)
         if self.pool == "token":
             cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width))

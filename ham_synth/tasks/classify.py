@@ -1,5 +1,6 @@
-"""Image classification (the ViT): cross-entropy with label smoothing, and a `predict` function
-(logits) for evaluators and `ham-synth classify`."""
+"""Image classification (the ViT): cross-entropy with label smoothing, optional class weights,
+logit adjustment and mixup / CutMix, and a `predict` function (logits) for evaluators and
+`ham-synth classify`."""
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ def make_model(config: ml_collections.ConfigDict, dtype=None) -> vit.ViT:
         num_classes=base.num_classes(config),
         patch_size=m.patch_size,
         pool=m.pool,
+        stem=m.stem,
         dropout=m.dropout,
         attention_dropout=m.attention_dropout,
         stochastic_depth=m.stochastic_depth,
@@ -42,6 +44,17 @@ def make_model(config: ml_collections.ConfigDict, dtype=None) -> vit.ViT:
 
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse")
+
+
+def recorded_numbers(text: str, field: str, user: str) -> np.ndarray:
+    """float64 numbers of a comma-separated field the trainer records from the data
+    (`data.class_counts`, `data.class_shares`); `user` names the knob that needs it."""
+    if not text:
+        raise ValueError(
+            f"{user} needs {field}, which the trainer records; build the task from the config "
+            "pipeline.make_train_dataset returns."
+        )
+    return np.array([float(x) for x in text.split(",")], np.float64)
 
 
 def class_weights(spec: str, class_counts: str, num_classes: int) -> np.ndarray | None:
@@ -63,12 +76,7 @@ def class_weights(spec: str, class_counts: str, num_classes: int) -> np.ndarray 
                 "positive comma-separated numbers, one per class."
             )
         return weights
-    if not class_counts:
-        raise ValueError(
-            f"loss.class_weights={spec!r} needs data.class_counts, which the trainer records; "
-            "build the task from the config pipeline.make_train_dataset returns."
-        )
-    counts = np.array([int(n) for n in class_counts.split(",")], np.float64)
+    counts = recorded_numbers(class_counts, "data.class_counts", f"loss.class_weights={spec!r}")
     if (counts == 0).any():
         empty = np.flatnonzero(counts == 0).tolist()
         raise ValueError(
@@ -119,18 +127,72 @@ def mixup(images, labels, rng, alpha: float):
     return mixed, labels[perm], lam
 
 
+def cutmix(images, labels, rng, alpha: float):
+    """CutMix (Yun et al. 2019): a box of a permutation of the batch pasted into every image, its
+    area fraction 1 - lam for lam ~ Beta(alpha, alpha), centred uniformly and clipped at the
+    border; returns (images, the permuted labels, lam recomputed from the clipped box), as
+    `mixup` does."""
+    lam_rng, perm_rng, y_rng, x_rng = jax.random.split(rng, 4)
+    _, h, w, _ = images.shape
+    ratio = jnp.sqrt(1.0 - jax.random.beta(lam_rng, alpha, alpha))
+    cy, cx = jax.random.uniform(y_rng) * h, jax.random.uniform(x_rng) * w
+    rows, cols = jnp.arange(h) + 0.5, jnp.arange(w) + 0.5  # Pixel centres.
+    inside_y = jnp.abs(rows - cy) < ratio * h / 2
+    inside_x = jnp.abs(cols - cx) < ratio * w / 2
+    box = (inside_y[:, None] & inside_x[None, :])[None, :, :, None]
+    perm = jax.random.permutation(perm_rng, images.shape[0])
+    lam = 1.0 - jnp.mean(box.astype(jnp.float32))
+    return jnp.where(box, images[perm], images), labels[perm], lam
+
+
+def mix_batch(images, labels, rng, mixup_alpha: float, cutmix_alpha: float):
+    """Mixup or CutMix, whichever is on (alpha > 0); with both, each batch takes one of them with
+    probability 1/2 (timm's switch). Returns (images, second labels, lam)."""
+    if not cutmix_alpha:
+        return mixup(images, labels, rng, mixup_alpha)
+    if not mixup_alpha:
+        return cutmix(images, labels, rng, cutmix_alpha)
+    mixup_rng, cutmix_rng, switch_rng = jax.random.split(rng, 3)
+    use_cutmix = jax.random.bernoulli(switch_rng)
+    return jax.tree.map(
+        lambda a, b: jnp.where(use_cutmix, a, b),
+        cutmix(images, labels, cutmix_rng, cutmix_alpha),
+        mixup(images, labels, mixup_rng, mixup_alpha),
+    )
+
+
+def logit_offsets(tau: float, class_shares: str, num_classes: int) -> np.ndarray | None:
+    """float32[num_classes] tau * log(prior) added to the logits in the training loss only
+    (logit-adjusted cross-entropy, Menon et al. 2021): the model then learns the class-balanced
+    posterior, and plain argmax predicts for equal class priors. The prior is the training
+    stream's class shares (data.class_shares, after data.balance_alpha and any synthetic
+    images). None when tau is 0."""
+    if not tau:
+        return None
+    shares = recorded_numbers(class_shares, "data.class_shares", f"loss.logit_adjustment={tau}")
+    if len(shares) != num_classes or (shares <= 0).any():
+        raise ValueError(
+            f"loss.logit_adjustment needs a positive share for each of the {num_classes} classes; "
+            f"data.class_shares={class_shares!r}. Drop empty classes with data.classes."
+        )
+    return (tau * np.log(shares / shares.sum())).astype(np.float32)
+
+
 def make_task(config: ml_collections.ConfigDict) -> base.Task:
     num_classes = base.num_classes(config)
     model = make_model(config, config_lib.compute_dtype(config.train.compute_dtype))
     weights = class_weights(config.loss.class_weights, config.data.class_counts, num_classes)
     lr_scale = make_lr_scale(config.optim, model.depth)
     optimizer = optim.make_optimizer(config.optim, config.train.total_steps, lr_scale)
-    alpha = config.loss.mixup_alpha
+    mixup_alpha, cutmix_alpha = config.loss.mixup_alpha, config.loss.cutmix_alpha
+    offsets = logit_offsets(config.loss.logit_adjustment, config.data.class_shares, num_classes)
 
     def init_variables(rng, batch):
         return model.init(rng, batch["image"])
 
     def weighted_ce(logits, labels):
+        if offsets is not None:
+            logits = logits + jnp.asarray(offsets)
         per_example = cross_entropy(logits, labels, num_classes, config.loss.label_smoothing)
         if weights is None:
             return per_example.mean()
@@ -141,12 +203,15 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
     def loss_fn(params, batch, rng, step):
         del step
         images, labels = batch["image"], batch["label"]
-        dropout_rng, mixup_rng = jax.random.split(rng)
-        if alpha > 0:
-            images, mixed_labels, lam = mixup(images, labels, mixup_rng, alpha)
+        dropout_rng, mix_rng = jax.random.split(rng)
+        mixing = mixup_alpha > 0 or cutmix_alpha > 0
+        if mixing:
+            images, mixed_labels, lam = mix_batch(
+                images, labels, mix_rng, mixup_alpha, cutmix_alpha
+            )
         logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_rng})
         loss = weighted_ce(logits, labels)
-        if alpha > 0:
+        if mixing:
             loss = lam * loss + (1.0 - lam) * weighted_ce(logits, mixed_labels)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         # The share of this batch that is synthetic (data.synthetic), as actually drawn.

@@ -76,8 +76,13 @@ def test_add_per_class_and_ratio_and_only_follow_their_shares(folder):
     assert fake.mean() == pytest.approx(210 / (210 + counts.sum()), abs=0.03)
     synthetic_shares = np.bincount(labels[fake], minlength=7) / fake.sum()
     np.testing.assert_allclose(synthetic_shares, 1 / 7, atol=0.03)
-    _, fake, _ = _stream(_config(folder, policy="ratio", ratio=0.3))
+    labels, fake, config = _stream(_config(folder, policy="ratio", ratio=0.3))
     assert fake.mean() == pytest.approx(0.3, abs=0.03)
+    # The recorded class shares (logit adjustment's prior) are those of the mixed stream.
+    recorded = [float(p) for p in config.data.class_shares.split(",")]
+    np.testing.assert_allclose(np.bincount(labels, minlength=7) / len(labels), recorded, atol=0.03)
+    expected = 0.7 * counts / counts.sum() + 0.3 / 7
+    np.testing.assert_allclose(recorded, expected, rtol=1e-5)
     labels, fake, _ = _stream(_config(folder, policy="only"), num_batches=5)
     assert fake.all()
     np.testing.assert_allclose(np.bincount(labels, minlength=7) / len(labels), 1 / 7, atol=0.04)

@@ -1,6 +1,6 @@
 """The ViT and the classify task: AugReg's parameter layout and timm's parameter count, 1 vs 8
 devices, overfitting one batch, gradient accumulation equal to the full batch, AugReg .npz
-loading, class weights, fine-tuning knobs and mixup."""
+loading, the conv stem and fine-tuning knobs."""
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +10,6 @@ from conftest import load_config
 from flax import traverse_util
 
 from ham_synth import metric_writer, parallel, train, workdir
-from ham_synth import state as state_lib
-from ham_synth.data import pipeline, sources
 from ham_synth.models import vit, vit_pretrained
 from ham_synth.tasks import classify
 
@@ -60,14 +58,36 @@ def _train(accum_steps: int, steps: int = 3, num_devices: int = -1, **overrides)
     return jax.device_get(state.params), jax.device_get(metrics)
 
 
-def test_eight_devices_match_one_with_dropout_drop_path_and_mixup():
-    noisy = {"model.dropout": 0.1, "model.stochastic_depth": 0.2, "loss.mixup_alpha": 0.4}
+def test_eight_devices_match_one_with_dropout_drop_path_mixup_cutmix_and_a_conv_stem():
+    noisy = {
+        "model.dropout": 0.1,
+        "model.stochastic_depth": 0.2,
+        "loss.mixup_alpha": 0.4,
+        "loss.cutmix_alpha": 1.0,
+        "model.stem": "conv",
+        "loss.logit_adjustment": 1.0,
+    }
     one_params, one_metrics = _train(1, num_devices=1, **noisy)
     eight_params, eight_metrics = _train(1, num_devices=8, **noisy)
     for name in ("train/loss", "train/accuracy", "train/grad_norm"):
         np.testing.assert_allclose(eight_metrics[name], one_metrics[name], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(eight_params), jax.tree.leaves(one_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_conv_stem_halves_the_grid_per_3x3_convolution_up_to_the_patch_grid():
+    model = vit.ViT(num_classes=7, patch_size=4, stem="conv", pool="token",
+                    **vit.size_fields("", width=32, depth=1, num_heads=2, mlp_dim=64))  # fmt: skip
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 3)))["params"]
+    shapes = {k: v.shape for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
+    assert shapes["stem/conv_0/kernel"] == (3, 3, 3, 16)
+    assert shapes["stem/conv_1/kernel"] == (3, 3, 16, 32)
+    assert shapes["stem/embedding/kernel"] == (1, 1, 32, 32)
+    assert shapes["Transformer/posembed_input/pos_embedding"] == (1, 1 + 7 * 7, 32)
+    assert vit.layer_index("stem/conv_1/kernel", depth=1) == 0
+    with pytest.raises(ValueError, match="power of two"):
+        vit.ViT(num_classes=7, patch_size=6, stem="conv", width=32, depth=1, num_heads=2,
+                mlp_dim=64).init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))  # fmt: skip
 
 
 def test_a_tiny_vit_overfits_one_batch():
@@ -184,47 +204,6 @@ def test_init_from_npz_starts_training_from_the_file(tmp_path):
         workdir.initial_state(workdir.build(config, mesh), jax.random.key(0), mesh)
 
 
-def test_class_weights_follow_the_counts():
-    utils = pytest.importorskip("sklearn.utils")
-    labels = np.repeat([0, 1, 2], [10, 30, 60])
-    balanced = utils.compute_class_weight("balanced", classes=np.arange(3), y=labels)
-    np.testing.assert_allclose(classify.class_weights("inverse", "10,30,60", 3), balanced, 1e-6)
-    sqrt = classify.class_weights("sqrt_inverse", "10,30,60", 3)
-    assert np.dot(sqrt, [10, 30, 60]) / 100 == pytest.approx(1.0)  # Mean weight 1 over the data.
-    assert sqrt[0] / sqrt[1] == pytest.approx(np.sqrt(3))
-    np.testing.assert_array_equal(classify.class_weights("1,2,3", "", 3), [1, 2, 3])
-    assert classify.class_weights("none", "", 3) is None
-    with pytest.raises(ValueError, match="3 positive comma-separated numbers"):
-        classify.class_weights("1,2", "", 3)
-    with pytest.raises(ValueError, match=r"classes \[1\] have no training images"):
-        classify.class_weights("inverse", "5,0,7", 3)
-
-
-def test_weighted_loss_equals_torchs_weighted_cross_entropy():
-    torch = pytest.importorskip("torch")
-    config = load_config(
-        "vit.py:smoke",
-        **{"loss.class_weights": "inverse", "loss.label_smoothing": 0.0, "train.num_devices": 1},
-    )
-    mesh = parallel.make_mesh(1)
-    built = workdir.build(config, mesh)
-    counts = [int(n) for n in built.config.data.class_counts.split(",")]
-    assert len(counts) == 7 and sum(counts) == len(pipeline.source_labels(
-        sources.get_source(built.config.data)))  # fmt: skip
-    state = workdir.initial_state(built, jax.random.key(0), mesh)
-    batch = parallel.to_global_batch(next(iter(built.dataset)), mesh)
-    predict = built.task.predict_fns[classify.PREDICT]
-    logits = np.asarray(predict(state_lib.eval_variables(state), batch["image"]))
-    weights = classify.class_weights("inverse", built.config.data.class_counts, 7)
-    expected = torch.nn.functional.cross_entropy(
-        torch.tensor(logits),
-        torch.tensor(np.asarray(batch["label"])).long(),
-        weight=torch.from_numpy(weights),
-    )
-    _, metrics = train.make_train_step(built.task, mesh)(state, batch, jax.random.key(1))
-    assert float(metrics["train/loss"]) == pytest.approx(float(expected), rel=1e-5)
-
-
 def test_layer_decay_scales_each_depth_and_head_training_freezes_the_rest():
     base = load_config("vit.py:smoke").optim  # depth 2
     base.layer_decay = 0.5
@@ -260,40 +239,6 @@ def test_a_linear_probe_trains_only_the_head():
             assert np.abs(value - before[name]).max() > 0, name
         else:
             np.testing.assert_array_equal(value, before[name], err_msg=name)
-
-
-def test_mixup_mixes_images_and_pairs_the_permuted_labels():
-    images = jnp.arange(8 * 2 * 2 * 3, dtype=jnp.float32).reshape(8, 2, 2, 3)
-    labels = jnp.arange(8)
-    mixed, partner_labels, lam = classify.mixup(images, labels, jax.random.key(0), alpha=0.4)
-    assert 0.0 < float(lam) < 1.0
-    perm = np.asarray(partner_labels)  # labels are the indices, so they name each partner
-    assert sorted(perm) == list(range(8))
-    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[perm], rtol=1e-6)
-
-
-def test_the_mixup_loss_is_the_lam_weighted_pair_of_torch_cross_entropies():
-    torch = pytest.importorskip("torch")
-    config = load_config("vit.py:smoke", **{"loss.mixup_alpha": 0.4, "train.num_devices": 1})
-    mesh = parallel.make_mesh(1)
-    built = workdir.build(config, mesh)
-    state = workdir.initial_state(built, jax.random.key(0), mesh)
-    batch = parallel.to_global_batch(next(iter(built.dataset)), mesh)
-    rng = jax.random.key(1)
-    # The loss splits its rng into (dropout, mixup): redo the mixup it will draw.
-    mixed, partner, lam = classify.mixup(
-        batch["image"], batch["label"], jax.random.split(rng)[1], 0.4
-    )
-    predict = built.task.predict_fns[classify.PREDICT]
-    logits = torch.tensor(np.asarray(predict(state_lib.eval_variables(state), mixed)))
-    _, metrics = train.make_train_step(built.task, mesh)(state, batch, rng)  # Donates state.
-
-    def ce(labels):
-        labels = torch.tensor(np.asarray(labels)).long()
-        return float(torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
-
-    expected = float(lam) * ce(batch["label"]) + (1 - float(lam)) * ce(partner)
-    assert float(metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_ham_augreg_settings_fine_tune_an_augreg_npz_on_digits_at_32(tmp_path):

@@ -15,10 +15,9 @@ quickstart: imbalanced embedded digits at 16² (HAM10000's class shares in train
 smoke: 8x8, every family's smoke config, 2 seeds, for tests.
 derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), every family at its derma28
   recipe; each minority class topped up to 1,000 images, 500 of every class for the DDPM-only
-  condition. At full length it is many CPU hours (one vit.py:derma28 run took 46 min on 2 CPU
-  cores, and the study trains 15); lower the step counts through flags, e.g.
-  `--config.classifier.overrides.train.total_steps=N` with `...overrides.optim.warmup_steps=M`
-  (the recipe warms up for 300 steps). On dermamnist_dev with generators at 800 (DDPM, GAN) and
+  condition; the classifier is vit.py:derma28_study (9.8 min a run on 2 CPU cores, 15 runs).
+  At full length it is many CPU hours; lower the step counts through flags, e.g.
+  `--config.classifier.overrides.train.total_steps=N` with `...overrides.optim.warmup_steps=M`. On dermamnist_dev with generators at 800 (DDPM, GAN) and
   1,500 (VAE) steps, DDIM-10, per_class 400 and tstr_per_class 100 (1,090 images a set): the DDPM
   took 12 min, the GAN 17, the VAE 14, sampling the DDPM's set 4.4 (2 CPU cores, partly beside
   other jobs). A first pass of the classifiers at 400 steps (warmup 300) left the real-only ViT
@@ -47,11 +46,12 @@ import ml_collections
 from ham_synth import config_lib
 
 
-def use_recipes(config, variant: str, *, data, generator_steps, classifier_steps, per_class,
-                tstr_per_class):  # fmt: skip
-    """Every family at its `variant` recipe on real dermoscopy (not imbalanced digits), with each
-    recipe's own length (and the classifier's warmup, which a shorter run must shorten too) set
-    here so that flags can lower them; DDIM-50 sampling."""
+def use_recipes(config, variant: str, *, data, generator_steps, per_class, tstr_per_class,
+                classifier_variant=None):  # fmt: skip
+    """Every family at its `variant` recipe on real dermoscopy (not imbalanced digits), the
+    classifier at `classifier_variant` (default: `variant`), with each recipe's own length and
+    the classifier's warmup set here so that flags can lower them (a shorter classifier run must
+    shorten its warmup too); DDIM-50 sampling."""
     config.data.update(imbalance=False, **data)
     for name, steps in generator_steps.items():
         config.generators[name].config = f"configs/{name}.py:{variant}"
@@ -59,9 +59,9 @@ def use_recipes(config, variant: str, *, data, generator_steps, classifier_steps
     config.generators.ddpm.sample.steps = 50
     config.synthetic.per_class = per_class
     config.synthetic.tstr_per_class = tstr_per_class
-    config.classifier.config = f"configs/vit.py:{variant}"
-    config.classifier.overrides.train.total_steps = classifier_steps
+    config.classifier.config = f"configs/vit.py:{classifier_variant or variant}"
     recipe = config_lib.load_config(config.classifier.config)
+    config.classifier.overrides.train.total_steps = recipe.train.total_steps
     config.classifier.overrides.optim = dict(warmup_steps=recipe.optim.warmup_steps)
 
 
@@ -140,13 +140,14 @@ def get_config(arg: str | None = None):
         config.seeds = 2
         config.conditions.synthetic_only = "vae"
     if arg.derma28:
+        # The classifier: vit.py:derma28_study, the best ViT within 10 minutes on 2 CPU cores.
         use_recipes(config, "derma28", data=dict(name="dermamnist", image_size=28),
-                    generator_steps=dict(vae=5000, gan=2500, ddpm=2500), classifier_steps=3000,
-                    per_class=1000, tstr_per_class=500)  # fmt: skip
+                    generator_steps=dict(vae=5000, gan=2500, ddpm=2500), per_class=1000,
+                    tstr_per_class=500, classifier_variant="derma28_study")  # fmt: skip
     if arg.ham64:
         use_recipes(config, "ham64", data=dict(name="ham10000", image_size=64),
                     generator_steps=dict(vae=50_000, gan=100_000, ddpm=500_000),
-                    classifier_steps=20_000, per_class=0,  # 0: up to the largest class.
+                    per_class=0,  # 0: up to the largest class.
                     tstr_per_class=1000)  # fmt: skip
         config.seeds = 5
     return config

@@ -1,0 +1,32 @@
+"""Every variant of every config in configs/ loads, and the recipes' documented relations hold."""
+
+import re
+
+import pytest
+from conftest import REPO, load_config
+
+
+def _variants(file: str) -> list[str]:
+    """The variant words a config accepts, as its parse_arg error lists them."""
+    with pytest.raises(ValueError, match="choose from") as error:
+        load_config(f"{file}:no_such_variant")
+    return re.findall(r"'(\w+)'", str(error.value).split("choose from")[1])
+
+
+CONFIGS = sorted(path.name for path in (REPO / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("file", CONFIGS)
+def test_every_variant_loads(file):
+    variants = _variants(file)
+    assert "smoke" in variants
+    for variant in variants:
+        load_config(f"{file}:{variant}")
+
+
+def test_the_derma28_study_trains_the_study_recipe_at_its_own_length():
+    study = load_config("study.py:derma28")
+    recipe = load_config("vit.py:derma28_study")
+    assert study.classifier.config == "configs/vit.py:derma28_study"
+    assert study.classifier.overrides.train.total_steps == recipe.train.total_steps
+    assert study.classifier.overrides.optim.warmup_steps == recipe.optim.warmup_steps

@@ -162,21 +162,30 @@ def test_standing_stats_are_the_generators_own_batch_statistics():
     )
 
 
-def test_sampling_ignores_the_training_generators_running_statistics():
+def _samples_with_and_without_skewed_running_stats(standing_stats_batches: int):
+    """A smoke GAN's samples from its EMA variables, and from the same variables with the
+    training G's running statistics moved far off (as early in training)."""
     labels = jnp.arange(4, dtype=jnp.int32) % 3
-    config = load_config("gan.py:smoke", **{"data.num_classes": 3})
+    config = load_config(
+        "gan.py:smoke",
+        **{"data.num_classes": 3, "gan.standing_stats_batches": standing_stats_batches},
+    )
     task = gan.make_task(config)
     size = config.data.image_size
     state = task.init(jax.random.key(0), {"image": jnp.zeros((4, size, size, 3)), "label": labels})
     sample = jax.jit(task.predict_fns["sample"])
     variables = state_lib.eval_variables(state)
-    # Running statistics far from the generator's own (as early in training): with them, the
-    # samples would change; with standing statistics the weights alone count.
     skewed = jax.tree.map(lambda x: x + 3.0, variables["batch_stats"]["gen"])
     other = {**variables, "batch_stats": {**variables["batch_stats"], "gen": skewed}}
-    np.testing.assert_array_equal(
-        sample(variables, labels, jax.random.key(1)), sample(other, labels, jax.random.key(1))
-    )
+    return [np.asarray(sample(v, labels, jax.random.key(1))) for v in (variables, other)]
+
+
+def test_sampling_ignores_the_training_generators_running_statistics():
+    # Standing statistics: the weights alone count.
+    np.testing.assert_array_equal(*_samples_with_and_without_skewed_running_stats(16))
+    # With the option off, the samples do read the running statistics.
+    plain, skewed = _samples_with_and_without_skewed_running_stats(0)
+    assert np.abs(plain - skewed).max() > 1e-2
 
 
 class _MLPGen(nn.Module):

@@ -18,9 +18,9 @@ derma28: DermaMNIST at 28x28 (--config.data.path=dermamnist.npz); a 6-block ViT,
   0.693, macro F1 0.458, against 0.409 / 0.552 / 0.353 for tools/baseline_logreg.py. Short of
   #24's 0.60 / 0.75: val stops rising after 1,000 steps (docs/results.md has the levers).
 derma28_study: derma28 at 800 steps (warmup 100), within 10 minutes: the classifier of
-  study.py:derma28, which trains 9-15 of them. Measured alone on 2 CPU
-  cores: 9.8 min; val 0.533 (step 400); test balanced accuracy 0.426, accuracy 0.690, macro
-  F1 0.406 (df recall 0). Short of #24's 0.55.
+  study.py:derma28, which trains 9-15 of them. Measured alone on 2 CPU cores: 9.8 min; val 0.533
+  (step 400); test balanced accuracy 0.426, accuracy 0.690, macro F1 0.406 (df recall 0). Short
+  of #24's 0.55.
 ham64: HAM10000 prepared at 64 (--config.data.data_dir=D), from scratch; 8x8 patches, 192 wide,
   6 blocks; 20,000 steps of 128. Not run here (no HAM10000): a step takes 1.29 s on 2 CPU cores
   (tools/benchmark.py --cases=config, 145 GFLOP), so about 7 h; an estimate for one H200 from

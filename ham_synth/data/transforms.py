@@ -84,7 +84,13 @@ def zoom_image(image: np.ndarray, scale: float) -> np.ndarray:
         image = _reflect_pad(image, pad_h, pad_w)
     cy, cx = pad_h + h / 2, pad_w + w / 2
     box = (cx - src_w / 2, cy - src_h / 2, cx + src_w / 2, cy + src_h / 2)
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR, box=box))
+    return resample_box(image, box, (h, w))
+
+
+def resample_box(image: np.ndarray, box: tuple, size: tuple[int, int]) -> np.ndarray:
+    """The (left, top, right, bottom) box of `image` (fractional corners allowed) resampled to
+    size (H, W), bilinear: PIL's resize over a box."""
+    return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR, box=box))
 
 
 def jitter_colors(
@@ -245,8 +251,7 @@ class RandomResizedCrop(grain.transforms.RandomMap):
         top = rng.uniform(0, h - crop_h)
         left = rng.uniform(0, w - crop_w)
         box = (left, top, left + crop_w, top + crop_h)
-        resized = Image.fromarray(image).resize((w, h), Image.BILINEAR, box=box)
-        return _with_image(record, np.asarray(resized))
+        return _with_image(record, resample_box(image, box, (h, w)))
 
 
 class DeterministicOp(grain.transforms.RandomMap):

@@ -4,15 +4,12 @@
     ham-synth sample --workdir=runs/ddpm_quickstart --num_per_class=50 --sampler=ddim --steps=50
 
 quickstart: 16x16 digits, a 2-level UNet with 16 channels (AdaGN conditioning), v-prediction,
-batch 32, 2,000 steps: 8.5 minutes on 2 CPU cores (loss 0.69 -> 0.067). `sample` with DDIM-50 and
-guidance 2 then takes 2.5 minutes for 500 images, and a classifier trained on real digits labels
-99.8% of them as their conditioned class (tools/check_digit_samples.py).
+batch 32, 2,000 steps: 8.5 minutes on 2 CPU cores. `sample` with DDIM-50 and guidance 2 then
+takes 2.5 minutes for 500 images; tools/check_digit_samples.py scores them (docs/results.md).
 smoke: 8x8, a tiny UNet, a few steps, for tests (seconds).
 derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`): the quickstart UNet at 32
-channels (levels 28² and 14², attention only at the 14² bottleneck), batch 32, 2,500 steps.
-Measured on 2 CPU cores: 0.57 s per step (0.21 s at 16 channels); the run on ../shared's
-dermamnist_dev took 46 min (partly beside other jobs), loss 0.43 -> 0.039. Sampling 2,816 images
-with DDIM-25 and guidance 2 took 31 min (beside other jobs).
+channels (levels 28² and 14², attention only at the 14² bottleneck), batch 32, 2,500 steps:
+0.57 s per step on 2 CPU cores (a measured run and its sampling time: docs/results.md).
 ham64: Ho et al.'s CIFAR-10 recipe (128 channels, mults 1-2-2-2, 2 res blocks, attention at
 16², dropout 0.1, linear β 1e-4..0.02, T=1000, ε-prediction, lr 2e-4 with 5,000 warmup steps,
 EMA 0.9999, grad clip 1) at 64²: the same four levels now run at 64/32/16/8, so attention at

@@ -6,15 +6,12 @@ discriminator with spectral norm, hinge loss, two optimizers, lazy R1, DiffAugme
     python tools/check_digit_samples.py --synthetic_dir=runs/gan_quickstart/synthetic
 
 quickstart: 16x16 digits, class-conditional, 2 D updates per G update, batch 64, lr 4e-4, 2,500
-steps: about 4-6 minutes on 2 CPU cores. A classifier trained on real digits labels 99.6% of 500
-samples (50 per class) as their conditioned class, every class at least 48 of 50; within-class
-diversity (mean pairwise pixel distance) is 0.74 of the real digits' (measured with shuffled
-epochs, before data.balance_alpha; both draw balanced digits' classes equally). At 600 steps (the
-quickstart study's length): 94.2%, every class >= 34 of 50, diversity 0.79 (docs/results.md).
+steps: about 4-6 minutes on 2 CPU cores. A classifier trained on real digits labels 99.6% of its
+samples as their conditioned class (docs/results.md has the per-class figures and history).
 smoke: 8x8, tiny nets, a few steps through every branch (R1, 2 D updates, DiffAugment, ADA).
 sevens: the seed document's experiment, an unconditional GAN on the 7s only (`data.classes="7"`:
 one class, so no class conditioning). Embedded digits (145 train 7s at 16x16), 2,000 steps: 5.4
-minutes on 2 CPU cores; 100 of 100 samples are labelled 7. `--config.data.name=mnist
+minutes on 2 CPU cores. `--config.data.name=mnist
 --config.data.path=mnist.npz --config.data.image_size=28` is the document's data (6,265 MNIST 7s
 at 28x28; the generator's three levels then start at 7x7); not run here (no MNIST offline).
 derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), for the study: DiffAugment and
@@ -22,9 +19,9 @@ ADA (target 0.6) and R1 (gamma 0.1) on, as for small data.
 ham64: HAM10000 at 64² for a GPU, SNGAN/BigGAN-style widths (G 512-256-128-64-32 from 4x4, D
 64-128-256-512 down to 4x4; 14.5M parameters), DiffAugment + ADA, R1 gamma 0.1 every 16 steps,
 100k steps of batch 64 (640 epochs of HAM10000's 7k train images, StyleGAN2-ADA's regime for
-10k-image sets). Measured here: 11.0 s per step on 2 CPU cores (5.3 GiB peak RSS), against
-114 s for ddpm.py:ham64, so a GAN step costs about a tenth of a DDPM step. Its GPU time is still
-to measure: `python tools/benchmark.py --cases=config --config=configs/gan.py:ham64`.
+10k-image sets). 11.0 s per step on 2 CPU cores, about a tenth of a ddpm.py:ham64 step
+(docs/results.md). Its GPU time is still to measure:
+`python tools/benchmark.py --cases=config --config=configs/gan.py:ham64`.
 """
 
 from ham_synth import config_lib

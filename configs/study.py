@@ -8,27 +8,17 @@ each set (and on synthetic only) over several seeds, and writes W/report.md.
 quickstart: imbalanced embedded digits at 16² (HAM10000's class shares in train; balanced val
   and test); the VAE, GAN (with DiffAugment + R1) and DDPM quickstart recipes at a few hundred
   steps, drawing classes balanced; each set tops the six minority classes up to the largest; the
-  ViT quickstart at 600 steps over 3 seeds. 31 runs in 11.3 min on 2 CPU cores. Test balanced
-  accuracy real 0.854, real+ddpm 0.860, real+vae 0.886, real+gan 0.804, each "no measurable
-  effect" (README, "What the studies found"). It demonstrates the machinery, not a scientific
-  result.
+  ViT quickstart at 600 steps over 3 seeds. 31 runs in 11.3 min on 2 CPU cores. No condition
+  changes test balanced accuracy measurably from real-only (docs/results.md). It demonstrates
+  the machinery, not a scientific result.
 smoke: 8x8, every family's smoke config, 2 seeds, for tests.
 derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), every family at its derma28
   recipe; each minority class topped up to 1,000 images, 500 of every class for the DDPM-only
   condition; the classifier is vit.py:derma28_study (9.8 min a run on 2 CPU cores, 15 runs). At full
   length it is many CPU hours; lower the step counts through flags, e.g.
-  `--config.classifier.overrides.train.total_steps=N` with `...overrides.optim.warmup_steps=M`. On
-  dermamnist_dev with generators at 800 (DDPM, GAN) and 1,500 (VAE) steps, DDIM-10, per_class 400
-  and tstr_per_class 100 (1,090 images a set): the DDPM took 12 min, the GAN 17, the VAE 14,
-  sampling the DDPM's set 4.4 (2 CPU cores, partly beside other jobs). A first pass of the
-  classifiers at 400 steps (warmup 300) left the real-only ViT predicting nv for nearly everything
-  (test balanced accuracy 0.15-0.17 over 3 seeds), so no verdict from it; the classifier stages
-  rerun at 1,000 steps (warmup 100), about 9 min a run. Result before #23 (EMA without warmup,
-  generators at the data's class shares; test, 3 seeds; README "What the studies found" has the full
-  table): balanced accuracy real 0.409 ± 0.018; real+ddpm 0.251 ± 0.024, real+gan 0.205 ± 0.030,
-  real+vae 0.207 ± 0.031, synthetic_ddpm 0.267 ± 0.013, each "hurt" (paired, Holm). The minority
-  images are not class-faithful (the real-only ViT calls at most 0.3% of vasc images vasc), and vasc
-  F1 falls from 0.53 to under 0.1. Run with the VAE's earlier transposed-conv decoder.
+  `--config.classifier.overrides.train.total_steps=N` with `...overrides.optim.warmup_steps=M`.
+  A lowered run on dermamnist_dev (generators at 800-1,500 steps, the ViT at 1,000), its times
+  and its result are in docs/results.md.
 ham64: HAM10000 prepared at 64 (`--config.data.data_dir=D`), for GPUs: every family at its ham64
   recipe, each minority class topped up to the largest (nv), 1,000 of every class for the
   DDPM-only condition, the ViT over 5 seeds; `--config.study.parallel_runs=8` on an 8-GPU host.

@@ -2,8 +2,8 @@
 
     ham-synth train --config=configs/vae.py:quickstart --workdir=runs/vae_quickstart
 
-quickstart: 16x16 digits, 2,000 steps, about 70 s on 2 CPU cores; the loss falls from
-~380 (step 50) to ~28 and the sample grid shows legible digits, one class per row.
+quickstart: 16x16 digits, 2,000 steps, about 70 s on 2 CPU cores; the sample grid shows legible
+digits, one class per row (docs/results.md).
 smoke: 8x8, a few steps, for tests (seconds).
 derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), for the study: encoder widths
   32-64 (28 -> 14 -> 7), a 32-d latent, 5,000 steps of 64. Not yet timed.

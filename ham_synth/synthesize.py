@@ -4,7 +4,6 @@ The output, `W/synthetic/<class_name>/*.png`, is a valid `folder` data source; `
 records, per image, the class, the model family, the checkpoint step, the sampler settings, the
 seed and `synthetic=true`. Each PNG carries its provenance too, in text chunks (synthetic,
 generator, run, step, seed, sampler settings, class), so a copied file stays labelled as synthetic.
-`generate` is the sharded sampling loop the evaluators share.
 
 The manifest is written last: a folder with one is finished, and `sample` refuses it unless
 `--overwrite`. A folder without one is an unfinished sample (killed): a rerun keeps the batches
@@ -15,11 +14,9 @@ noise, so the folder ends as an uninterrupted run would have left it.
 import csv
 import pathlib
 import re
-from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
-import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image, PngImagePlugin
@@ -28,7 +25,7 @@ from ham_synth import config_lib, fileio, grids, memorization, parallel
 from ham_synth import state as state_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.data import synthetic as synthetic_data
-from ham_synth.tasks import base
+from ham_synth.tasks import base, sampling
 
 # sample --exclude_near_copies: how many times a near-copy is drawn again before it is left out.
 SCREEN_ROUNDS = 3
@@ -46,43 +43,6 @@ MANIFEST_FIELDS = (
     "seed",
     "synthetic",
 )
-
-
-def generate(
-    sample_fn,
-    variables,
-    labels: np.ndarray,
-    rng: jax.Array,
-    *,
-    batch_size: int,
-    mesh,
-    settings: dict | None = None,
-    progress: bool = False,
-    on_disk: Callable[[int, int], np.ndarray | None] | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields (first index, float32[n, H, W, C] images in [-1, 1]) for `labels` in order, on every
-    process. Batches are split over the mesh and padded to one shape, so sampling compiles once;
-    batch i draws its noise from fold_in(rng, i). `on_disk(start, stop)` may return a batch's
-    images from an earlier, unfinished run instead (the same on every process)."""
-    jitted = base.jit_predict(sample_fn, mesh)
-    batch = parallel.round_to_devices(min(batch_size, len(labels)), mesh)
-    starts = range(0, len(labels), batch)
-    for i, start in enumerate(tqdm.tqdm(starts, desc="sample", unit="batch", disable=not progress)):
-        chunk = labels[start : start + batch]
-        if on_disk is not None and (kept := on_disk(start, start + len(chunk))) is not None:
-            yield start, kept
-            continue
-        padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")
-        sharded = jax.device_put(padded, parallel.batch_sharded(mesh))
-        images = jitted(variables, sharded, jax.random.fold_in(rng, i), **(settings or {}))
-        yield start, np.asarray(multihost_utils.process_allgather(images, tiled=True))[: len(chunk)]
-
-
-def generate_all(sample_fn, state, labels: np.ndarray, rng, *, batch_size: int, mesh) -> np.ndarray:
-    """float32[N, H, W, C]: `generate` from a train state's EMA params, concatenated."""
-    variables = state_lib.eval_variables(state)
-    chunks = generate(sample_fn, variables, labels, rng, batch_size=batch_size, mesh=mesh)
-    return np.concatenate([images for _, images in chunks])
 
 
 def sampler_settings(run: workdir_lib.Run, **given) -> dict:
@@ -289,9 +249,9 @@ def write_samples(
     variables = state_lib.eval_variables(restored.state)
 
     def draw(which: np.ndarray, rng, progress: bool = False, on_disk=None):
-        return generate(sample_fn, variables, labels[which], rng, batch_size=sample_batch_size,
-                        mesh=mesh, settings=settings, progress=progress,
-                        on_disk=on_disk)  # fmt: skip
+        return sampling.generate(sample_fn, variables, labels[which], rng,
+                                 batch_size=sample_batch_size, mesh=mesh, settings=settings,
+                                 progress=progress, on_disk=on_disk)  # fmt: skip
 
     # Inside every PNG too, so a copied file stays labelled as synthetic.
     provenance = {"synthetic": "true", "generator": config.task, "run": str(restored.workdir),

@@ -46,11 +46,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ham_synth import config_lib, parallel, synthesize, tasks, train, workdir
+from ham_synth import config_lib, parallel, tasks, train, workdir, xla_cpu
 from ham_synth import state as state_lib
 from ham_synth.data import ham10000, pipeline, sources
 from ham_synth.evaluators import convert_inception, fid, inception
-from ham_synth.tasks import base
+from ham_synth.tasks import base, sampling
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "evaluators"))
 import torch_reference as tr  # noqa: E402  (stubs torchvision's CUDA-only modules first)
@@ -591,7 +591,7 @@ def full_10k(preset: dict, dtype: str) -> dict:
     task, state, mesh = one_device_task(ddpm_config(preset["ddpm"], dtype))
     labels = np.arange(10_000, dtype=np.int32) % 7
     start = time.perf_counter()
-    images = synthesize.generate_all(
+    images = sampling.generate_all(
         functools.partial(task.predict_fns[base.SAMPLE], sampler="ddim", steps=50),
         state, labels, jax.random.key(0), batch_size=preset["sampler"]["batch"], mesh=mesh,
     )  # fmt: skip
@@ -724,6 +724,7 @@ def write_results(out_dir: pathlib.Path, env: dict, peaks: dict, rows: list[Row]
 
 
 def main(argv) -> None:
+    xla_cpu.apply()  # Before the first computation starts JAX's backend.
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     unknown = sorted(set(_CASES.value) - set(CASES))

@@ -10,10 +10,10 @@ import warnings
 import numpy as np
 from absl import logging
 
-from ham_synth import config_lib, grids, parallel, synthesize
+from ham_synth import config_lib, grids, parallel
 from ham_synth.evaluators import common, fid
 from ham_synth.evaluators import features as features_lib
-from ham_synth.tasks import base
+from ham_synth.tasks import base, sampling
 
 # Metric names in a space other than Inception's, which must not be called FID or KID.
 _NON_INCEPTION_NAMES = {"fid": "fd", "kid": "kd", "kid_std": "kd_std"}
@@ -101,7 +101,7 @@ class FidEvaluator:
         )
 
     def fake_features(self, state) -> np.ndarray:
-        images = synthesize.generate_all(
+        images = sampling.generate_all(
             self._sample_fn,
             state,
             self.labels,

@@ -6,9 +6,9 @@ import pathlib
 import jax
 import numpy as np
 
-from ham_synth import config_lib, grids, synthesize
+from ham_synth import config_lib, grids
 from ham_synth.evaluators import common
-from ham_synth.tasks import base
+from ham_synth.tasks import base, sampling
 
 SAMPLES_DIR = "samples"
 
@@ -24,7 +24,7 @@ class SamplesEvaluator:
 
     def images(self, state) -> np.ndarray:
         """float32[classes * per_class, H, W, C] in [-1, 1]: the grid's images, row-major."""
-        return synthesize.generate_all(
+        return sampling.generate_all(
             self._sample_fn,
             state,
             self.labels,

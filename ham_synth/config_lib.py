@@ -7,7 +7,6 @@ import importlib.util
 import json
 import pathlib
 
-import jax.numpy as jnp
 import ml_collections
 
 
@@ -40,14 +39,16 @@ DEFAULT_FRACTION = 0.1
 
 # train.compute_dtype, sample.compute_dtype and evals.fid.compute_dtype: the dtype of
 # activations and matmuls. Params and optimizer state are always float32.
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def compute_dtype(name: str, field: str = "train.compute_dtype"):
     """The jnp dtype a compute-dtype field names."""
+    import jax.numpy as jnp  # noqa: PLC0415  (configs load without JAX: `ham-synth` answers at once)
+
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"{field}={name!r}; choose one of {sorted(COMPUTE_DTYPES)}.")
-    return COMPUTE_DTYPES[name]
+    return getattr(jnp, name)
 
 
 def optim_group(**overrides) -> ml_collections.ConfigDict:

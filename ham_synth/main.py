@@ -3,28 +3,28 @@
 Every verb's flags are defined here, next to the verb table; the library functions they call take
 plain keyword arguments. Expected user errors (bad data, missing files or weights, a refused
 overwrite, a config typo) print one message and exit with status 2; `--traceback` shows where.
+
+A verb's modules (and JAX with them) are imported only when that verb runs, so the usage and a
+flag error print at once.
 """
 
+import importlib
 import logging as std_logging
 import os
 import sys
-from collections.abc import Callable
 from typing import NamedTuple
 
-import jax
-import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ham_synth import checkpoint, evaluate, memorization, predict, synthesize, train
-from ham_synth.data import prepare
-from ham_synth.evaluators import convert_inception
-from ham_synth.study import runner as study_runner
+from ham_synth import xla_cpu
 
 EXIT_USER_ERROR = 2
 # Training stopped early (SIGTERM, preemption) after checkpointing; rerunning resumes it.
 EXIT_STOPPED = 75  # EX_TEMPFAIL
-# What the library raises for a user's mistake, each with a message that says how to fix it.
+STOPPED = ("ham_synth.train", "TrainingStopped")
+# What the library raises for a user's mistake, each with a message that says how to fix it;
+# (module, name) for the project's own, which can only have been raised if the module is loaded.
 USER_ERRORS = (
     ValueError,
     KeyError,
@@ -32,9 +32,9 @@ USER_ERRORS = (
     FileExistsError,
     NotADirectoryError,
     PermissionError,
-    train.NonFiniteLossError,
-    checkpoint.CheckpointSaveError,
-    study_runner.StudyError,
+    ("ham_synth.train", "NonFiniteLossError"),
+    ("ham_synth.checkpoint", "CheckpointSaveError"),
+    ("ham_synth.study.runner", "StudyError"),
 )
 
 config_flags.DEFINE_config_file(
@@ -92,7 +92,7 @@ _FLAG_SPECS = {
     "run": (str, "One run of the study by name (e.g. generators/vae); its dependencies done."),
     "dry_run": (bool, "Print the plan (each run, its status and command) and stop."),
     # convert-inception
-    "torch_weights": (str, f"{convert_inception.TORCH_WEIGHTS_FILENAME}; default: in the cache."),
+    "torch_weights": (str, "pytorch-fid's Inception .pth; default: in the cache."),
     "download": (bool, "Fetch the .pth from pytorch-fid's release first (needs internet)."),
     "cache_dir": (str, "Where converted weights go; default ~/.cache/ham_synth."),
     # prepare
@@ -120,10 +120,11 @@ _SAMPLER_FLAGS = ("sampler", "steps", "guidance", "truncation", "seed", "sample_
 
 
 class Verb(NamedTuple):
-    """What a verb does, its function, and the flags passed to it as keyword arguments."""
+    """What a verb does, its function ("module:function", imported when the verb runs), and the
+    flags passed to it as keyword arguments."""
 
     help: str
-    run: Callable[..., object]
+    run: str
     required: tuple[str, ...] = ("config", "workdir")
     optional: tuple[str, ...] = ()
     # A short job that prints its own summary: log warnings only (unless --verbosity is given).
@@ -136,12 +137,12 @@ class Verb(NamedTuple):
 VERBS = {
     "train": Verb(
         "train a model family and run its evaluators; resumes from the workdir's checkpoint",
-        train.run,
+        "ham_synth.train:run",
         optional=("allow_config_change",),
     ),
     "sample": Verb(
         "class-conditional PNGs + manifest.csv from a generator workdir -> WORKDIR/synthetic",
-        synthesize.run,
+        "ham_synth.synthesize:run",
         required=("workdir", "num_per_class"),
         optional=(
             "step",
@@ -157,7 +158,7 @@ VERBS = {
     "evaluate": Verb(
         "a run's evaluators (--workdir [--step --evals]), or FID/KID/precision/recall of "
         "--fake_dir (or --generator_workdir's samples) against --config's data",
-        evaluate.evaluate,
+        "ham_synth.evaluate:evaluate",
         required=("workdir",),
         optional=(
             "config",
@@ -177,7 +178,7 @@ VERBS = {
     "classify": Verb(
         "a classifier run's predictions and class probabilities for a folder of images -> CSV "
         "(default step: best when the run keeps one)",
-        predict.run,
+        "ham_synth.predict:run",
         required=("workdir", "images"),
         optional=("step", "out_csv", "batch_size", "tta"),
         quiet=True,
@@ -185,7 +186,7 @@ VERBS = {
     "memorization": Verb(
         "nearest training image of every image in --fake_dir (pixels and --classifier_workdir's "
         "features) against --config's data; near-copies, distance ratios -> WORKDIR",
-        memorization.run,
+        "ham_synth.memorization:run",
         required=("config", "workdir", "fake_dir", "classifier_workdir"),
         optional=("quantile",),
         quiet=True,
@@ -193,20 +194,20 @@ VERBS = {
     "study": Verb(
         "generators -> synthetic sets -> classifiers over seeds -> WORKDIR/report.md; skips "
         "finished runs, resumes interrupted ones",
-        study_runner.run,
+        "ham_synth.study.runner:run",
         optional=("only", "dry_run", "run"),
         uses_devices=False,
     ),
     "convert-inception": Verb(
         "pytorch-fid's Inception weights -> ~/.cache/ham_synth (--download or --torch_weights)",
-        convert_inception.run,
+        "ham_synth.evaluators.convert_inception:run",
         required=(),
         optional=("torch_weights", "download", "cache_dir"),
         quiet=True,
     ),
     "prepare": Verb(
         "a manual download -> a prepared dataset; prints split counts, writes an example grid",
-        prepare.run,
+        "ham_synth.data.prepare:run",
         required=("source", "manual_dir"),
         optional=(
             "data_dir",
@@ -223,8 +224,26 @@ VERBS = {
 }
 
 
+def _function(spec: str):
+    """ "module:function" -> the function, its module imported now."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _is_one_of(error: BaseException, kinds) -> bool:
+    """isinstance over `kinds`: classes, or (module, name) of classes in modules already loaded."""
+    classes = [
+        getattr(sys.modules[kind[0]], kind[1]) if isinstance(kind, tuple) else kind
+        for kind in kinds
+        if not isinstance(kind, tuple) or kind[0] in sys.modules
+    ]
+    return isinstance(error, tuple(classes))
+
+
 def _initialize_distributed() -> None:
     """Joins a multi-host job when launch/run_multihost.sh (or SLURM) describes one."""
+    import jax  # noqa: PLC0415  (a verb's imports load when it runs)
+
     env = os.environ
     if "JAX_COORDINATOR_ADDRESS" in env:
         jax.distributed.initialize(
@@ -237,6 +256,8 @@ def _initialize_distributed() -> None:
 
 
 def _log_devices() -> None:
+    import jax  # noqa: PLC0415
+
     logging.info(
         "JAX %s: process %d of %d, %d local / %d global devices (%s).",
         jax.__version__,
@@ -263,6 +284,8 @@ def _quiet_library_logs(verb: Verb) -> None:
     if verb.quiet and not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     if not sys.stderr.isatty():  # Progress bars in a log file are noise; keep them in terminals.
+        import tensorflow_datasets as tfds  # noqa: PLC0415
+
         tfds.disable_progress_bar()
 
 
@@ -300,15 +323,16 @@ def _main(verb_name: str, argv) -> None:
             raise ValueError(f"Unexpected arguments: {argv[1:]}")
         kwargs = _verb_kwargs(verb_name, verb)
         _quiet_library_logs(verb)
+        run = _function(verb.run)
         if verb.uses_devices:
             _initialize_distributed()
             _log_devices()
-        verb.run(**kwargs)
-    except train.TrainingStopped as stopped:
-        print(f"ham-synth {verb_name}: {stopped}", file=sys.stderr)
-        sys.exit(EXIT_STOPPED)
-    except USER_ERRORS as error:
-        if flags.FLAGS.traceback:
+        run(**kwargs)
+    except Exception as error:
+        if _is_one_of(error, [STOPPED]):
+            print(f"ham-synth {verb_name}: {error}", file=sys.stderr)
+            sys.exit(EXIT_STOPPED)
+        if flags.FLAGS.traceback or not _is_one_of(error, USER_ERRORS):
             raise
         _fail(verb_name, f"{_plain_message(error)}\n(run with --traceback to see where)")
 
@@ -335,6 +359,7 @@ def _parse_flags(verb_name: str, argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console-script entry point."""
+    xla_cpu.apply()  # Before any verb imports JAX.
     verb = sys.argv[1] if len(sys.argv) > 1 else ""
     if verb not in VERBS:
         print(f"Unknown verb {verb!r}.\n{_usage()}" if verb else _usage(), file=sys.stderr)

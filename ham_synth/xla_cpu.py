@@ -6,6 +6,9 @@ reductions, but slow for a convolution's weight gradient (3.5x slower than XLA's
 made the DDPM train step 1.9x faster and Inception features 2x faster on 2 cores
 (docs/benchmarks.md, "What was found on XLA:CPU"). Unknown XLA flags abort the process, so the
 flag is set only on the jaxlib minor versions where it was measured.
+
+The entry points call `apply()` first (main.run, the tools, the tests' conftest); importing
+ham_synth as a library leaves XLA_FLAGS alone.
 """
 
 import importlib.metadata

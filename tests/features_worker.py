@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ham_synth import config_lib, parallel
+from ham_synth import config_lib, parallel, xla_cpu
 from ham_synth.data import sources
 from ham_synth.evaluators import features, inception
 
@@ -50,6 +50,7 @@ def pixel_features(mesh, weights: pathlib.Path) -> features.FeatureNet:
 
 
 def main(process_id: int, port: int, out: str, cache_dir: str, weights: pathlib.Path) -> None:
+    xla_cpu.apply()  # As ham-synth does, before JAX's backend starts.
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     os.environ[inception.CACHE_ENV] = cache_dir  # Each process has its own, as hosts would.
     source = RecordingSource(sources.get_source(digits_test_data()))

@@ -50,6 +50,7 @@ def _sweep(repo, tmp_path, *args):
     ).stdout  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sweep_dry_run_prints_every_run_of_a_study(repo, tmp_path):
     out = _sweep(repo, tmp_path, "--config=configs/study.py:quickstart")
     commands = [line for line in out.splitlines() if line.startswith("ham-synth ")]
@@ -58,6 +59,7 @@ def test_sweep_dry_run_prints_every_run_of_a_study(repo, tmp_path):
     assert commands[0].startswith("ham-synth train --config=configs/ddpm.py:quickstart")
 
 
+@pytest.mark.slow
 def test_a_study_on_slurm_runs_each_run_through_the_study_then_the_report(repo, tmp_path):
     out = _sweep(repo, tmp_path, "--config=configs/study.py:smoke", "--mode=slurm",
                  "--config.seeds=1")  # fmt: skip
@@ -69,6 +71,7 @@ def test_a_study_on_slurm_runs_each_run_through_the_study_then_the_report(repo, 
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sweep_of_a_training_config_writes_a_slurm_array_per_stage(repo, tmp_path):
     out = _sweep(repo, tmp_path, "--config=configs/vae.py:smoke", "--mode=slurm",
                  "--sweep=optim.lr=0.001,0.0003;seed=0,1")  # fmt: skip

@@ -23,11 +23,44 @@ def _ham_synth(*args, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_unknown_verb_lists_the_verbs():
     out, _ = _ham_synth("trian").communicate(timeout=120)
     assert "Unknown verb 'trian'" in out and "train" in out.split("verbs:")[1]
 
 
+# What `ham-synth` with no verb used to import before printing its usage (6-7 s).
+HEAVY_MODULES = ("jax", "tensorflow_datasets", "sklearn", "tensorboardX", "torch", "orbax", "grain")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ([], "verbs:"),
+        (["trian"], "Unknown verb 'trian'"),
+        (["train", "--bogus=1"], "Unknown command line flag 'bogus'"),
+        (["train", "--workdir=w"], "--config required"),
+        (["sample", "--config=configs/vae.py:smoke", "--config.train.totl_steps=5"],
+         'Did you mean "total_steps"'),
+    ],
+)  # fmt: skip
+def test_usage_and_flag_errors_answer_without_importing_a_verbs_modules(repo, argv, says):
+    code = (
+        "import sys\n"
+        "from ham_synth import main\n"
+        f"sys.argv = ['ham-synth', *{argv!r}]\n"
+        "try:\n    main.run()\nexcept SystemExit as stop:\n    code = stop.code\n"
+        f"print('loaded', sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules), code)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120
+    )
+    assert says in out.stderr, out.stderr
+    assert out.stdout.strip() == "loaded [] 2", out.stdout + out.stderr
+
+
+@pytest.mark.slow
 def test_config_typo_fails_naming_the_field(tmp_path, repo):
     proc = _ham_synth(
         "train",
@@ -42,6 +75,7 @@ def test_config_typo_fails_naming_the_field(tmp_path, repo):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, repo):
     proc = _ham_synth("prepare", "--source=ham10000", "--manual_dir=/nonexistent", cwd=repo)
     out, _ = proc.communicate(timeout=120)
@@ -64,6 +98,7 @@ def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, repo):
     assert proc.returncode == 2 and "--fake_dir do(es) not apply to `sample`" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, repo, signum):
     overrides = {

@@ -35,6 +35,7 @@ def flat(tree) -> np.ndarray:
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", FAMILIES)
 def test_bfloat16_training_stays_close_to_float32(spec):
     initial, fp32, fp32_losses = train_steps(spec, "float32")
@@ -67,6 +68,7 @@ MODELS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_float32_compute_dtype_is_the_default_path_bit_for_bit(name):
     fields, make_inputs = MODELS[name]

@@ -63,6 +63,7 @@ def uninterrupted(tmp_path_factory):
 SOAK_SEEDS = [pytest.param(seed, marks=pytest.mark.soak) for seed in range(1, 6)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, *SOAK_SEEDS])
 def test_sigkill_in_a_checkpoint_write_and_at_a_random_step_then_rerun_matches_an_uninterrupted_run(
     tmp_path, uninterrupted, seed
@@ -103,6 +104,7 @@ def test_sigkill_in_a_checkpoint_write_and_at_a_random_step_then_rerun_matches_a
     assert leftovers == []  # The half-written folder was cleaned up.
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_naming_the_intact_checkpoint_and_a_rerun_resumes(
     tmp_path, uninterrupted, monkeypatch
 ):
@@ -152,6 +154,7 @@ DAMAGES = {
 QUIET_ORBAX = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
+@pytest.mark.slow
 @QUIET_ORBAX
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_one_before_resumes(
@@ -208,6 +211,7 @@ def test_a_checkpoint_of_another_model_is_refused_naming_both_shapes(tmp_path, f
     assert not (workdir / "checkpoints/damaged").exists()  # Not taken for damage.
 
 
+@pytest.mark.slow
 def test_a_resume_with_a_changed_config_is_refused_unless_allowed_and_recorded(
     tmp_path, finished_run
 ):
@@ -265,6 +269,7 @@ def test_a_damaged_metrics_line_before_the_last_is_an_error_naming_it(tmp_path):
         metric_writer.read_metrics(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_best_checkpoint_evals_runs_them_on_rerun(tmp_path, vit_run):
     workdir = tmp_path / "run"
     shutil.copytree(vit_run, workdir)

@@ -21,6 +21,7 @@ def ddpm_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_ddpm_samples_land_per_class_with_a_manifest(ddpm_workdir):
     out = synthesize.run(
         str(ddpm_workdir),
@@ -67,6 +68,7 @@ def test_ddpm_samples_land_per_class_with_a_manifest(ddpm_workdir):
     np.testing.assert_array_equal(source[0]["image"], np.asarray(image))
 
 
+@pytest.mark.slow
 def test_same_seed_same_images_and_existing_output_is_kept(ddpm_workdir, tmp_path):
     kwargs = dict(num_per_class=1, steps=3, classes="0", sample_batch_size=8)
     first = synthesize.run(str(ddpm_workdir), out_dir=str(tmp_path / "a"), **kwargs)
@@ -86,6 +88,7 @@ def _pixels(folder):
     return {p.relative_to(folder): np.asarray(Image.open(p)) for p in folder.glob("*/*.png")}
 
 
+@pytest.mark.slow
 def test_an_unfinished_sample_resumes_to_what_an_uninterrupted_one_writes(ddpm_workdir, tmp_path):
     # 10 images in batches of 8: indices 0-7, then 8-9.
     kwargs = dict(num_per_class=5, steps=3, classes="0,1", sample_batch_size=8)
@@ -149,6 +152,7 @@ def test_vae_samples_through_the_same_contract(tmp_path):
         synthesize.run(str(workdir), num_per_class=1, sampler="ddim", out_dir=str(tmp_path / "x"))
 
 
+@pytest.mark.slow
 def test_new_sampler_settings_never_rebuild_the_task(ddpm_workdir, tmp_path, monkeypatch):
     builds = []
 
@@ -171,6 +175,7 @@ def test_new_sampler_settings_never_rebuild_the_task(ddpm_workdir, tmp_path, mon
     assert (row["guidance"], row["steps"], row["sampler"]) == ("4.0", "3", "ddim")
 
 
+@pytest.mark.slow
 def test_gan_samples_through_the_same_contract_with_truncation(tmp_path):
     workdir_path = tmp_path / "gan"
     train.train_and_evaluate(load_config("gan.py:smoke"), workdir_path)

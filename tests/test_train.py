@@ -23,6 +23,7 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path):
     overrides = {"train.total_steps": 3, "train.log_every_steps": 3}
     single = train.train_and_evaluate(
@@ -113,6 +114,7 @@ def test_non_finite_loss_stops_naming_steps_and_keeps_last_good_checkpoint(tmp_p
     assert all(np.isfinite(x).all() for x in _leaves(params["state"]))
 
 
+@pytest.mark.slow
 def test_non_finite_auxiliary_metric_stops_naming_it(tmp_path, monkeypatch):
     def make_task(config):
         task = vae.make_task(config)

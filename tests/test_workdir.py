@@ -29,6 +29,7 @@ def _write_folder(root, per_class=6):
     return root
 
 
+@pytest.mark.slow
 def test_load_restores_a_run_whose_data_is_gone_and_reproduces_its_final_grid(tmp_path):
     data = _write_folder(tmp_path / "data")
     config = load_config(
@@ -65,6 +66,7 @@ def test_step_choices_and_their_errors(tmp_path):
         workdir.load(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow
 def test_init_from_copies_params_exactly_and_a_resume_never_reapplies_it(tmp_path):
     source = train.train_and_evaluate(load_config("vae.py:smoke"), tmp_path / "source")
     warm = load_config(
@@ -97,6 +99,7 @@ def test_init_from_copies_params_exactly_and_a_resume_never_reapplies_it(tmp_pat
         np.testing.assert_array_equal(b, a)
 
 
+@pytest.mark.slow
 def test_init_from_a_different_architecture_names_the_parameter(tmp_path):
     train.train_and_evaluate(load_config("vae.py:smoke"), tmp_path / "source")
     wider = load_config(

@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from sklearn import linear_model, pipeline, preprocessing
 
-from ham_synth import config_lib, metric_writer
+from ham_synth import config_lib, metric_writer, xla_cpu
 from ham_synth.data import pipeline as data_pipeline
 from ham_synth.evaluators import classification
 
@@ -66,6 +66,7 @@ def vit_test_metrics(workdir: str) -> dict[str, float]:
 
 def main(argv):
     del argv
+    xla_cpu.apply()  # Before the first computation starts JAX's backend.
     config = flags.FLAGS.config
     result = fit_and_score(config, _SPLIT.value, _C.value, _MAX_ITER.value)
     result["data"] = config.data.to_dict()

@@ -8,6 +8,7 @@ A source has `len`, `__getitem__` and `class_names`, so grain can shard and shuf
 
 import dataclasses
 import pathlib
+import zipfile
 
 import ml_collections
 import numpy as np
@@ -247,6 +248,17 @@ def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
 # --- dermamnist: MedMNIST's npz ---
 
 
+def open_npz(path: pathlib.Path):
+    """np.load of an .npz archive, or a ValueError naming the file when it is not one (numpy's
+    own message for, say, a text file or an HTML error page talks of pickled data)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not an .npz archive (a zip of .npy arrays); it may be a partial download "
+            "or another file under that name. Download it again, or fix --config.data.path."
+        )
+    return np.load(path)
+
+
 def load_dermamnist(path: str | pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8[N, H, W, 3], int32[N]) of `split` (or all three) from a MedMNIST npz, checked."""
     path = pathlib.Path(path)
@@ -258,7 +270,7 @@ def load_dermamnist(path: str | pathlib.Path, split: str) -> tuple[np.ndarray, n
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
     names = ["train", "val", "test"] if split == "all" else [split]
-    with np.load(path) as npz:
+    with open_npz(path) as npz:
         keys = [f"{s}_{kind}" for s in names for kind in ("images", "labels")]
         missing = [k for k in keys if k not in npz.files]
         if missing:
@@ -418,7 +430,7 @@ def make_mnist(data: ml_collections.ConfigDict) -> ArraySource:
         )
     if data.split not in SPLITS:
         raise ValueError(f"Unknown split {data.split!r}; choose one of {SPLITS}.")
-    with np.load(path) as npz:
+    with open_npz(path) as npz:
         missing = [k for k in MNIST_KEYS if k not in npz.files]
         if missing:
             raise ValueError(f"{path}: missing key(s) {missing}; it has {sorted(npz.files)}.")

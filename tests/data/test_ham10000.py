@@ -343,6 +343,7 @@ def test_eighty_twenty_has_no_val_split(download, tmp_path):
 # --- The optional ISIC 2018 Task 3 test set ---
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["challenge", "ham10000"])
 def test_isic2018_test_set_becomes_a_held_out_split(download, tmp_path, layout):
     directory, rows = download

@@ -115,6 +115,15 @@ def test_dermamnist_bad_npz_names_the_key_and_the_fix(tmp_path, replace, pattern
         sources.get_source(data)
 
 
+@pytest.mark.parametrize("name", ["dermamnist", "mnist"])
+def test_a_file_that_is_not_an_npz_is_named_as_such(tmp_path, name):
+    path = tmp_path / f"{name}.npz"
+    path.write_text("<html>Not Found</html>\n")  # A failed download saved under the name.
+    with pytest.raises(ValueError, match=rf"{path} is not an \.npz archive") as raised:
+        sources.get_source(_data(name=name, path=str(path), num_classes=7))
+    assert "pickle" not in str(raised.value)
+
+
 def test_dermamnist_missing_file_says_where_to_get_it(tmp_path):
     data = _data(name="dermamnist", path=str(tmp_path / "nope.npz"), num_classes=7)
     with pytest.raises(FileNotFoundError, match="medmnist"):

@@ -150,6 +150,7 @@ def test_resume_is_bit_exact_with_mixing(folder):
             np.testing.assert_array_equal(got[key], want[key])
 
 
+@pytest.mark.slow
 def test_training_reports_the_synthetic_share_and_evaluates_on_real_images_only(folder, tmp_path):
     config = _config(folder, policy="ratio", ratio=0.5)
     config.train.batch_size = 16

@@ -69,6 +69,7 @@ def _exact_ode_solution(rng=0):
     return mean + DATA_STD * (x_T - np.sqrt(a) * mean) / np.sqrt(a * DATA_STD**2 + 1 - a)
 
 
+@pytest.mark.slow
 def test_dpm_solver_and_ddim_converge_to_the_ode_solution():
     exact = _exact_ode_solution()
     ddim = {n: np.abs(_sample("ddim", n) - exact).max() for n in (100, 1000)}

@@ -1,6 +1,7 @@
 """Attention rollout against a hand-built 2-layer case, and the evaluator's per-class PNGs."""
 
 import numpy as np
+import pytest
 
 from ham_synth.evaluators import attention
 
@@ -47,6 +48,7 @@ def test_pick_examples_takes_correct_and_wrong_in_order():
     assert attention.pick_examples(labels, predictions, 1, 2) == ([0, 3], [1, 4])
 
 
+@pytest.mark.slow
 def test_a_vit_run_draws_one_attention_grid_per_class(vit_run):
     pngs = sorted((vit_run / "evals" / "attention").glob("*_step_*.png"))
     assert len(pngs) == 7, pngs  # imbalanced digits: 7 classes

@@ -50,6 +50,7 @@ def _with_scripted_eval(config, every_steps, **options):
     return config
 
 
+@pytest.mark.slow
 def test_an_evaluator_runs_at_its_steps_and_the_end_and_logs_name_slash_metric(tmp_path, scripted):
     config = _with_scripted_eval(_config(), every_steps=4, scale=10.0)
     train.train_and_evaluate(config, tmp_path)
@@ -70,6 +71,7 @@ def test_every_steps_zero_runs_at_the_end_only_and_minus_one_never(
     assert scripted.calls == expected
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_follows_the_metric_and_resume_uses_the_latest(tmp_path, scripted):
     config = _with_scripted_eval(
         _config(**{"train.keep_checkpoints": 1, "train.best.metric": "probe/value"}),
@@ -163,6 +165,7 @@ def test_fake_labels_follow_the_real_split():
     np.testing.assert_array_equal(np.bincount(drawn), 2 * np.bincount(real))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:FID from")
 def test_fid_evaluator_in_pixel_space_logs_fd_not_fid_and_matches_the_metrics(tmp_path):
     overrides = {

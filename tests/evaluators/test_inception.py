@@ -58,6 +58,7 @@ def jax_run(weights, images):
     return variables, np.asarray(features), [np.asarray(b) for b in blocks]
 
 
+@pytest.mark.slow
 def test_converted_weights_have_pytorch_fids_parameter_count(jax_run):
     variables = jax_run[0]
     count = sum(x.size for x in jax.tree.leaves(variables["params"]))

@@ -42,6 +42,7 @@ def test_tta_over_flips_leaves_a_flip_invariant_model_unchanged():
     assert np.abs(np.asarray(d4 - plain)).max() > 1e-3  # Rotations by 90 degrees do change it.
 
 
+@pytest.mark.slow
 def test_identity_tta_equals_plain_evaluation(tmp_path):
     config = load_config("vit.py:smoke", **{"train.num_devices": 1})
     mesh = parallel.make_mesh(1)

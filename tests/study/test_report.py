@@ -161,6 +161,7 @@ def test_a_sweep_report_tabulates_its_points(tmp_path, monkeypatch):
                 assert metrics == pytest.approx(expected[(point, condition, seed)])
 
 
+@pytest.mark.slow
 def test_smoke_study_end_to_end(tmp_path, monkeypatch):
     """One generator, one seed: every run real, the report has every condition, a rerun skips
     everything, and val and test stay real in every condition."""

@@ -94,6 +94,7 @@ def test_a_failure_stops_its_dependents_only_and_a_rerun_finishes(tmp_path):
     assert again.most == 2
 
 
+@pytest.mark.slow
 def test_subprocess_launcher_runs_the_command_into_a_log(tmp_path):
     run = plan_lib.Run(
         "synthetic/x", "synthetic", "sample", {"workdir": "$W/nowhere", "num_per_class": 1}

@@ -58,6 +58,7 @@ def _train(accum_steps: int, steps: int = 3, num_devices: int = -1, **overrides)
     return jax.device_get(state.params), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_with_dropout_drop_path_mixup_cutmix_and_a_conv_stem():
     noisy = {
         "model.dropout": 0.1,
@@ -107,6 +108,7 @@ def test_a_tiny_vit_overfits_one_batch():
     assert losses[0] == pytest.approx(np.log(7), rel=0.02) and losses[-1] < 0.6
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_full_batch_on_eight_devices():
     full_params, full_metrics = _train(1)
     accum_params, accum_metrics = _train(2)
@@ -151,6 +153,7 @@ def test_position_embeddings_resample_as_timms_bicubic(grid):
     assert np.abs(np.asarray(theirs).reshape(-1) - reference[0, 1:].reshape(-1)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_augreg_npz_loads_with_new_head_resampled_positions_and_a_report(tmp_path):
     fields = dict(width=16, depth=2, num_heads=2, mlp_dim=32)
     pretrained = _vit(10, **fields).init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"]
@@ -223,6 +226,7 @@ def test_layer_decay_scales_each_depth_and_head_training_freezes_the_rest():
         classify.make_lr_scale(base, depth=2)
 
 
+@pytest.mark.slow
 def test_a_linear_probe_trains_only_the_head():
     config = load_config("vit.py:smoke", **{"optim.trainable": "head", "train.num_devices": 1})
     mesh = parallel.make_mesh(1)
@@ -241,6 +245,7 @@ def test_a_linear_probe_trains_only_the_head():
             np.testing.assert_array_equal(value, before[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_ham_augreg_settings_fine_tune_an_augreg_npz_on_digits_at_32(tmp_path):
     fields = dict(width=16, depth=2, num_heads=2, mlp_dim=32)
     pretrained = vit.ViT(num_classes=1000, patch_size=16, **fields).init(

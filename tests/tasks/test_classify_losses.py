@@ -42,6 +42,7 @@ def test_class_weights_follow_the_counts():
         classify.class_weights("inverse", "5,0,7", 3)
 
 
+@pytest.mark.slow
 def test_weighted_loss_equals_torchs_weighted_cross_entropy():
     torch = pytest.importorskip("torch")
     logits, batch, loss, config = _first_step(
@@ -69,6 +70,7 @@ def test_mixup_mixes_images_and_pairs_the_permuted_labels():
     np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[perm], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_mixup_loss_is_the_lam_weighted_pair_of_torch_cross_entropies():
     torch = pytest.importorskip("torch")
     config = load_config("vit.py:smoke", **{"loss.mixup_alpha": 0.4, "train.num_devices": 1})
@@ -93,6 +95,7 @@ def test_the_mixup_loss_is_the_lam_weighted_pair_of_torch_cross_entropies():
     assert float(metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_logit_adjustment_with_equal_class_shares_is_plain_cross_entropy():
     # balance_alpha 1 draws the imbalanced digits' classes equally: every share is 1/7.
     balanced = {"data.balance_alpha": 1.0, "loss.label_smoothing": 0.0}
@@ -103,6 +106,7 @@ def test_logit_adjustment_with_equal_class_shares_is_plain_cross_entropy():
     assert adjusted == pytest.approx(plain, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_logit_adjustment_adds_tau_log_prior_to_the_logits_in_the_loss():
     torch = pytest.importorskip("torch")
     fields = {"data.balance_alpha": 0.0, "loss.logit_adjustment": 0.5}

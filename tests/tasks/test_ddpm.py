@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import load_config
 
 from ham_synth import models
@@ -18,6 +19,7 @@ def _setup(**overrides):
     return config, task, batch, jax.jit(task.init)(jax.random.key(0), batch)
 
 
+@pytest.mark.slow
 def test_unet_keeps_the_image_shape_and_scales_to_the_ham64_recipe():
     model = models.get_model(
         "unet",
@@ -58,6 +60,7 @@ def test_zero_predictor_has_eps_loss_one():
     np.testing.assert_allclose(float(metrics["train/loss"]), 1.0, atol=0.05)
 
 
+@pytest.mark.slow
 def test_tiny_unet_overfits_one_batch_and_then_depends_on_the_label():
     config, task, batch, state = _setup(**{"train.total_steps": 80, "optim.lr": 3e-3})
     step = jax.jit(task.train_step)

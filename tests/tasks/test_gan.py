@@ -52,6 +52,7 @@ def _sn(weight, u):
     return np.asarray(weight, np.float64) / (v @ w @ u.T).item()
 
 
+@pytest.mark.slow
 def test_projection_discriminator_is_psi_of_phi_plus_the_class_projection():
     disc = gan_nets.Discriminator(num_classes=3, channels=(4,))
     images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
@@ -180,6 +181,7 @@ def _samples_with_and_without_skewed_running_stats(standing_stats_batches: int):
     return [np.asarray(sample(v, labels, jax.random.key(1))) for v in (variables, other)]
 
 
+@pytest.mark.slow
 def test_sampling_ignores_the_training_generators_running_statistics():
     # Standing statistics: the weights alone count.
     np.testing.assert_array_equal(*_samples_with_and_without_skewed_running_stats(16))
@@ -207,6 +209,7 @@ class _MLPDisc(nn.Module):
         return nn.Dense(1)(x)[:, 0]
 
 
+@pytest.mark.slow
 def test_mlp_gan_covers_the_modes_of_eight_gaussians():
     std, steps, batch_size = 0.05, 3000, 256
     angles = np.arange(8) * 2 * np.pi / 8
@@ -245,6 +248,7 @@ def test_mlp_gan_covers_the_modes_of_eight_gaussians():
     assert (distances.min(axis=1) < 3 * std).mean() > 0.5  # Most samples sit on a mode.
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_and_resume_is_bit_exact(tmp_path):
     # Conditional BatchNorm in G normalizes over the global batch under jit, so the mesh size
     # does not change the numbers.

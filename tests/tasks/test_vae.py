@@ -34,6 +34,7 @@ def _task_and_batch(**overrides):
     return config, vae.make_task(config), batch
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting_one_batch():
     config, task, batch = _task_and_batch(**{"train.total_steps": 150, "optim.warmup_steps": 5})
     state = jax.jit(task.init)(jax.random.key(0), batch)

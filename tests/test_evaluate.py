@@ -15,7 +15,7 @@ from PIL import Image
 from ham_synth import config_lib, evaluate, parallel, state, train, workdir
 from ham_synth.data import sources
 from ham_synth.evaluators import features, fid, inception
-from ham_synth.tasks import base, classify
+from ham_synth.tasks import base
 
 
 def write_folder(root, images_per_class: int, seed: int):
@@ -239,6 +239,6 @@ def test_classifier_feature_space_scores_real_images_as_real(vit_run, tmp_path):
     images = np.stack([source[i]["image"] for i in range(8)])
     head = run.state.ema_params["head"]
     from_features = np.asarray(net.fn(images)) @ np.asarray(head["kernel"]) + head["bias"]
-    predict = base.get_predict_fn(run.task, classify.PREDICT, "classify")
+    predict = base.get_predict_fn(run.task, base.PREDICT, "classify")
     logits = predict(state.eval_variables(run.state), images.astype(np.float32) / 127.5 - 1)
     np.testing.assert_allclose(from_features, logits, atol=1e-5)

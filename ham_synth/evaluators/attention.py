@@ -16,7 +16,7 @@ import numpy as np
 
 from ham_synth import state as state_lib
 from ham_synth.evaluators import classification, common
-from ham_synth.tasks import base, classify
+from ham_synth.tasks import base
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -81,7 +81,7 @@ class AttentionEvaluator:
 
     def __init__(self, *, name, config, task, mesh, workdir, split: str = "test",
                  per_class: int = 4, batch_size: int = 256):  # fmt: skip
-        self._attention = jax.jit(base.get_predict_fn(task, classify.ATTENTION, config.task))
+        self._attention = jax.jit(base.get_predict_fn(task, base.ATTENTION, config.task))
         self.split = classification.SplitClassifier(name, config, task, mesh, split, batch_size)
         self._pool = config.model.pool
         self._name = name

@@ -20,7 +20,7 @@ from ham_synth import config_lib, fileio, parallel
 from ham_synth import state as state_lib
 from ham_synth.data import pipeline
 from ham_synth.evaluators import common, features, tta
-from ham_synth.tasks import base, classify
+from ham_synth.tasks import base
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -179,7 +179,7 @@ def make_logits_fn(task, config, mesh, tta_views: str = "none"):
     batch: the classifier's predict function on images scaled to [-1, 1] as in training; with
     test-time augmentation (`tta_views`, see evaluators/tta.py), the log of its softmax averaged
     over the views."""
-    predict = base.get_predict_fn(task, classify.PREDICT, config.task)
+    predict = base.get_predict_fn(task, base.PREDICT, config.task)
     views = tta.parse_views(tta_views)
 
     def logits(variables, images):

@@ -25,7 +25,7 @@ from ham_synth import state as state_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.data import pipeline, sources
 from ham_synth.evaluators import inception
-from ham_synth.tasks import base, classify
+from ham_synth.tasks import base
 
 INCEPTION = "inception"
 
@@ -101,7 +101,7 @@ def make_classifier(mesh, *, classifier_workdir: str = "", **_) -> FeatureNet:
             f"{run.config.data.eval_preprocess!r}; its feature space takes images at the model's "
             "input size, so use a classifier trained without it."
         )
-    predict = base.get_predict_fn(run.task, classify.FEATURES, run.config.task)
+    predict = base.get_predict_fn(run.task, base.FEATURES, run.config.task)
     variables = jax.device_put(state_lib.eval_variables(run.state), parallel.replicated(mesh))
     fn = jax.jit(
         lambda images: predict(variables, images.astype(jnp.float32) / 127.5 - 1),

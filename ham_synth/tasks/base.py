@@ -27,6 +27,15 @@ LossFn = Callable[[Any, Batch, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
 # predict_fns["sample"](variables, labels int32[N], rng, *, <settings>) -> float32[N, H, W, C] in
 # [-1, 1]: the generators' predict function, which the samples and fid evaluators and `sample` use.
 SAMPLE = "sample"
+# A classifier's predict functions, which the classification, attention and feature evaluators use:
+# predict_fns["predict"](variables, images float32[N, H, W, 3] in [-1, 1]) -> float32[N, classes]
+PREDICT = "predict"
+# predict_fns["attention"](variables, images) -> float32[depth, N, heads, tokens, tokens]: every
+# block's attention probabilities (the attention evaluator's rollout).
+ATTENTION = "attention"
+# predict_fns["features"](variables, images) -> float32[N, width]: the pooled representation the
+# head reads (class token or patch mean after the final LayerNorm), a feature space for realism.
+FEATURES = "features"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,15 +13,6 @@ from ham_synth import config_lib, models, optim
 from ham_synth.models import vit, vit_pretrained
 from ham_synth.tasks import base
 
-# predict_fns["predict"](variables, images float32[N, H, W, 3] in [-1, 1]) -> float32[N, classes]
-PREDICT = "predict"
-# predict_fns["attention"](variables, images) -> float32[depth, N, heads, tokens, tokens]: every
-# block's attention probabilities (the attention evaluator's rollout).
-ATTENTION = "attention"
-# predict_fns["features"](variables, images) -> float32[N, width]: the pooled representation the
-# head reads (class token or patch mean after the final LayerNorm), a feature space for realism.
-FEATURES = "features"
-
 
 def make_model(config: ml_collections.ConfigDict, dtype=None) -> vit.ViT:
     """The ViT that config.model describes, for config.data.num_classes classes."""
@@ -235,7 +226,7 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
     return base.Task(
         init=base.make_init(init_variables, optimizer.tx),
         train_step=base.make_simple_step(loss_fn, optimizer, config.train.grad_accum_steps),
-        predict_fns={PREDICT: predict, ATTENTION: attention, FEATURES: features},
+        predict_fns={base.PREDICT: predict, base.ATTENTION: attention, base.FEATURES: features},
         load_external=make_load_external(config.model.init_from_npz),
     )
 

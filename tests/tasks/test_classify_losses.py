@@ -10,7 +10,7 @@ from conftest import load_config
 from ham_synth import parallel, train, workdir
 from ham_synth import state as state_lib
 from ham_synth.data import pipeline, sources
-from ham_synth.tasks import classify
+from ham_synth.tasks import base, classify
 
 
 def _first_step(**overrides):
@@ -20,7 +20,7 @@ def _first_step(**overrides):
     built = workdir.build(config, mesh)
     state = workdir.initial_state(built, jax.random.key(0), mesh)
     batch = parallel.to_global_batch(next(iter(built.dataset)), mesh)
-    predict = built.task.predict_fns[classify.PREDICT]
+    predict = built.task.predict_fns[base.PREDICT]
     logits = np.asarray(predict(state_lib.eval_variables(state), batch["image"]))
     _, metrics = train.make_train_step(built.task, mesh)(state, batch, jax.random.key(1))
     return logits, batch, float(metrics["train/loss"]), built.config
@@ -83,7 +83,7 @@ def test_the_mixup_loss_is_the_lam_weighted_pair_of_torch_cross_entropies():
     mixed, partner, lam = classify.mixup(
         batch["image"], batch["label"], jax.random.split(rng)[1], 0.4
     )
-    predict = built.task.predict_fns[classify.PREDICT]
+    predict = built.task.predict_fns[base.PREDICT]
     logits = torch.tensor(np.asarray(predict(state_lib.eval_variables(state), mixed)))
     _, metrics = train.make_train_step(built.task, mesh)(state, batch, rng)  # Donates state.
 

@@ -285,8 +285,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config a training run wrote to `workdir/config.json`, upgraded to today's fields and
-    locked."""
+    """The config a training run wrote to `workdir/config.json`, locked; one written by an older
+    ham_synth, without today's shared fields, is refused naming them."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(
@@ -298,9 +298,33 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
         raise ValueError(
             f"{path} is not valid JSON ({error}); restore it from a backup."
         ) from error
-    config = ml_collections.ConfigDict(upgrade_config_dict(fields))
+    missing = missing_shared_fields(fields)
+    if missing:
+        raise ValueError(
+            f"{path} lacks {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}: an "
+            "older ham_synth wrote it, and this one reads only runs with today's fields. Train "
+            "the run again, or read it with the version that wrote it."
+        )
+    config = ml_collections.ConfigDict(fields)
     config.lock()
     return config
+
+
+def _flat_keys(fields: dict, prefix: str = "") -> set[str]:
+    """{"train.total_steps", ...}: the dotted name of every leaf field; an empty block has none."""
+    keys = set()
+    for key, value in fields.items():
+        name = f"{prefix}{key}"
+        keys |= _flat_keys(value, name + ".") if isinstance(value, dict) else {name}
+    return keys
+
+
+def missing_shared_fields(fields: dict) -> list[str]:
+    """The fields every family's config has (get_base_config's; optimizer groups aside, as a
+    family with several networks nests them) that a config.json's `fields` lack."""
+    shared = json.loads(get_base_config().to_json_best_effort())
+    shared.pop("optim")
+    return sorted(_flat_keys(shared) - _flat_keys(fields))
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -321,45 +345,3 @@ def named_classes(text: str, class_names, field: str) -> list[str]:
     if unknown:
         raise ValueError(f"{field} names {unknown}; the data's classes are {list(class_names)}.")
     return named
-
-
-def upgrade_config_dict(fields: dict) -> dict:
-    """A config.json written by an older ham_synth, with the fields added since at the values that
-    reproduce its behaviour."""
-    fields.setdefault("init_from", "")
-    fields.setdefault("data", {}).setdefault("classes", "")
-    fields["data"].setdefault("class_counts", "")
-    fields["data"].setdefault("class_shares", "")
-    fields["data"].setdefault("eval_preprocess", "")
-    fields["data"].setdefault("train_fraction", 1.0)
-    fields["data"].setdefault("split_by", "lesion")
-    fields["data"].setdefault("synthetic", {"dirs": "", "policy": "add", "per_class": 0,
-                                            "ratio": 0.0})  # fmt: skip
-    fields["data"]["synthetic"].setdefault("classes", "")
-    fields.setdefault("evals", {})
-    train = fields.setdefault("train", {})
-    train.setdefault("best", {"metric": "", "mode": "max"})
-    train.setdefault("compute_dtype", "float32")
-    train.setdefault("grad_accum_steps", 1)
-    if "sample_every_steps" in train:  # A generator.
-        fields.setdefault("sample", {}).setdefault("compute_dtype", "float32")
-    if "fid" in fields["evals"]:
-        fields["evals"]["fid"].setdefault("compute_dtype", "float32")
-        fields["evals"]["fid"].setdefault("classifier_workdir", "")
-    if fields.get("task") == "classify":
-        fields.setdefault("optim", {}).setdefault("layer_decay", 1.0)
-        fields["optim"].setdefault("trainable", "all")
-        fields.setdefault("loss", {}).setdefault("mixup_alpha", 0.0)
-        fields["loss"].setdefault("cutmix_alpha", 0.0)
-        fields["loss"].setdefault("logit_adjustment", 0.0)
-        fields.setdefault("model", {}).setdefault("stem", "patch")
-    if "sample_every_steps" in train and "samples" not in fields["evals"]:
-        fields["evals"]["samples"] = {
-            "type": "samples",
-            "every_steps": train["sample_every_steps"],
-            "per_class": train.get("samples_per_class", 8),
-        }
-    data = fields.get("data", {})
-    if data.get("name") in ("ham10000", "dermamnist"):  # Their fractions were always ignored.
-        data["val_fraction"] = data["test_fraction"] = SOURCE_SPLIT
-    return fields

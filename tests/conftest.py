@@ -17,13 +17,13 @@ from ham_synth import xla_cpu
 # Tests compile far more than they compute, so they ask XLA:CPU for its cheapest code generation:
 # it halves compile time (the GAN's 8-device test: 106 -> 72 s of CPU), and the arithmetic stays
 # IEEE either way. HAM_SYNTH_TEST_XLA_OPT=1 tests with XLA's default optimization instead.
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+FAST_COMPILE = (
+    ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+    if os.environ.get("HAM_SYNTH_TEST_XLA_OPT") != "1"
+    else ()
+)
 os.environ["XLA_FLAGS"] = " ".join(
-    [
-        os.environ.get("XLA_FLAGS", ""),
-        "--xla_force_host_platform_device_count=8",
-        *(FAST_COMPILE if os.environ.get("HAM_SYNTH_TEST_XLA_OPT") != "1" else ()),
-    ]
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", *FAST_COMPILE]
 ).strip()
 # Subprocess tests inherit this, so a shape compiled once is not compiled again.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import FAST_COMPILE
 
 # Checked, not imported: timm would load torchvision's CUDA-only modules, which the tool stubs.
 PEERS = ("torch", "diffusers", "timm", "pytorch_fid")
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.mark.slow
 def test_benchmark_writes_side_by_side_table_with_matching_parameter_counts(repo, tmp_path):
-    env = dict(os.environ, XLA_FLAGS="")  # One CPU device, as a user's run.
+    # One CPU device, as a user's run, with the suite's cheap compiles (speed is not checked).
+    env = dict(os.environ, XLA_FLAGS=" ".join(FAST_COMPILE))
     subprocess.run(
         [sys.executable, str(repo / "tools" / "benchmark.py"), "--preset=tiny", "--repeats=1",
          f"--out_dir={tmp_path}"],

@@ -8,7 +8,7 @@ import sys
 import features_worker
 import numpy as np
 import pytest
-from conftest import free_port, load_config
+from conftest import FAST_COMPILE, free_port, load_config
 from flax import traverse_util
 from PIL import Image
 
@@ -182,7 +182,7 @@ def test_two_processes_each_read_their_share_and_get_every_feature_in_order(tmp_
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": " ".join(["--xla_force_host_platform_device_count=2", *FAST_COMPILE]),
     }
     jobs = [
         subprocess.Popen(

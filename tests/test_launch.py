@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import free_port
+from conftest import FAST_COMPILE, free_port
 
 from ham_synth import main, metric_writer
 
@@ -111,7 +111,7 @@ def test_two_processes_stop_at_one_step_when_one_receives_sigterm(repo, tmp_path
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "",
+        "XLA_FLAGS": " ".join(FAST_COMPILE),  # One device each.
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
         "COORDINATOR": f"localhost:{port}",
         "NUM_HOSTS": "2",

@@ -121,18 +121,19 @@ def test_init_from_and_external_weights_together_are_refused(tmp_path):
         train.train_and_evaluate(config, tmp_path / "w")
 
 
-def test_old_config_json_loads_and_fixed_splits_refuse_fractions(tmp_path):
-    old = load_config("vae.py:smoke").to_dict()
-    del old["evals"], old["init_from"], old["train"]["best"]
-    old["train"]["sample_every_steps"], old["train"]["samples_per_class"] = 3, 2
-    old["data"].update(name="ham10000", val_fraction=0.1, test_fraction=0.1)
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    config = config_lib.load_workdir_config(tmp_path)
-    assert config.evals.samples.to_dict() == {"type": "samples", "every_steps": 3, "per_class": 2}
-    assert config.data.val_fraction == config_lib.SOURCE_SPLIT and config.init_from == ""
-
+def test_fixed_splits_refuse_fractions():
     data = load_config("vae.py:smoke", **{"data.name": "ham10000", "data.val_fraction": 0.2}).data
     with pytest.raises(
         ValueError, match="data.val_fraction=0.2: 'ham10000' has a fixed split.*--val_fraction"
     ):
         sources.get_source(data)
+
+
+def test_a_config_json_without_todays_shared_fields_is_refused_naming_them(tmp_path):
+    fields = json.loads(load_config("vae.py:smoke").to_json_best_effort())
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    assert config_lib.load_workdir_config(tmp_path).to_dict() == fields
+    del fields["data"]["class_shares"], fields["train"]["grad_accum_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match=r"lacks data.class_shares, train.grad_accum_steps: an"):
+        config_lib.load_workdir_config(tmp_path)

@@ -97,7 +97,7 @@ class MixDraws(grain.transforms.DatasetSelectionMap):
 
 def model_input_size(data: ml_collections.ConfigDict) -> int:
     """The side of the images the model sees: data.image_size after data.eval_preprocess."""
-    ops = transforms.parse_ops(data.get("eval_preprocess", ""), deterministic=True)
+    ops = transforms.parse_ops(data.eval_preprocess, deterministic=True)
     h, w = transforms.output_size(ops, data.image_size)
     if h != w:
         raise ValueError(f"data.eval_preprocess={data.eval_preprocess!r} gives {h}x{w} images.")
@@ -138,7 +138,7 @@ class Preprocessed:
 def eval_source(data: ml_collections.ConfigDict):
     """The split `data` names, as the classifier evaluates it (data.eval_preprocess applied)."""
     source = sources.get_source(data)
-    ops = transforms.parse_ops(data.get("eval_preprocess", ""), deterministic=True)
+    ops = transforms.parse_ops(data.eval_preprocess, deterministic=True)
     return Preprocessed(source, ops) if ops else source
 
 
@@ -255,7 +255,7 @@ def make_train_dataset(
     check_augment_size(config.data)
     labels = source_labels(source)
     # .get keeps configs saved before these fields existed loadable.
-    balance_alpha = config.data.get("balance_alpha", 0.0)
+    balance_alpha = config.data.balance_alpha
     mix = None
     if "synthetic" in config.data:  # Configs saved before data.synthetic existed have none.
         mix = synthetic.make_mix(
@@ -279,10 +279,10 @@ def make_train_dataset(
         seed=config.seed,
         shard_index=jax.process_index(),
         shard_count=process_count,
-        augment=config.data.get("augment", ""),  # Training only.
+        augment=config.data.augment,  # Training only.
         balance_alpha=balance_alpha,
         mix=mix,
-        read_threads=config.data.get("read_threads", 0),
+        read_threads=config.data.read_threads,
     )
     num_classes = len(source.class_names)
     counts = np.bincount(labels, minlength=num_classes)

@@ -214,7 +214,7 @@ def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
             f"data.image_size={data.image_size}; HAM10000 is prepared at "
             f"{ham10000_tfds.IMAGE_SIZES}."
         )
-    split_by = data.get("split_by", "lesion")
+    split_by = data.split_by
     if split_by not in ham10000.SPLIT_BY:
         raise ValueError(f"data.split_by={split_by!r}; choose one of {ham10000.SPLIT_BY}.")
     name = ham10000_tfds.config_name(data.image_size, split_by)
@@ -536,16 +536,16 @@ def get_source(data: ml_collections.ConfigDict):
     """The source named by `data.name`, checked against `data.num_classes` when that is set."""
     if data.name not in _SOURCES:
         raise ValueError(f"Unknown data.name {data.name!r}; choose one of {sorted(_SOURCES)}.")
-    if data.get("split_by", "lesion") != "lesion" and data.name != "ham10000":
+    if data.split_by != "lesion" and data.name != "ham10000":
         raise ValueError(
             f"data.split_by={data.split_by!r} applies to sources with lesions (ham10000); "
             f"{data.name!r} has none. Leave it at 'lesion'."
         )
     check_split_fractions(data)
     source = _SOURCES[data.name](data)
-    if data.get("classes"):
+    if data.classes:
         source = select_classes(source, data.classes, repr(data.name))
-    if data.split == "train" and data.get("train_fraction", 1.0) < 1.0:
+    if data.split == "train" and data.train_fraction < 1.0:
         source = train_fraction(source, data.train_fraction, data.split_seed)
     if data.num_classes and len(source.class_names) != data.num_classes:
         raise ValueError(

@@ -38,6 +38,10 @@ def fake_runs(root, plan, rng):
     """A metrics.jsonl (the test evaluator's row) and config.json for each classifier run;
     real+vae gains 0.1 balanced accuracy over real at every seed."""
     expected = {}
+    # Each classifier run's config.json, as training writes it.
+    classifier = config_lib.load_config("configs/vit.py:smoke")
+    classifier.data.class_names = ",".join(CLASSES)
+    classifier_fields = json.loads(classifier.to_json_best_effort())
     for run in plan:
         folder = root / run.name
         if run.base_name.endswith("/classifier"):  # realism/<g>/classifier: evaluate's metrics.json
@@ -80,9 +84,7 @@ def fake_runs(root, plan, rng):
         (folder / "evals" / "test" / "step_0000003.json").write_text(
             json.dumps({"step": 3, "subgroups": {"sex": groups}})
         )
-        (folder / "config.json").write_text(
-            json.dumps({"task": "classify", "data": {"class_names": ",".join(CLASSES)}})
-        )
+        (folder / "config.json").write_text(json.dumps(classifier_fields))
         for point in run.points:
             expected[(point, condition, seed)] = metrics
     return expected

@@ -270,10 +270,11 @@ def test_eight_devices_match_one_and_resume_is_bit_exact(tmp_path):
         ):
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
-    full = train.train_and_evaluate(load_config("gan.py:smoke", **no_grid), tmp_path / "full")
-    first = load_config("gan.py:smoke", **{"train.total_steps": 3}, **no_grid)
-    train.train_and_evaluate(first, tmp_path / "resumed")
-    resumed = train.train_and_evaluate(load_config("gan.py:smoke", **no_grid), tmp_path / "resumed")
+    # The 8-device run resumes from its step-3 checkpoint to the smoke length, as one uninterrupted.
+    eight = {"train.num_devices": 8, **no_grid}
+    full = train.train_and_evaluate(load_config("gan.py:smoke", **eight), tmp_path / "full")
+    resumed = train.train_and_evaluate(load_config("gan.py:smoke", **eight), tmp_path / "8")
+    assert len((tmp_path / "8" / "config_history.jsonl").read_text().splitlines()) == 2  # Resumed.
     for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
         np.testing.assert_array_equal(b, a)
     assert set(resumed.model_state["batch_stats"]) == {"gen", "disc"}

@@ -2,9 +2,7 @@
 
 Every number comes from a classifier run's metrics.jsonl (the test evaluator's row, on the best
 checkpoint) and report.json names that file and step. A condition's change from real-only is
-paired over seeds: the mean difference, scipy's paired t-test and its 95% interval, with Holm's
-correction over the conditions compared (and, for the per-class table, over conditions x
-classes).
+paired over seeds, with Holm's correction over the conditions compared (stats.py).
 """
 
 import csv
@@ -18,12 +16,12 @@ import matplotlib
 import ml_collections
 import numpy as np
 from PIL import Image
-from scipy import stats
 
 from ham_synth import config_lib, environment, fileio, grids, memorization, metric_writer
 from ham_synth.data import imaging
 from ham_synth.evaluators import classification, recognition
 from ham_synth.study import plan as plan_lib
+from ham_synth.study import stats
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,7 +36,6 @@ METRICS = {
     "Recall (macro)": "recall_macro",
     "F1 (macro)": "f1_macro",
 }
-ALPHA = 0.05
 SET_GRID_COLUMNS = 8  # Images per class in the report's grid of each synthetic set.
 
 
@@ -69,46 +66,6 @@ def test_metrics(workdir: pathlib.Path, split: str = "test") -> dict:
             if k.startswith(prefix) and k != f"{split}/checkpoint_step"
         },
     }
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values, in the input order."""
-    p = np.asarray(p_values, np.float64)
-    order = np.argsort(p)
-    m = len(p)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted
-
-
-def paired_change(condition: list[float], real: list[float]) -> dict:
-    """Mean of condition - real over paired seeds, scipy's paired t-test p and 95% interval
-    (nan with fewer than two seeds)."""
-    a, b = np.asarray(condition, np.float64), np.asarray(real, np.float64)
-    diff = a - b
-    if len(diff) < 2:
-        nan = float("nan")
-        return {"mean": float(diff.mean()), "low": nan, "high": nan, "p": nan, "n": len(diff)}
-    result = stats.ttest_rel(a, b)
-    interval = result.confidence_interval(1 - ALPHA)
-    return {
-        "mean": float(diff.mean()),
-        "low": float(interval.low),
-        "high": float(interval.high),
-        "p": float(result.pvalue),
-        "n": len(diff),
-    }
-
-
-def verdict(change: dict, p_holm: float) -> str:
-    if math.isnan(p_holm):
-        return "not testable (fewer than two seeds, or no variation between them)"
-    if p_holm < ALPHA:
-        return "helped" if change["mean"] > 0 else "hurt"
-    return "no measurable effect"
 
 
 def _mean_std(values) -> str:
@@ -335,34 +292,6 @@ def subgroup_section(results: dict, primary: str) -> list[str]:
     return lines
 
 
-def compare(results: dict, metric: str, class_names=None) -> dict:
-    """(condition[, class]) -> paired change vs real with Holm-adjusted p and a verdict."""
-    keys = [
-        (condition, cls)
-        for condition in results
-        if condition != plan_lib.REAL
-        for cls in (class_names or [None])
-    ]
-
-    def values(condition, cls):
-        name = f"{cls}/{metric}" if cls else metric
-        return [seed["metrics"][name] for seed in results[condition]]
-
-    changes = [paired_change(values(c, k), values(plan_lib.REAL, k)) for c, k in keys]
-    tested = [i for i, ch in enumerate(changes) if not math.isnan(ch["p"])]
-    adjusted = np.full(len(changes), np.nan)
-    adjusted[tested] = holm([changes[i]["p"] for i in tested])
-    return {
-        key: {
-            **change,
-            "p_holm": float(p),
-            "comparisons": len(tested),
-            "verdict": verdict(change, p),
-        }
-        for key, change, p in zip(keys, changes, adjusted, strict=True)
-    }
-
-
 def per_class_f1_plot(results: dict, class_names: list[str], path: pathlib.Path) -> None:
     """Grouped bars: each condition's mean test F1 per class, with the seeds' std."""
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(class_names)), 3.5))
@@ -511,8 +440,8 @@ def write_point_report(
     real_run = next(r for r in plan if r.base_name.startswith(f"classifiers/{plan_lib.REAL}/"))
     class_names = config_lib.class_names(config_lib.load_workdir_config(root / real_run.name))
     primary = study.report.primary_metric
-    changes = {metric: compare(results, metric) for metric in METRICS.values()}
-    class_changes = compare(results, "f1", class_names)
+    changes = {metric: stats.compare(results, metric, plan_lib.REAL) for metric in METRICS.values()}
+    class_changes = stats.compare(results, "f1", plan_lib.REAL, class_names)
     seeds = len(results[plan_lib.REAL])
     per_class_f1_plot(results, class_names, out / "report" / "per_class_f1.png")
     realism = collect_realism(plan, root)
@@ -552,7 +481,8 @@ def write_point_report(
         f"## Change from real-only ({primary})",
         "",
         f"Paired over seeds: mean difference, 95% interval (scipy's paired t-test), and p with "
-        f"Holm's correction over the {len(changes[primary])} conditions compared (alpha {ALPHA}).",
+        f"Holm's correction over the {len(changes[primary])} conditions compared "
+        f"(alpha {stats.ALPHA}).",
         "",
         "| condition | change | 95% interval | p (Holm) | verdict |",
         "|---|---|---|---|---|",
@@ -580,7 +510,7 @@ def write_point_report(
         "",
         "Mean test F1 per class; the change from real-only in brackets, marked * where Holm's "
         f"correction over all {len(class_changes)} condition x class comparisons leaves p < "
-        f"{ALPHA}.",
+        f"{stats.ALPHA}.",
         "",
         "| training data | " + " | ".join(class_names) + " |",
         "|---" * (len(class_names) + 1) + "|",
@@ -591,7 +521,7 @@ def write_point_report(
             cell = f"{np.mean([r['metrics'][f'{cls}/f1'] for r in runs]):.3f}"
             if condition != plan_lib.REAL:
                 change = class_changes[(condition, cls)]
-                star = "*" if change["p_holm"] < ALPHA else ""
+                star = "*" if change["p_holm"] < stats.ALPHA else ""
                 cell += f" ({_signed(change['mean'])}{star})"
             cells.append(cell)
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")

@@ -1,0 +1,80 @@
+"""The study's statistics: a condition's paired change from the reference over seeds (mean,
+scipy's paired t-test and its 95% interval), Holm's correction over the conditions compared, and
+a plain verdict."""
+
+import math
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the input order."""
+    p = np.asarray(p_values, np.float64)
+    order = np.argsort(p)
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_change(condition: list[float], real: list[float]) -> dict:
+    """Mean of condition - real over paired seeds, scipy's paired t-test p and 95% interval
+    (nan with fewer than two seeds)."""
+    a, b = np.asarray(condition, np.float64), np.asarray(real, np.float64)
+    diff = a - b
+    if len(diff) < 2:
+        nan = float("nan")
+        return {"mean": float(diff.mean()), "low": nan, "high": nan, "p": nan, "n": len(diff)}
+    result = stats.ttest_rel(a, b)
+    interval = result.confidence_interval(1 - ALPHA)
+    return {
+        "mean": float(diff.mean()),
+        "low": float(interval.low),
+        "high": float(interval.high),
+        "p": float(result.pvalue),
+        "n": len(diff),
+    }
+
+
+def verdict(change: dict, p_holm: float) -> str:
+    """helped / hurt where Holm's p is under ALPHA, else no measurable effect."""
+    if math.isnan(p_holm):
+        return "not testable (fewer than two seeds, or no variation between them)"
+    if p_holm < ALPHA:
+        return "helped" if change["mean"] > 0 else "hurt"
+    return "no measurable effect"
+
+
+def compare(results: dict, metric: str, reference: str, class_names=None) -> dict:
+    """(condition[, class]) -> the paired change from `reference` (per seed: {"metrics": {...}}),
+    with Holm-adjusted p over the conditions (x classes) compared, and a verdict."""
+    keys = [
+        (condition, cls)
+        for condition in results
+        if condition != reference
+        for cls in (class_names or [None])
+    ]
+
+    def values(condition, cls):
+        name = f"{cls}/{metric}" if cls else metric
+        return [seed["metrics"][name] for seed in results[condition]]
+
+    changes = [paired_change(values(c, k), values(reference, k)) for c, k in keys]
+    tested = [i for i, ch in enumerate(changes) if not math.isnan(ch["p"])]
+    adjusted = np.full(len(changes), np.nan)
+    adjusted[tested] = holm([changes[i]["p"] for i in tested])
+    return {
+        key: {
+            **change,
+            "p_holm": float(p),
+            "comparisons": len(tested),
+            "verdict": verdict(change, p),
+        }
+        for key, change, p in zip(keys, changes, adjusted, strict=True)
+    }

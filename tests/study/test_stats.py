@@ -1,0 +1,26 @@
+"""The study's statistics against closed forms: Holm's adjusted p-values by hand, and the paired
+interval as the t interval of the differences."""
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from ham_synth.study import stats as study_stats
+
+
+def test_holm_matches_hand_values():
+    adjusted = study_stats.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(study_stats.holm([0.5, 0.9]), [1.0, 1.0])
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences():
+    a, b = [0.71, 0.74, 0.69, 0.75], [0.70, 0.70, 0.66, 0.70]
+    change = study_stats.paired_change(a, b)
+    d = np.subtract(a, b)
+    half = scipy_stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert change["mean"] == pytest.approx(d.mean())
+    assert (change["low"], change["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    assert change["p"] == pytest.approx(2 * scipy_stats.t.sf(abs(t), len(d) - 1))
+    assert np.isnan(study_stats.paired_change([0.7], [0.6])["p"])

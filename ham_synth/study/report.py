@@ -17,7 +17,15 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ham_synth import config_lib, environment, fileio, grids, memorization, metric_writer
+from ham_synth import (
+    config_lib,
+    environment,
+    evaluators,
+    fileio,
+    grids,
+    memorization,
+    metric_writer,
+)
 from ham_synth.data import imaging
 from ham_synth.evaluators import classification, recognition
 from ham_synth.study import plan as plan_lib
@@ -39,19 +47,43 @@ METRICS = {
 SET_GRID_COLUMNS = 8  # Images per class in the report's grid of each synthetic set.
 
 
-def test_metrics(workdir: pathlib.Path, split: str = "test") -> dict:
+def final_evaluator(workdir: pathlib.Path, kind: str) -> str | None:
+    """The name of a classifier run's `kind` evaluator that runs once at the end on the best
+    checkpoint (vit.py's `test` and `attention`), from the run's config.json; None if it has
+    none."""
+    config = config_lib.load_workdir_config(workdir)
+    names = [
+        name
+        for name, entry in config.evals.items()
+        if entry.type == kind and entry.every_steps == 0 and entry.get("checkpoint") == "best"
+    ]
+    if len(names) > 1:
+        raise ValueError(
+            f"{workdir}: the report reads one {kind!r} evaluator run at the end on the best "
+            f"checkpoint (every_steps=0, checkpoint='best'); the run's config has {names}."
+        )
+    return names[0] if names else None
+
+
+def test_metrics(workdir: pathlib.Path) -> dict:
     """{"file", "step", "checkpoint_step", "metrics": {name: value}} from the last row of a
-    classifier run's metrics.jsonl that holds its `split` evaluator's results."""
-    rows = [r for r in metric_writer.read_metrics(workdir) if f"{split}/accuracy" in r]
+    classifier run's metrics.jsonl that holds its final classification evaluator's results."""
+    name = final_evaluator(workdir, "classification")
+    if name is None:
+        raise ValueError(
+            f"{workdir}'s config has no classification evaluator run at the end on the best "
+            "checkpoint (as vit.py's evals.test); the report has no test metrics to read."
+        )
+    rows = [r for r in metric_writer.read_metrics(workdir) if f"{name}/accuracy" in r]
     if not rows:
         raise FileNotFoundError(
-            f"{workdir / metric_writer.METRICS_FILE} has no {split}/* row: did the run finish "
+            f"{workdir / metric_writer.METRICS_FILE} has no {name}/* row: did the run finish "
             "its final evaluation?"
         )
     row = rows[-1]
-    prefix = f"{split}/"
-    checkpoint_step = row.get(f"{split}/checkpoint_step", row["step"])
-    evals_json = workdir / "evals" / split / f"step_{int(checkpoint_step):07d}.json"
+    prefix = f"{name}/"
+    checkpoint_step = row.get(f"{name}/checkpoint_step", row["step"])
+    evals_json = workdir / evaluators.EVALS_DIR / name / f"step_{int(checkpoint_step):07d}.json"
     subgroups = None
     if evals_json.exists():
         subgroups = json.loads(evals_json.read_text()).get("subgroups")
@@ -63,7 +95,7 @@ def test_metrics(workdir: pathlib.Path, split: str = "test") -> dict:
         "metrics": {
             k[len(prefix) :]: v
             for k, v in row.items()
-            if k.startswith(prefix) and k != f"{split}/checkpoint_step"
+            if k.startswith(prefix) and k != f"{name}/checkpoint_step"
         },
     }
 
@@ -220,7 +252,9 @@ def images_section(plan, root: pathlib.Path, out: pathlib.Path, results: dict, p
                 )
     shown = [plan_lib.REAL] + [c for c in [best_condition(results, primary)] if c]
     seed_0 = {c: pathlib.Path(results[c][0]["file"]).parent for c in shown}
-    maps = {c: {name: _latest_png(seed_0[c] / "evals" / "attention", f"{name}_")
+    attention = {c: final_evaluator(seed_0[c], "attention") for c in shown}
+    maps = {c: {name: attention[c] and _latest_png(seed_0[c] / evaluators.EVALS_DIR
+                                                  / attention[c], f"{name}_")
                 for name in class_names} for c in shown}  # fmt: skip
     if any(path for by_class in maps.values() for path in by_class.values()):
         lines += [

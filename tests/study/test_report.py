@@ -188,3 +188,17 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
             sizes[split] = record["num_examples"]
         real_sizes = real_sizes or sizes
         assert sizes == real_sizes == {"val": 126, "test": 126}
+
+
+def test_the_report_finds_the_final_evaluators_by_type_in_the_run_config(tmp_path):
+    fields = json.loads(config_lib.load_config("configs/vit.py:smoke").to_json_best_effort())
+    evals = fields["evals"]
+    evals["held_out"] = dict(evals["test"])  # A second final classification evaluator.
+    del evals["attention"]
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    assert report.final_evaluator(tmp_path, "attention") is None
+    with pytest.raises(ValueError, match=r"one 'classification' evaluator.*\['held_out', 'test'\]"):
+        report.final_evaluator(tmp_path, "classification")
+    del evals["test"]
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    assert report.final_evaluator(tmp_path, "classification") == "held_out"

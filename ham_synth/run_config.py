@@ -28,9 +28,9 @@ RESUMABLE_FIELDS = (
     "train.num_devices",
     "data.read_threads",
     "evals",
-    # Read at step 0 only (workdir.py): a resume never re-applies them.
+    # Read at step 0 only (workdir.py): a resume never re-applies it; a family's own such fields
+    # are its Task's init_fields.
     "init_from",
-    "model.init_from_npz",
 )
 
 
@@ -59,19 +59,24 @@ def changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> d
 RESUMABLE_OPTIM_FIELDS = ("schedule_steps",)
 
 
-def is_resumable(field: str) -> bool:
+def is_resumable(field: str, family_fields: tuple[str, ...] = ()) -> bool:
+    """Whether a resume may change `field`: RESUMABLE_FIELDS, any optimizer group's
+    RESUMABLE_OPTIM_FIELDS, and the family's own (its Task's init_fields)."""
     if field.startswith("optim.") and field.rsplit(".", 1)[-1] in RESUMABLE_OPTIM_FIELDS:
         return True
-    return any(field == f or field.startswith(f + ".") for f in RESUMABLE_FIELDS)
+    return any(field == f or field.startswith(f + ".") for f in RESUMABLE_FIELDS + family_fields)
 
 
 def check_resume(
-    workdir: pathlib.Path, config: ml_collections.ConfigDict, allow_change: bool = False
+    workdir: pathlib.Path,
+    config: ml_collections.ConfigDict,
+    allow_change: bool = False,
+    family_fields: tuple[str, ...] = (),
 ) -> dict[str, list]:
     """The changes from the config `workdir` last ran with; raises ConfigChangedError naming
-    those a resume may not make, unless `allow_change`."""
+    those a resume may not make (is_resumable), unless `allow_change`."""
     changed = changes(config_lib.load_workdir_config(workdir), config)
-    refused = {k: v for k, v in changed.items() if not is_resumable(k)}
+    refused = {k: v for k, v in changed.items() if not is_resumable(k, family_fields)}
     if refused and not allow_change:
         named = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
         raise ConfigChangedError(
@@ -79,7 +84,7 @@ def check_resume(
             f"not: {named}. Rerun with the config in {workdir / CONFIG_FILE}, train in a new "
             "--workdir, or pass --allow_config_change to resume with the change anyway "
             f"(recorded in {HISTORY_FILE}). A resume may change "
-            f"{', '.join(RESUMABLE_FIELDS)} and optim schedule_steps."
+            f"{', '.join(RESUMABLE_FIELDS + family_fields)} and optim schedule_steps."
         )
     return changed
 

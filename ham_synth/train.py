@@ -221,7 +221,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path, allow_config_change: bool
     resuming_from = ckpt.latest_step()
     changed = {}
     if resuming_from is not None:
-        changed = run_config.check_resume(workdir, config, allow_config_change)
+        changed = run_config.check_resume(
+            workdir, config, allow_config_change, built.task.init_fields
+        )
     if jax.process_index() == 0:
         run_config.record(workdir, config, resuming_from, changed)
         environment.write(workdir)

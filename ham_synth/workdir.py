@@ -28,8 +28,6 @@ from ham_synth.data import pipeline
 from ham_synth.tasks import base
 
 STEP_CHOICES = ("latest", "best")
-# Model fields that name external weights (precedence 3 above).
-EXTERNAL_WEIGHT_FIELDS = ("init_from_npz",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +80,17 @@ def initial_state(built: Built, rng: jax.Array, mesh) -> state_lib.TrainState:
     """Step 0: random init, then `config.init_from` (precedence 2) or external weights
     (precedence 3) when set."""
     config = built.config
-    external = [f"model.{f}" for f in EXTERNAL_WEIGHT_FIELDS if config.model.get(f)]
-    if config.init_from and external:
+    if config.init_from and built.task.load_external is not None:
         raise ValueError(
-            f"init_from={config.init_from!r} and {external[0]} both name initial weights; keep one."
+            f"init_from={config.init_from!r} and the external weights the {config.task!r} "
+            f"family reads ({', '.join(built.task.init_fields)}) both name initial weights; "
+            "keep one."
         )
     init = jax.jit(built.task.init, out_shardings=parallel.replicated(mesh))
     state = init(rng, example_batch(config))
     if config.init_from:
         state = warm_start(state, config.init_from, mesh)
-    elif external:
-        if built.task.load_external is None:
-            raise ValueError(f"{external[0]} is set, but the {config.task!r} family reads no "
-                             "external weights; clear it.")  # fmt: skip
+    elif built.task.load_external is not None:
         state = jax.device_put(built.task.load_external(state), parallel.replicated(mesh))
     return state
 

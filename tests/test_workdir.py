@@ -10,7 +10,7 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from ham_synth import config_lib, evaluators, grids, parallel, train, workdir
+from ham_synth import config_lib, evaluators, grids, parallel, run_config, tasks, train, workdir
 from ham_synth.data import sources
 
 
@@ -114,11 +114,22 @@ def test_init_from_a_different_architecture_names_the_parameter(tmp_path):
 
 
 def test_init_from_and_external_weights_together_are_refused(tmp_path):
-    config = load_config("vae.py:smoke", **{"init_from": str(tmp_path)})
-    config.unlock()
-    config.model.init_from_npz = "augreg.npz"
-    with pytest.raises(ValueError, match="both name initial weights; keep one"):
-        train.train_and_evaluate(config, tmp_path / "w")
+    overrides = {"init_from": str(tmp_path), "model.init_from_npz": "augreg.npz"}
+    with pytest.raises(
+        ValueError, match=r"reads \(model.init_from_npz\) both name initial weights; keep one"
+    ):
+        train.train_and_evaluate(load_config("vit.py:smoke", **overrides), tmp_path / "w")
+
+
+def test_a_resume_may_change_the_familys_step_0_fields_and_no_others():
+    config = load_config("vit.py:smoke", **{"data.num_classes": 7})
+    init_fields = tasks.get_task("classify")(config).init_fields
+    assert init_fields == ("model.init_from_npz",)
+    assert run_config.is_resumable("model.init_from_npz", init_fields)
+    assert not run_config.is_resumable("model.init_from_npz")  # A field of no other family.
+    assert not run_config.is_resumable("model.width", init_fields)
+    assert run_config.is_resumable("optim.gen.schedule_steps")
+    assert run_config.is_resumable("evals.x")
 
 
 def test_fixed_splits_refuse_fractions():

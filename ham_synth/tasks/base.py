@@ -49,8 +49,13 @@ class Task:
     # value retraces that one function and never rebuilds the task.
     predict_fns: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
     # Step-0 state -> the same with external pretrained weights (a model field names them, e.g.
-    # the ViT's model.init_from_npz); None: the family reads none. workdir.initial_state calls it.
+    # the ViT's model.init_from_npz); None when this run's config names none.
+    # workdir.initial_state calls it, and refuses it beside init_from.
     load_external: Callable[[state_lib.TrainState], state_lib.TrainState] | None = None
+    # Config fields the family reads only when it makes the step-0 state (e.g. the ViT's
+    # model.init_from_npz, which load_external reads): a resume never re-applies them, so it may
+    # change them (run_config.check_resume).
+    init_fields: tuple[str, ...] = ()
 
 
 def num_classes(config) -> int:

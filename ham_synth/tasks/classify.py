@@ -228,6 +228,7 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         train_step=base.make_simple_step(loss_fn, optimizer, config.train.grad_accum_steps),
         predict_fns={base.PREDICT: predict, base.ATTENTION: attention, base.FEATURES: features},
         load_external=make_load_external(config.model.init_from_npz),
+        init_fields=("model.init_from_npz",),
     )
 
 

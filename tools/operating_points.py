@@ -27,11 +27,6 @@ _TAUS = flags.DEFINE_list("taus", "-1,-0.75,-0.5,-0.25,0,0.25,0.5,0.75,1", "The 
 _SPLITS = flags.DEFINE_list("splits", "val,test", "Splits to score.")
 
 
-def adjusted_predictions(log_probs: np.ndarray, log_prior: np.ndarray, tau: float) -> np.ndarray:
-    """int[N]: argmax over classes of log_probs[N, K] - tau * log_prior[K]."""
-    return np.argmax(log_probs - tau * log_prior, axis=1)
-
-
 def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     """Accuracy and balanced accuracy (mean recall over the classes present in `labels`)."""
     return {
@@ -67,7 +62,7 @@ def main(argv) -> None:
     for tau in map(float, _TAUS.value):
         row = {"tau": tau}
         for split, (log_probs, labels) in splits.items():
-            predicted = adjusted_predictions(log_probs, log_prior, tau)
+            predicted = classification.adjusted_predictions(log_probs, log_prior, tau)
             row |= {f"{split}/{k}": v for k, v in scores(labels, predicted).items()}
         rows.append(row)
     header = ["tau"] + [f"{s}/{k}" for s in splits for k in ("balanced_accuracy", "accuracy")]

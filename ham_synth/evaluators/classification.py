@@ -70,6 +70,12 @@ def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(np.mean(recalls))
 
 
+def adjusted_predictions(log_probs: np.ndarray, log_prior: np.ndarray, tau: float) -> np.ndarray:
+    """int[N]: argmax over classes of log_probs[N, K] - tau * log_prior[K] (post-hoc logit
+    adjustment, Menon et al. 2021: tau > 0 favours the classes the prior makes rare)."""
+    return np.argmax(log_probs - tau * log_prior, axis=1)
+
+
 def classification_metrics(
     labels: np.ndarray, probs: np.ndarray, class_names: list[str], calibration_bins: int = 15
 ) -> tuple[dict[str, float], dict]:

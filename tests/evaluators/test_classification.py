@@ -66,6 +66,27 @@ def test_roc_auc_is_one_when_the_true_class_always_ranks_first_and_nan_for_one_c
     assert details["absent_classes"] == ["a", "c", "d"]
 
 
+def test_logit_adjustment_at_tau_zero_or_equal_shares_is_the_argmax():
+    log_probs = np.log(np.random.default_rng(0).dirichlet(np.ones(5), size=200))
+    skewed = np.log([0.6, 0.1, 0.1, 0.1, 0.1])
+    np.testing.assert_array_equal(
+        classification.adjusted_predictions(log_probs, skewed, 0.0), log_probs.argmax(1)
+    )
+    for tau in (-1.0, 0.5, 2.0):
+        np.testing.assert_array_equal(
+            classification.adjusted_predictions(log_probs, np.log(np.full(5, 0.2)), tau),
+            log_probs.argmax(1),
+        )
+
+
+def test_logit_adjustment_moves_a_two_class_threshold_by_the_prior_ratio():
+    # p(rare) = q; with shares (0.9, 0.1) and tau 1, rare wins when q / (1 - q) > 0.1 / 0.9.
+    q = np.linspace(0.005, 0.995, 100)  # Never on the threshold itself.
+    log_probs = np.log(np.stack([1 - q, q], axis=1))
+    predicted = classification.adjusted_predictions(log_probs, np.log([0.9, 0.1]), 1.0)
+    np.testing.assert_array_equal(predicted, (q > 0.1).astype(int))
+
+
 def test_vit_run_writes_metrics_plots_and_tests_the_best_checkpoint(vit_run):
     tmp_path = vit_run
     rows = metric_writer.read_metrics(tmp_path)

@@ -4,23 +4,17 @@
 
 quickstart: imbalanced digits at 16x16 (train at HAM10000's class shares, 217 images, 2 of df;
   balanced val and test, 18 per class); a 4-block ViT with 4x4 patches, 64 wide; class-balanced
-  draws, rotate + zoom, mixup 0.2, no EMA; 3,000 steps of 64. Measured: 2.4-4 min on 2 CPU cores;
-  test (best checkpoint, step 1,500) balanced accuracy 0.929, macro F1 0.930, against 0.881 /
-  0.880 for tools/baseline_logreg.py (a class-balanced logistic regression on the same pixels,
-  which digits suit well). At 600 steps: 0.802 (docs/results.md).
+  draws, rotate + zoom, mixup 0.2, no EMA; 3,000 steps of 64: 2.4-4 min on 2 CPU cores. Test
+  balanced accuracy 0.929 against 0.881 for tools/baseline_logreg.py (docs/results.md).
 smoke: 8x8, 2 tiny blocks, a few steps, for tests (seconds).
 derma28: DermaMNIST at 28x28 (--config.data.path=dermamnist.npz); a 6-block ViT, 128 wide, from
   scratch, with a conv stem down to 7x7 tokens; class draws at balance_alpha 0.5, flips, any-angle
   rotation, zoom and colour jitter; lr 1e-3; val and test average the softmax over the 8 flips
-  and rotations (TTA d4); 2,500 steps of 128. Measured on ../shared's dermamnist_dev (a 6,007 /
-  1,003 / 1,000 split of DermaMNIST's train and val; not DermaMNIST's test), alone on 2 CPU
-  cores: 27 min; val balanced accuracy 0.564 at its best step (1,000); test 0.499, accuracy
-  0.693, macro F1 0.458, against 0.409 / 0.552 / 0.353 for tools/baseline_logreg.py. Short of
-  #24's 0.60 / 0.75: val stops rising after 1,000 steps (docs/results.md has the levers).
-derma28_study: derma28 at 800 steps (warmup 100), within 10 minutes: the classifier of
-  study.py:derma28, which trains 9-15 of them. Measured alone on 2 CPU cores: 9.8 min; val 0.533
-  (step 400); test balanced accuracy 0.426, accuracy 0.690, macro F1 0.406 (df recall 0). Short
-  of #24's 0.55.
+  and rotations (TTA d4); 2,500 steps of 128: 27 min alone on 2 CPU cores. On ../shared's
+  dermamnist_dev, test balanced accuracy 0.499 (docs/results.md: the levers measured, and why
+  #24's 0.60 / 0.75 is not met).
+derma28_study: derma28 at 800 steps (warmup 100), within 10 minutes (9.8 min alone on 2 CPU
+  cores): the classifier of study.py:derma28, which trains 9-15 of them.
 ham64: HAM10000 prepared at 64 (--config.data.data_dir=D), from scratch; 8x8 patches, 192 wide,
   6 blocks; 20,000 steps of 128. Not run here (no HAM10000): a step takes 1.29 s on 2 CPU cores
   (tools/benchmark.py --cases=config, 145 GFLOP), so about 7 h; an estimate for one H200 from

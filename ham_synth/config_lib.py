@@ -310,13 +310,14 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
     return config
 
 
-def _flat_keys(fields: dict, prefix: str = "") -> set[str]:
-    """{"train.total_steps", ...}: the dotted name of every leaf field; an empty block has none."""
-    keys = set()
+def flat_fields(fields: dict, prefix: str = "") -> dict[str, object]:
+    """{"train.total_steps": 600, ...}: every leaf field of nested dicts by its dotted name; an
+    empty block has none."""
+    flat = {}
     for key, value in fields.items():
         name = f"{prefix}{key}"
-        keys |= _flat_keys(value, name + ".") if isinstance(value, dict) else {name}
-    return keys
+        flat |= flat_fields(value, name + ".") if isinstance(value, dict) else {name: value}
+    return flat
 
 
 def missing_shared_fields(fields: dict) -> list[str]:
@@ -324,7 +325,7 @@ def missing_shared_fields(fields: dict) -> list[str]:
     family with several networks nests them) that a config.json's `fields` lack."""
     shared = json.loads(get_base_config().to_json_best_effort())
     shared.pop("optim")
-    return sorted(_flat_keys(shared) - _flat_keys(fields))
+    return sorted(flat_fields(shared).keys() - flat_fields(fields).keys())
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:

@@ -11,7 +11,6 @@ import json
 import pathlib
 
 import ml_collections
-from flax import traverse_util
 
 from ham_synth import config_lib, fileio
 
@@ -40,8 +39,7 @@ class ConfigChangedError(ValueError):
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, object]:
     """{"train.total_steps": 600, ...}, values as config.json holds them."""
-    fields = json.loads(config.to_json_best_effort())
-    return traverse_util.flatten_dict(fields, sep=".")
+    return config_lib.flat_fields(json.loads(config.to_json_best_effort()))
 
 
 def changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> dict[str, list]:

@@ -19,6 +19,7 @@ from absl import app, flags
 from ham_synth import config_lib, fileio, parallel, xla_cpu
 from ham_synth import workdir as workdir_lib
 from ham_synth.evaluators import classification
+from ham_synth.tasks import classify
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A classifier run.", required=True)
 _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
@@ -37,9 +38,9 @@ def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
 
 def log_class_shares(config) -> np.ndarray:
     """float[K]: log of the training split's class shares, from data.class_counts."""
-    if not config.data.class_counts:
-        raise ValueError("The run's config.json has no data.class_counts; train it again.")
-    counts = np.asarray([float(c) for c in str(config.data.class_counts).split(",")])
+    counts = classify.recorded_numbers(
+        config.data.class_counts, "data.class_counts", "tools/operating_points.py"
+    )
     return np.log(counts / counts.sum())
 
 

@@ -254,17 +254,10 @@ def make_train_dataset(
     source = sources.get_source(config.data)
     check_augment_size(config.data)
     labels = source_labels(source)
-    # .get keeps configs saved before these fields existed loadable.
     balance_alpha = config.data.balance_alpha
-    mix = None
-    if "synthetic" in config.data:  # Configs saved before data.synthetic existed have none.
-        mix = synthetic.make_mix(
-            config.data.synthetic,
-            source.class_names,
-            labels,
-            config.data.image_size,
-            balance_alpha,
-        )
+    mix = synthetic.make_mix(
+        config.data.synthetic, source.class_names, labels, config.data.image_size, balance_alpha
+    )
     if mix is not None:
         logging.info(
             "data.synthetic (%s): %d synthetic images %s take %.1f%% of the training stream.",

@@ -7,21 +7,23 @@ each set (and on synthetic only) over several seeds, and writes W/report.md.
 
 quickstart: imbalanced embedded digits at 16² (HAM10000's class shares in train; balanced val
   and test); the VAE, GAN (with DiffAugment + R1) and DDPM quickstart recipes at a few hundred
-  steps, drawing classes balanced; each set tops the six minority classes up to the largest; the
-  ViT quickstart at 600 steps over 3 seeds. 31 runs in 11.3 min on 2 CPU cores. No condition
-  changes test balanced accuracy measurably from real-only (docs/results.md). It demonstrates
-  the machinery, not a scientific result.
+  steps, drawing classes balanced; 150 images of each of the six minority classes, a quarter of
+  each such class's draws synthetic (policy ratio: every class keeps the real-only runs' share);
+  the ViT quickstart at 600 steps over 3 seeds. It demonstrates the machinery, not a scientific
+  result; its figures are in docs/results.md.
 smoke: 8x8, every family's smoke config, 2 seeds, for tests.
 derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), every family at its derma28
-  recipe; each minority class topped up to 1,000 images, 500 of every class for the DDPM-only
-  condition; the classifier is vit.py:derma28_study (9.8 min a run on 2 CPU cores, 15 runs). At full
-  length it is many CPU hours; lower the step counts through flags, e.g.
+  recipe; 1,000 images of each minority class, a quarter of each one's draws synthetic, and at
+  least 500 of every class for the DDPM-only condition; the classifier is vit.py:derma28_study
+  (9.8 min a run on 2 CPU cores, 15 runs). At full length it is many CPU hours; lower the step
+  counts through flags, e.g.
   `--config.classifier.overrides.train.total_steps=N` with `...overrides.optim.warmup_steps=M`.
   A lowered run on dermamnist_dev (generators at 800-1,500 steps, the ViT at 1,000), its times
   and its result are in docs/results.md.
 ham64: HAM10000 prepared at 64 (`--config.data.data_dir=D`), for GPUs: every family at its ham64
-  recipe, each minority class topped up to the largest (nv), 1,000 of every class for the
-  DDPM-only condition, the ViT over 5 seeds; `--config.study.parallel_runs=8` on an 8-GPU host.
+  recipe, 2,000 images of each minority class at the same ratio, at least 1,000 of every class
+  for the DDPM-only condition, the ViT over 5 seeds; `--config.study.parallel_runs=8` on an
+  8-GPU host.
   GPU hours, estimated from step times measured on one H200 (docs/benchmarks.md) and labelled as
   estimates: the DDPM's 500k steps at 46 ms (bfloat16; 69 ms float32) are 6.4 h (9.6 h); the
   GAN's 100k steps about 0.2 h (its step costs a tenth of the DDPM's on CPU); the VAE's 50k steps
@@ -63,7 +65,9 @@ def get_config(arg: str | None = None):
     config.data = dict(name="digits", image_size=16, imbalance=True, path="", data_dir="",
                        train_fraction=1.0, split_by="lesion")  # fmt: skip
     # Each generator: its config file and variant, and overrides of that config's fields (nested
-    # as in the config), and sampler flags for its `sample` run (e.g. steps=20).
+    # as in the config), and sampler flags for its `sample` run (e.g. steps=20), which a sweep can
+    # name: generators.ddpm.sample.guidance (classifier-free w; the recipes' 2.0),
+    # generators.gan.sample.truncation (0: none).
     config.generators = dict(
         vae=dict(config="configs/vae.py:quickstart", overrides=dict(train=dict(total_steps=800)),
                  sample={}),
@@ -72,19 +76,23 @@ def get_config(arg: str | None = None):
         gan=dict(config="configs/gan.py:quickstart",
                  overrides=dict(train=dict(total_steps=600),
                                 gan=dict(augment="translation,cutout,color", r1_gamma=0.1)),
-                 sample={}),
+                 sample=dict(truncation=0.0)),
         ddpm=dict(config="configs/ddpm.py:quickstart", overrides=dict(train=dict(total_steps=600)),
-                  sample=dict(steps=20)),
+                  sample=dict(steps=20, guidance=2.0)),
     )  # fmt: skip
     # How many synthetic images to make and how the classifier mixes them in (its
     # data.synthetic): the one place these are set.
     config.synthetic = dict(
         classes="",  # Comma-separated classes to generate; empty: all but the largest real one.
-        # balance: top each class up to per_class (0: the largest real class) | add: per_class of
-        # each generated class | ratio: that share of each batch (per_class sampled per class).
-        policy="balance",
-        per_class=0,
-        ratio=0.0,
+        # ratio: that share of each generated class's draws is synthetic, every class keeping its
+        # real-only share (per_class images sampled per class) | balance: top each class up to
+        # per_class (0: the largest real class) | add: per_class of each generated class. balance
+        # and add mix by image count with uniform real draws, so the study adds a real-only
+        # control drawn that way (real:uniform) and compares them with it.
+        policy="ratio",
+        per_class=150,
+        ratio=0.25,
+        loss_weight=1.0,  # A synthetic image's loss weight relative to a real one's.
         tstr_per_class=50,  # Images of every class for the synthetic-only condition.
     )
     # The classifier: config file and variant, and overrides (nested as in the config).
@@ -122,7 +130,7 @@ def get_config(arg: str | None = None):
         for name in config.generators:
             config.generators[name].config = f"configs/{name}.py:smoke"
             config.generators[name].overrides = {}
-        config.generators.ddpm.sample = dict(steps=3)
+        config.generators.ddpm.sample.steps = 3
         config.synthetic.per_class = 30
         config.synthetic.tstr_per_class = 10
         config.classifier.config = "configs/vit.py:smoke"
@@ -137,7 +145,6 @@ def get_config(arg: str | None = None):
     if arg.ham64:
         use_recipes(config, "ham64", data=dict(name="ham10000", image_size=64),
                     generator_steps=dict(vae=50_000, gan=100_000, ddpm=500_000),
-                    per_class=0,  # 0: up to the largest class.
-                    tstr_per_class=1000)  # fmt: skip
+                    per_class=2000, tstr_per_class=1000)  # fmt: skip
         config.seeds = 5
     return config

@@ -151,6 +151,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # data.balance_alpha, mixed with any data.synthetic images), comma-separated in label order;
     # recorded by the trainer (logit adjustment uses it as the training prior).
     config.data.class_shares = ""
+    # The share of each class's draws that are synthetic images (data.synthetic), in label order;
+    # recorded by the trainer beside class_shares (the study's training-stream table).
+    config.data.synthetic_shares = ""
     # Keep only these classes (comma-separated names, as in data.class_names), any source; labels
     # become 0..k-1 in this order and the names are kept. One class trains unconditionally.
     config.data.classes = ""
@@ -189,11 +192,16 @@ def get_base_config() -> ml_collections.ConfigDict:
             # Comma-separated `ham-synth sample` output folders (their manifest.csv); empty: off.
             "dirs": "",
             # add (all, or per_class of each class) | balance (top each class up to per_class; 0:
-            # to the largest real class) | ratio (that share of each batch, in expectation) |
-            # only (synthetic alone: train on synthetic, test on real).
+            # to the largest real class) | ratio (that share of the draws of each class the set
+            # holds; every class keeps the real-only stream's share) | only (synthetic alone:
+            # train on synthetic, test on real). add and balance mix by image count, so they
+            # need data.balance_alpha=0.
             "policy": "add",
             "per_class": 0,
-            "ratio": 0.0,  # The ratio policy's synthetic share of the stream, in (0, 1).
+            "ratio": 0.0,  # The ratio policy's synthetic share of each such class, in (0, 1).
+            # The loss weight of a synthetic image relative to a real one (1: the same; 0: seen
+            # but not learned from). The classifier's weighted mean renormalises over the batch.
+            "loss_weight": 1.0,
             # Comma-separated classes to take synthetic images of; empty: every class the
             # folders hold.
             "classes": "",

@@ -50,6 +50,26 @@ def load_config(spec: str, **overrides):
     return config
 
 
+def first_train_step(config):
+    """(logits of the first batch at init, the batch, train/loss of the first step, the built
+    config) of a one-device classifier run."""
+    import jax
+    import numpy as np
+
+    from ham_synth import parallel, train, workdir
+    from ham_synth import state as state_lib
+    from ham_synth.tasks import base
+
+    mesh = parallel.make_mesh(1)
+    built = workdir.build(config, mesh)
+    state = workdir.initial_state(built, jax.random.key(0), mesh)
+    batch = parallel.to_global_batch(next(iter(built.dataset)), mesh)
+    predict = built.task.predict_fns[base.PREDICT]
+    logits = np.asarray(predict(state_lib.eval_variables(state), batch["image"]))
+    _, metrics = train.make_train_step(built.task, mesh)(state, batch, jax.random.key(1))
+    return logits, batch, float(metrics["train/loss"]), built.config
+
+
 @pytest.fixture
 def repo() -> pathlib.Path:
     return REPO

@@ -132,6 +132,27 @@ def test_each_stream_position_is_synthetic_with_the_mix_weight_whatever_the_seed
     assert [draws[i] for i in (5, 1999, 5)] == [draws[5], draws[1999], draws[5]]
 
 
+@SETTINGS
+@given(rate=st.floats(0.05, 0.95), seed=st.integers(0, 2**31), held=st.sets(st.integers(0, 2)))
+def test_a_within_class_pick_keeps_the_class_and_depends_only_on_its_position(rate, seed, held):
+    real_labels = np.arange(300) % 3
+    fake_labels = np.repeat([0, 1, 2], 10)
+    fake_indices = np.flatnonzero(np.isin(fake_labels, sorted(held)))
+    replace = pipeline.ReplaceWithinClass(real_labels, fake_labels, fake_indices, rate, seed)
+    picks = [replace(position, position) for position in range(300)]
+    for position, (which, index) in enumerate(picks):
+        if which:  # A synthetic record the set holds, of the real draw's class.
+            assert index in fake_indices and fake_labels[index] == real_labels[position]
+        else:  # The real draw itself.
+            assert index == position
+    fake = np.asarray([which for which, _ in picks], bool)
+    assert not fake[~np.isin(real_labels, sorted(held))].any()
+    in_held = fake[np.isin(real_labels, sorted(held))]
+    if len(in_held):
+        assert abs(in_held.mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / len(in_held)) + 1e-9
+    assert [replace(7, 4), replace(299, 2)] == [replace(7, 4), replace(299, 2)]
+
+
 counts = st.lists(st.integers(0, 300), min_size=7, max_size=7).map(np.asarray)
 
 

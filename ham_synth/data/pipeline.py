@@ -47,16 +47,20 @@ def balanced_probabilities(labels: np.ndarray, alpha: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def stream_class_shares(
+def stream_shares(
     labels: np.ndarray, num_classes: int, balance_alpha: float, mix: synthetic.Mix | None
-) -> np.ndarray:
-    """float64[num_classes]: the expected share of each class among the training stream's draws:
-    the real draws' (shuffled epochs, or `balanced_probabilities`) mixed at `mix.weight` with the
-    synthetic images' (shuffled epochs of `mix.counts`)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(float64[num_classes] expected share of each class among the training stream's draws,
+    float64[num_classes] share of each class's draws that are synthetic): the real draws'
+    (shuffled epochs, or `balanced_probabilities`) with `mix`'s synthetic records mixed in."""
     real = np.bincount(labels, balanced_probabilities(labels, balance_alpha), num_classes)
     if mix is None:
-        return real
-    return (1.0 - mix.weight) * real + mix.weight * mix.counts / mix.counts.sum()
+        return real, np.zeros(num_classes)
+    if mix.within_class:  # The real stream's classes, a share of some drawn synthetic.
+        return real, np.where(mix.counts > 0, mix.weight, 0.0)
+    fake = mix.weight * mix.counts / mix.counts.sum()
+    shares = (1.0 - mix.weight) * real + fake
+    return shares, np.divide(fake, shares, out=np.zeros(num_classes), where=shares > 0)
 
 
 class WeightedDraws(grain.transforms.DatasetSelectionMap):
@@ -93,6 +97,49 @@ class MixDraws(grain.transforms.DatasetSelectionMap):
 
     def __getitem__(self, index: int) -> tuple[int, int]:
         return int(np.random.default_rng((self._seed, index)).random() < self._weight), index
+
+
+class ReplaceWithinClass:
+    """(stream position, real record index) -> (0, that index), or with probability `rate` when
+    the set holds the record's class, (1, a synthetic record of that class drawn uniformly), so
+    every class keeps its share of the real stream. Stateless like WeightedDraws."""
+
+    def __init__(self, real_labels, fake_labels, fake_indices, rate: float, seed: int):
+        self._real_labels = real_labels
+        num_classes = max(int(real_labels.max()), int(fake_labels.max())) + 1
+        self._by_class = [fake_indices[fake_labels[fake_indices] == c] for c in range(num_classes)]
+        self._rate = rate
+        self._seed = seed
+
+    def __call__(self, position: int, index: int) -> tuple[int, int]:
+        members = self._by_class[self._real_labels[index]]
+        if not len(members):
+            return 0, index
+        rng = np.random.default_rng((self._seed, position))
+        if rng.random() >= self._rate:
+            return 0, index
+        return 1, int(members[rng.integers(len(members))])
+
+
+class ReadRecord(grain.transforms.Map):
+    """(0, i) -> real record i; (1, j) -> synthetic record j, flagged `synthetic`."""
+
+    def __init__(self, real, fake=None):
+        self._real, self._fake = real, fake
+
+    def map(self, pick: tuple[int, int]) -> dict:
+        which, index = pick
+        if which:
+            return {**self._fake[index], "synthetic": True}
+        return self._real[index]
+
+
+def _real_pick(index: int) -> tuple[int, int]:
+    return 0, index
+
+
+def _fake_pick(index: int) -> tuple[int, int]:
+    return 1, index
 
 
 def model_input_size(data: ml_collections.ConfigDict) -> int:
@@ -159,8 +206,8 @@ def make_dataset(
     `augment`: an op string for `transforms.parse_ops`, applied to the uint8 image.
     `balance_alpha` > 0: draw records with replacement, weight 1 / class_count**alpha with the
     counts of this shard, instead of shuffled epochs.
-    `mix`: synthetic records (this shard of them, in shuffled epochs) take each stream position
-    with probability `mix.weight`; batches then carry `synthetic` True for them.
+    `mix`: this shard's synthetic records mixed in (`mix_synthetic`); batches then carry
+    `synthetic` True for them.
     `read_threads`: threads assembling batches; 0: `default_read_threads()`.
     """
     ops = transforms.parse_ops(augment)  # Fails on a typo before any data is read.
@@ -180,18 +227,23 @@ def make_dataset(
             shard_size,
             batch_size,
         )
-    shard = grain.MapDataset.source(source)[shard_index::shard_count]
+    # Streams of record indices (this process's shard), read after mixing: a synthetic pick
+    # never decodes the real record it replaces.
+    shard = grain.MapDataset.range(len(source))[shard_index::shard_count]
     if balance_alpha:
         labels = source_labels(source)[shard_index::shard_count]
         draws = WeightedDraws(
             balanced_probabilities(labels, balance_alpha),
             derive_seed(seed, shard_index, _BALANCE_STREAM),
         )
-        records = grain.MapDataset.select_from_datasets([shard], draws)
+        real = grain.MapDataset.select_from_datasets([shard], draws)
     else:
-        records = shard.shuffle(seed).repeat()  # Reseeded every epoch by `repeat`.
-    if mix is not None:
-        records = mix_synthetic(records, mix, seed, shard_index, shard_count)
+        real = shard.shuffle(seed).repeat()  # Reseeded every epoch by `repeat`.
+    if mix is None:
+        picks = real.map(_real_pick)
+    else:
+        picks = mix_synthetic(real, source, mix, seed, shard_index, shard_count)
+    records = picks.map(ReadRecord(source, mix and mix.source))
     for position, op in enumerate(ops):
         # grain seeds each record's rng from this seed and the stream position.
         records = records.random_map(
@@ -218,33 +270,47 @@ def default_read_threads() -> int:
 
 
 def mix_synthetic(
-    real: grain.MapDataset, mix: synthetic.Mix, seed: int, shard_index: int, shard_count: int
+    real: grain.MapDataset,
+    source,
+    mix: synthetic.Mix,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
 ) -> grain.MapDataset:
-    """The endless real stream mixed with this shard's synthetic records (flagged)."""
-    shard = grain.MapDataset.source(mix.source)[shard_index::shard_count]
-    if not len(shard):
+    """The endless stream of real record indices -> (0 real | 1 synthetic, record index) picks,
+    with this shard's synthetic records in at `mix.weight`: within the classes they hold
+    (`ReplaceWithinClass`), or at any position (`MixDraws`) from shuffled epochs of them."""
+    indices = np.arange(shard_index, len(mix.source), shard_count)
+    fake_labels = source_labels(mix.source)
+    held = np.bincount(fake_labels[indices], minlength=len(mix.counts))
+    lacking = np.flatnonzero((mix.counts > 0) & (held == 0))
+    if len(lacking):
         raise ValueError(
-            f"{len(mix.source)} synthetic images leave none for process {shard_index} of "
-            f"{shard_count}; sample more."
+            f"{len(mix.source)} synthetic images leave process {shard_index} of {shard_count} "
+            f"none of class(es) {lacking.tolist()}; sample more."
         )
-    fake = (
-        shard.shuffle(derive_seed(seed, shard_index, _SYNTHETIC_STREAM))
-        .repeat()
-        .map(transforms.MarkSynthetic())
-    )
+    mix_seed = derive_seed(seed, shard_index, _MIX_STREAM)
+    if mix.within_class:
+        replace = ReplaceWithinClass(
+            source_labels(source), fake_labels, indices, mix.weight, mix_seed
+        )
+        return real.map_with_index(replace)
+    shard = grain.MapDataset.range(len(mix.source))[shard_index::shard_count]
+    fake = shard.shuffle(derive_seed(seed, shard_index, _SYNTHETIC_STREAM)).repeat()
+    fake = fake.map(_fake_pick)
     if mix.weight == 1.0:
         return fake
-    draws = MixDraws(mix.weight, derive_seed(seed, shard_index, _MIX_STREAM))
-    return grain.MapDataset.select_from_datasets([real, fake], draws)
+    draws = MixDraws(mix.weight, mix_seed)
+    return grain.MapDataset.select_from_datasets([real.map(_real_pick), fake], draws)
 
 
 def make_train_dataset(
     config: ml_collections.ConfigDict,
 ) -> tuple[grain.IterDataset, ml_collections.ConfigDict]:
     """This process's training stream, from config.data and config.train, and `config` with
-    `data.num_classes`, `data.class_names`, `data.class_counts` and `data.class_shares` set from
-    the source (the models are sized by the count; sample grids name their rows; class weights
-    use the counts, logit adjustment the stream's shares)."""
+    `data.num_classes`, `data.class_names`, `data.class_counts`, `data.class_shares` and
+    `data.synthetic_shares` set from the source (the models are sized by the count; sample grids
+    name their rows; class weights use the counts, logit adjustment the stream's shares)."""
     process_count = jax.process_count()
     if config.train.batch_size % process_count:
         raise ValueError(
@@ -258,14 +324,6 @@ def make_train_dataset(
     mix = synthetic.make_mix(
         config.data.synthetic, source.class_names, labels, config.data.image_size, balance_alpha
     )
-    if mix is not None:
-        logging.info(
-            "data.synthetic (%s): %d synthetic images %s take %.1f%% of the training stream.",
-            config.data.synthetic.policy,
-            len(mix.source),
-            dict(zip(source.class_names, mix.counts.tolist(), strict=True)),
-            100 * mix.weight,
-        )
     dataset = make_dataset(
         source,
         batch_size=config.train.batch_size // process_count,
@@ -279,11 +337,22 @@ def make_train_dataset(
     )
     num_classes = len(source.class_names)
     counts = np.bincount(labels, minlength=num_classes)
-    shares = stream_class_shares(labels, num_classes, balance_alpha, mix)
+    shares, synthetic_shares = stream_shares(labels, num_classes, balance_alpha, mix)
+    if mix is not None:
+        logging.info(
+            "data.synthetic (%s): %d synthetic images %s take %.1f%% of the training stream; "
+            "synthetic share per class %s.",
+            config.data.synthetic.policy,
+            len(mix.source),
+            dict(zip(source.class_names, mix.counts.tolist(), strict=True)),
+            100 * float(shares @ synthetic_shares),
+            dict(zip(source.class_names, np.round(synthetic_shares, 3).tolist(), strict=True)),
+        )
     classes = {
         "data.num_classes": num_classes,
         "data.class_names": ",".join(source.class_names),
         "data.class_counts": ",".join(str(int(n)) for n in counts),
         "data.class_shares": ",".join(f"{p:.6g}" for p in shares),
+        "data.synthetic_shares": ",".join(f"{p:.6g}" for p in synthetic_shares),
     }
     return dataset, config_lib.with_values(config, classes)

@@ -3,12 +3,14 @@ through their manifest.csv, matched to the real classes by name, and chosen by a
 
 - add: every synthetic image (or `per_class` of each class) joins the real ones.
 - balance: each class is topped up to `per_class` images (0: to the largest real class).
-- ratio: a `ratio` share of each batch is synthetic, in expectation.
+- ratio: a `ratio` share of the draws of each class the set holds is synthetic; every class
+  keeps its share of the real-only stream, so the synthetic images add to the real draw policy
+  (`data.balance_alpha`, class weights) and never replace it.
 - only: train on synthetic images alone (still tested on real ones).
 
-The pipeline mixes the real stream (shuffled epochs or class-balanced draws: `data.balance_alpha`
-weighs the real records only) with the synthetic one at `Mix.weight`; evaluation never reads
-synthetic images.
+The pipeline draws the real stream as a real-only run with the same seed would (shuffled epochs
+or class-balanced draws: `data.balance_alpha` weighs the real records only) and mixes the
+synthetic records in at `Mix.weight` (data/pipeline.py); evaluation never reads synthetic images.
 """
 
 import csv
@@ -35,8 +37,11 @@ class Mix:
     """The chosen synthetic records and the share of the training stream they take."""
 
     source: sources.FolderSource | sources.ArraySource
-    weight: float  # Probability that a stream position reads a synthetic record.
+    # Probability that a stream position reads a synthetic record: any position (add, balance,
+    # only) or, `within_class`, a position the real stream drew for a class the set holds (ratio).
+    weight: float
     counts: np.ndarray  # int64[K]: synthetic images chosen per class.
+    within_class: bool = False
 
 
 def read_manifests(dirs: list[str]) -> list[tuple[pathlib.Path, str]]:
@@ -84,6 +89,12 @@ def make_mix(
         raise ValueError(f"data.synthetic.ratio={synthetic.ratio}; the ratio policy needs (0, 1).")
     if synthetic.per_class < 0:
         raise ValueError(f"data.synthetic.per_class={synthetic.per_class} must be >= 0.")
+    if synthetic.loss_weight < 0 or (synthetic.policy == "only" and synthetic.loss_weight == 0):
+        raise ValueError(
+            f"data.synthetic.loss_weight={synthetic.loss_weight} with policy "
+            f"{synthetic.policy!r}: give a weight >= 0 (1: as a real image), and above 0 when "
+            "training on synthetic images only."
+        )
     rows = read_manifests(dirs)
     names = sorted({name for _, name in rows})
     unknown = [name for name in names if name not in class_names]
@@ -136,7 +147,7 @@ def make_mix(
     source = sources.FolderSource(paths, labels[keep], class_names, image_size)
     if len(paths) * image_size**2 * 3 <= IN_MEMORY_BYTES:
         source = decoded(source)
-    return Mix(source, weight, counts)
+    return Mix(source, weight, counts, within_class=synthetic.policy == "ratio")
 
 
 def decoded(source: sources.FolderSource) -> sources.ArraySource:

@@ -30,13 +30,6 @@ class ToModelInputs(grain.transforms.Map):
         }
 
 
-class MarkSynthetic(grain.transforms.Map):
-    """Flags a record as synthetic (a `ham-synth sample` image, data.synthetic)."""
-
-    def map(self, record: dict) -> dict:
-        return {**record, "synthetic": True}
-
-
 # --- Geometry helpers: pure functions of a uint8[H, W, 3] image ---
 
 

@@ -17,16 +17,21 @@ Stages, in order: what each makes, where under the study's workdir W, and what i
   run above.
 
 Conditions are named after what the ViT trains on: `real`, `real+<generator>`, `real+all`, and
-`synthetic_<generator>` (train on synthetic, test on real: TSTR).
+`synthetic_<generator>` (train on synthetic, test on real: TSTR, read against `real` as a ratio).
+
+Matched controls: a real + synthetic condition draws its real images as the real-only runs do
+(the classifier's data.balance_alpha and class weights) and is compared with them. The ratio
+policy keeps that draw and replaces a share of each generated class's draws with synthetic
+images. The count policies (add, balance) need uniform real draws, so the study then adds
+real-only runs drawn that way (`real:uniform`) and compares those conditions with them
+(`Run.control`).
 
 Each run has a key: a hash of everything it reads (its resolved config or flags, and its
 dependencies' keys, with W written as `$W`, so a moved study keeps its keys). A changed config
 changes the keys of exactly the runs that depend on the change. How many images to sample is set
-once, by `synthetic`: each class gets what its policy draws (e.g. balance: the real largest class,
-or `per_class`, minus the real count), and at least `tstr_per_class` of every class when the
-synthetic-only condition is on. With the add and balance policies the real + synthetic runs draw
-their real images uniformly (data.balance_alpha=0): the synthetic images do the balancing, while
-the real-only runs keep the classifier config's class-balanced draws.
+once, by `synthetic`: each class gets what its policy draws (ratio and add: `per_class` of each
+generated class; balance: up to the real largest class, or `per_class`, minus the real count),
+and at least `tstr_per_class` of every class when the synthetic-only condition is on.
 """
 
 import dataclasses
@@ -47,6 +52,8 @@ from ham_synth.evaluators import inception
 
 STAGES = ("generators", "synthetic", "real", "realism", "conditions", "memorization", "report")
 REAL = "real"
+# The real-only control drawn uniformly (data.balance_alpha=0), which the count policies need.
+UNIFORM = "real:uniform"
 ALL = "all"
 # The classification evaluator's metrics the report can call its primary metric.
 PRIMARY_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -66,6 +73,8 @@ class Run:
     key: str = ""  # Hash of its inputs (see the module docstring).
     base_name: str = ""  # Its name within one study point (the same as `name` without a sweep).
     points: tuple[str, ...] = ("",)  # The sweep points that read it ("": no sweep).
+    # A classifier run's matched control: the condition it is compared with ("": none).
+    control: str = ""
 
     def command(self, root: pathlib.Path) -> list[str]:
         """The command line that makes this run by hand."""
@@ -126,12 +135,16 @@ def _with_key(run: Run, keys: dict[str, str], root: pathlib.Path) -> Run:
     return dataclasses.replace(run, key=_key(content))
 
 
+def classifier_config(study: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The real-only classifier runs' config: its file's variant, the study's data and the
+    classifier overrides."""
+    values = {**data_values(study), **flatten(study.classifier.overrides)}
+    return config_lib.with_values(config_lib.load_config(study.classifier.config), values)
+
+
 def real_train_counts(study: ml_collections.ConfigDict) -> tuple[tuple[str, ...], np.ndarray]:
     """(class names, int64[K] train images per class) of the study's data."""
-    config = config_lib.with_values(
-        config_lib.load_config(study.classifier.config), data_values(study)
-    )
-    source = sources.get_source(config.data)
+    source = sources.get_source(classifier_config(study).data)
     labels = pipeline.source_labels(source)
     return tuple(source.class_names), np.bincount(labels, minlength=len(source.class_names))
 
@@ -239,24 +252,28 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
                 deps=(f"generators/{name}",),
             )
         )
-    runs += _classifier_runs(study, list(study.generators), REAL, "", "real")
+    runs += _classifier_runs(study, REAL, "real")
     runs += _realism_runs(study)
-    mix = {f"data.synthetic.{k}": study.synthetic[k] for k in ("policy", "per_class", "ratio")}
+    mix = {f"data.synthetic.{k}": study.synthetic[k]
+           for k in ("policy", "per_class", "ratio", "loss_weight")}  # fmt: skip
     # Only the classes generated for mixing: images made for the synthetic-only condition alone
     # (tstr_per_class of the other classes) stay out of real + synthetic.
     mix["data.synthetic.classes"] = ",".join(generated_classes(study, class_names, real_counts))
-    if study.synthetic.policy in synthetic.COUNT_POLICIES:
-        # The synthetic images balance the classes: the real ones are drawn uniformly, not also
-        # class-balanced as the real-only runs may be (data.balance_alpha).
+    control = REAL
+    if block.policy in synthetic.COUNT_POLICIES and classifier_config(study).data.balance_alpha:
+        # A count policy mixes with uniformly drawn real images; its matched control is a
+        # real-only run drawn the same way, not the class-balanced real-only runs.
+        control = UNIFORM
         mix["data.balance_alpha"] = 0.0
+        runs += _classifier_runs(study, UNIFORM, "real", {"data.balance_alpha": 0.0})
     mixes = {f"real+{g}": [g] for g in study.generators}
     if study.conditions.real_plus_all and len(study.generators) > 1:
         mixes[f"real+{ALL}"] = list(study.generators)
     for condition, generators in mixes.items():
-        runs += _classifier_runs(study, generators, condition, mix, "conditions")
+        runs += _classifier_runs(study, condition, "conditions", mix, generators, control)
     only = {"data.synthetic.policy": "only", "data.synthetic.per_class": 0}
     for g in synthetic_only(study):
-        runs += _classifier_runs(study, [g], f"synthetic_{g}", only, "conditions")
+        runs += _classifier_runs(study, f"synthetic_{g}", "conditions", only, [g])
     runs += [
         Run(
             f"memorization/{g}",
@@ -446,10 +463,11 @@ def _realism_runs(study) -> list[Run]:
     return runs
 
 
-def _classifier_runs(study, generators, condition: str, mix, stage: str) -> list[Run]:
-    """The ViT runs of one condition, one per seed; `mix` empty: real data only."""
-    dirs = ",".join(f"$W/synthetic/{g}" for g in generators) if mix else ""
-    deps = tuple(f"synthetic/{g}" for g in generators) if mix else ()
+def _classifier_runs(study, condition: str, stage: str, values=None, generators=(),
+                     control="") -> list[Run]:  # fmt: skip
+    """The ViT runs of one condition, one per seed: the classifier config with `values` over
+    it, reading `generators`' sets (none: real data only), compared with `control`."""
+    dirs = {"data.synthetic.dirs": ",".join(f"$W/synthetic/{g}" for g in generators)}
     return [
         Run(
             f"classifiers/{condition}/seed_{seed}",
@@ -461,12 +479,23 @@ def _classifier_runs(study, generators, condition: str, mix, stage: str) -> list
                 **data_values(study),
                 **flatten(study.classifier.overrides),
                 "seed": seed,
-                **({"data.synthetic.dirs": dirs, **mix} if mix else {}),
+                **(dirs if generators else {}),
+                **(values or {}),
             },
-            deps,
+            tuple(f"synthetic/{g}" for g in generators),
+            control=control,
         )
         for seed in range(study.seeds)
     ]
+
+
+def controls(plan: list[Run]) -> dict[str, str]:
+    """condition -> its matched control, for every condition compared with one."""
+    return {
+        r.base_name.split("/")[1]: r.control
+        for r in plan
+        if r.base_name.startswith("classifiers/") and r.control
+    }
 
 
 def conditions(plan: list[Run]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The study's statistics: a condition's paired change from the reference over seeds (mean,
+"""The study's statistics: a condition's paired change from its control over seeds (mean,
 scipy's paired t-test and its 95% interval), Holm's correction over the conditions compared, and
 a plain verdict."""
 
@@ -51,30 +51,34 @@ def verdict(change: dict, p_holm: float) -> str:
     return "no measurable effect"
 
 
-def compare(results: dict, metric: str, reference: str, class_names=None) -> dict:
-    """(condition[, class]) -> the paired change from `reference` (per seed: {"metrics": {...}}),
-    with Holm-adjusted p over the conditions (x classes) compared, and a verdict."""
-    keys = [
-        (condition, cls)
-        for condition in results
-        if condition != reference
-        for cls in (class_names or [None])
-    ]
+def compare(results: dict, metric: str, controls: dict[str, str], class_names=None) -> dict:
+    """(condition[, class]) -> the paired change of each condition of `controls` from its control
+    (per seed: {"metrics": {...}}), with Holm-adjusted p over the conditions (x classes)
+    compared, and a verdict."""
+    keys = [(condition, cls) for condition in controls for cls in (class_names or [None])]
 
     def values(condition, cls):
         name = f"{cls}/{metric}" if cls else metric
         return [seed["metrics"][name] for seed in results[condition]]
 
-    changes = [paired_change(values(c, k), values(reference, k)) for c, k in keys]
+    changes = [paired_change(values(c, k), values(controls[c], k)) for c, k in keys]
     tested = [i for i, ch in enumerate(changes) if not math.isnan(ch["p"])]
     adjusted = np.full(len(changes), np.nan)
     adjusted[tested] = holm([changes[i]["p"] for i in tested])
     return {
         key: {
             **change,
+            "control": controls[key[0]],
             "p_holm": float(p),
             "comparisons": len(tested),
             "verdict": verdict(change, p),
         }
         for key, change, p in zip(keys, changes, adjusted, strict=True)
     }
+
+
+def tstr_ratio(tstr: list[float], trtr: list[float]) -> dict:
+    """Train-on-synthetic over train-on-real: the ratio of the mean metric over seeds."""
+    mean_tstr, mean_trtr = float(np.mean(tstr)), float(np.mean(trtr))
+    ratio = mean_tstr / mean_trtr if mean_trtr else float("nan")
+    return {"tstr": mean_tstr, "trtr": mean_trtr, "ratio": ratio}

@@ -181,15 +181,26 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
     def init_variables(rng, batch):
         return model.init(rng, batch["image"])
 
-    def weighted_ce(logits, labels):
+    synthetic_weight = config.data.synthetic.loss_weight
+
+    def example_weights(labels, synthetic):
+        """Each example's loss weight: its true class's (as torch's CrossEntropyLoss(weight=...))
+        times data.synthetic.loss_weight if synthetic; None when every example weighs 1."""
+        w = None if weights is None else jnp.asarray(weights)[labels]
+        if synthetic_weight != 1.0:
+            s = jnp.where(synthetic, synthetic_weight, 1.0)
+            w = s if w is None else w * s
+        return w
+
+    def weighted_ce(logits, labels, synthetic):
         if offsets is not None:
             logits = logits + jnp.asarray(offsets)
         per_example = cross_entropy(logits, labels, num_classes, config.loss.label_smoothing)
-        if weights is None:
+        w = example_weights(labels, synthetic)
+        if w is None:
             return per_example.mean()
-        # Weighted by the true class, as torch's CrossEntropyLoss(weight=...).
-        w = jnp.asarray(weights)[labels]
-        return jnp.sum(w * per_example) / jnp.sum(w)
+        # A batch whose every example weighs 0 (all synthetic at loss_weight 0) adds no loss.
+        return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-12)
 
     def loss_fn(params, batch, rng, step):
         del step
@@ -201,12 +212,13 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
                 images, labels, mix_rng, mixup_alpha, cutmix_alpha
             )
         logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_rng})
-        loss = weighted_ce(logits, labels)
+        synthetic = batch["synthetic"]
+        loss = weighted_ce(logits, labels, synthetic)
         if mixing:
-            loss = lam * loss + (1.0 - lam) * weighted_ce(logits, mixed_labels)
+            loss = lam * loss + (1.0 - lam) * weighted_ce(logits, mixed_labels, synthetic)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         # The share of this batch that is synthetic (data.synthetic), as actually drawn.
-        synthetic_share = jnp.mean(batch["synthetic"].astype(jnp.float32))
+        synthetic_share = jnp.mean(synthetic.astype(jnp.float32))
         return loss, {"accuracy": accuracy, "synthetic_share": synthetic_share}
 
     def predict(variables, images):

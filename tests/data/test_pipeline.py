@@ -237,11 +237,13 @@ def _label_shares(source, alpha, num_draws=4000, shard_index=0, shard_count=1):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_balanced_sampling_class_shares_follow_count_to_the_one_minus_alpha(alpha):
-    """The draws, and stream_class_shares's expectation of them (logit adjustment's prior)."""
+    """The draws, and stream_shares's expectation of them (logit adjustment's prior)."""
     source = _imbalanced()
     counts = np.bincount(source.labels, minlength=7)
     target = counts ** (1.0 - alpha) / (counts ** (1.0 - alpha)).sum()
-    np.testing.assert_allclose(pipeline.stream_class_shares(source.labels, 7, alpha, None), target)
+    shares, synthetic_shares = pipeline.stream_shares(source.labels, 7, alpha, None)
+    np.testing.assert_allclose(shares, target)
+    np.testing.assert_array_equal(synthetic_shares, 0)
     shares, _ = _label_shares(source, alpha)
     # 4,000 draws: a share's standard error is at most 0.008.
     np.testing.assert_allclose(shares, target, atol=0.03)

@@ -5,9 +5,10 @@ import csv
 import itertools
 import json
 
+import jax
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import first_train_step, load_config
 from PIL import Image
 
 from ham_synth import config_lib, metric_writer, train
@@ -70,22 +71,65 @@ def test_balance_tops_every_class_up_to_the_largest(folder):
     assert not fake[labels == 5].any()  # nv, the largest class, gets none.
 
 
-def test_add_per_class_and_ratio_and_only_follow_their_shares(folder):
+def _recorded(text: str) -> np.ndarray:
+    return np.asarray([float(p) for p in text.split(",")])
+
+
+def test_add_per_class_and_only_follow_their_shares(folder):
     counts = _real_counts()
-    labels, fake, _ = _stream(_config(folder, policy="add", per_class=30))
+    labels, fake, config = _stream(_config(folder, policy="add", per_class=30))
     assert fake.mean() == pytest.approx(210 / (210 + counts.sum()), abs=0.03)
     synthetic_shares = np.bincount(labels[fake], minlength=7) / fake.sum()
     np.testing.assert_allclose(synthetic_shares, 1 / 7, atol=0.03)
-    labels, fake, config = _stream(_config(folder, policy="ratio", ratio=0.3))
-    assert fake.mean() == pytest.approx(0.3, abs=0.03)
-    # The recorded class shares (logit adjustment's prior) are those of the mixed stream.
-    recorded = [float(p) for p in config.data.class_shares.split(",")]
-    np.testing.assert_allclose(np.bincount(labels, minlength=7) / len(labels), recorded, atol=0.03)
-    expected = 0.7 * counts / counts.sum() + 0.3 / 7
-    np.testing.assert_allclose(recorded, expected, rtol=1e-5)
+    # The recorded shares (logit adjustment's prior, the study's stream table) are the stream's.
+    drawn = np.bincount(labels, minlength=7)
+    np.testing.assert_allclose(drawn / len(labels), _recorded(config.data.class_shares), atol=0.03)
+    expected = 30 / (counts + 30)
+    np.testing.assert_allclose(_recorded(config.data.synthetic_shares), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.bincount(labels[fake], minlength=7) / drawn, expected, atol=0.1)
     labels, fake, _ = _stream(_config(folder, policy="only"), num_batches=5)
     assert fake.all()
     np.testing.assert_allclose(np.bincount(labels, minlength=7) / len(labels), 1 / 7, atol=0.04)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_ratio_replaces_draws_within_classes_and_keeps_the_real_only_stream(folder, alpha):
+    """Position by position, the mixed stream has the real-only stream's class, and its record
+    wherever it is real: the real draw policy is the real-only run's, paired."""
+    minority = ",".join(n for n in NAMES if n != NAMES[5])  # All but nv.
+    mixed = _config(folder, policy="ratio", ratio=0.3, classes=minority)
+    mixed.data.balance_alpha = alpha
+    real_only = config_lib.with_values(mixed, {"data.synthetic.dirs": ""})
+
+    def drawn(config):
+        dataset, config = pipeline.make_train_dataset(config)
+        batches = list(itertools.islice(iter(dataset), 20))
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}, config
+
+    stream, config = drawn(mixed)
+    real, real_config = drawn(real_only)
+    labels, fake = stream["label"], stream["synthetic"]
+    np.testing.assert_array_equal(labels, real["label"])
+    np.testing.assert_array_equal(stream["index"][~fake], real["index"][~fake])
+    assert not fake[labels == 5].any()
+    # 4,000 draws, about 3,400 outside nv: the share's standard error is under 0.01.
+    assert fake[labels != 5].mean() == pytest.approx(0.3, abs=0.03)
+    assert config.data.class_shares == real_config.data.class_shares
+    np.testing.assert_allclose(_recorded(config.data.synthetic_shares), [0.3] * 5 + [0, 0.3])
+    np.testing.assert_allclose(_recorded(real_config.data.synthetic_shares), 0)
+
+
+@pytest.mark.parametrize("loss_weight", [1.0, 0.25, 0.0])
+def test_the_loss_weighs_each_synthetic_image_by_loss_weight(folder, loss_weight):
+    config = _config(folder, policy="ratio", ratio=0.5, loss_weight=loss_weight)
+    config.update_from_flattened_dict({"train.num_devices": 1, "train.batch_size": 32,
+                                       "loss.label_smoothing": 0.0})  # fmt: skip
+    logits, batch, loss, _ = first_train_step(config)
+    fake = np.asarray(batch["synthetic"])
+    assert 0 < fake.sum() < len(fake)
+    per_example = -jax.nn.log_softmax(logits)[np.arange(len(fake)), np.asarray(batch["label"])]
+    weights = np.where(fake, loss_weight, 1.0)
+    assert loss == pytest.approx(float((weights * per_example).sum() / weights.sum()), rel=1e-5)
 
 
 def test_synthetic_classes_limit_what_is_taken(folder):

@@ -47,8 +47,8 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
 
     class_names, real = plan_lib.real_train_counts(study)
     assert real.tolist() == [7, 11, 24, 2, 24, 146, 3]  # Imbalanced digits' train split.
-    # balance to per_class=30 for every class but the largest; at least 10 (TSTR) of each.
-    expected = np.maximum(np.where(real < real.max(), 30 - real, 0), 10)
+    # per_class=30 of every class but the largest (ratio); at least 10 (TSTR) of each.
+    expected = np.where(real < real.max(), 30, 10)
     sample = next(r for r in plan if r.name == "synthetic/vae")
     counts = dict(pair.split("=") for pair in sample.flags["num_per_class"].split(","))
     assert [int(counts[c]) for c in class_names] == expected.tolist()
@@ -57,7 +57,7 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert mixed.deps == ("synthetic/gan",)
     assert mixed.overrides["seed"] == 1
     assert mixed.overrides["data.synthetic.dirs"] == "$W/synthetic/gan"
-    assert mixed.overrides["data.synthetic.policy"] == "balance"
+    assert mixed.overrides["data.synthetic.policy"] == "ratio"
     # Only the classes sampled for mixing; the largest one's TSTR images stay out.
     assert mixed.overrides["data.synthetic.classes"] == ",".join(
         c for c in class_names if c != "5:nv"
@@ -66,18 +66,22 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert only.overrides["data.synthetic.policy"] == "only"
     real_run = next(r for r in plan if r.name == "classifiers/real/seed_0")
     assert real_run.deps == () and "data.synthetic.dirs" not in real_run.overrides
-    # The balance top-up balances the classes, so its runs draw real images uniformly; real-only
-    # keeps the classifier config's class-balanced draws.
-    assert mixed.resolved_config(tmp_path).data.balance_alpha == 0
-    assert (
-        real_run.resolved_config(tmp_path).data.balance_alpha
-        == config_lib.load_config(study.classifier.config).data.balance_alpha
-        > 0
-    )
-    ratio = plan_lib.make_plan(smoke(**{"synthetic.policy": "ratio", "synthetic.ratio": 0.3}),
-                               tmp_path)  # fmt: skip
-    mixed = next(r for r in ratio if r.name == "classifiers/real+gan/seed_1")
-    assert "data.balance_alpha" not in mixed.overrides
+    # Matched controls: the ratio mix keeps the real-only runs' class-balanced draws.
+    alpha = config_lib.load_config(study.classifier.config).data.balance_alpha
+    assert alpha > 0
+    assert mixed.resolved_config(tmp_path).data.balance_alpha == alpha
+    assert real_run.resolved_config(tmp_path).data.balance_alpha == alpha
+    assert plan_lib.controls(plan) == {f"real+{g}": "real" for g in ("ddpm", "gan", "vae")}
+    # A count policy mixes with uniform real draws: the study adds real-only runs drawn so and
+    # compares with them.
+    topped = plan_lib.make_plan(smoke(**{"synthetic.policy": "balance"}), tmp_path)
+    assert plan_lib.conditions(topped)[:2] == ["real", plan_lib.UNIFORM]
+    assert plan_lib.controls(topped) == {
+        f"real+{g}": plan_lib.UNIFORM for g in ("ddpm", "gan", "vae")
+    }
+    for name in ("classifiers/real+gan/seed_1", f"classifiers/{plan_lib.UNIFORM}/seed_1"):
+        run = next(r for r in topped if r.name == name)
+        assert run.resolved_config(tmp_path).data.balance_alpha == 0, name
     with pytest.raises(ValueError, match=r"synthetic.classes names \['zz'\]; the data's classes"):
         plan_lib.make_plan(smoke(**{"synthetic.classes": "3:df,zz"}), tmp_path)
     scored = next(r for r in plan if r.name == "realism/gan/classifier")

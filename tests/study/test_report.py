@@ -10,8 +10,8 @@ from conftest import REPO
 from PIL import Image
 
 from ham_synth import config_lib, grids, metric_writer
+from ham_synth.study import collect, report, runner, sections, stats
 from ham_synth.study import plan as plan_lib
-from ham_synth.study import report, runner, stats
 
 CLASSES = ["0:akiec", "1:bcc", "2:bkl", "3:df", "4:mel", "5:nv", "6:vasc"]
 
@@ -38,7 +38,7 @@ def fake_runs(root, plan, rng):
                 "path,predicted,probability,error\n"
                 + "".join(f"3:df/{i}.png,{'3:df' if i else '5:nv'},0.9,\n" for i in range(4))
                 + "6:vasc/a.png,6:vasc,0.9,\n6:vasc/b.png,0:akiec,0.9,\n"
-                + "6:vasc/c.png,,,cannot decode\n"
+                + "6:vasc/c.png,,,cannot decode\n5:nv/a.png,5:nv,0.9,\n"
             )
         if run.stage == "memorization":
             folder.mkdir(parents=True)
@@ -49,7 +49,7 @@ def fake_runs(root, plan, rng):
             continue
         condition, seed = run.base_name.split("/")[1], int(run.name[-1])
         base = 0.5 + 0.02 * seed + (0.1 if condition == "real+vae" else rng.uniform(-0.01, 0.01))
-        metrics = {m: base + rng.uniform(-1e-3, 1e-3) for m in report.METRICS.values()}
+        metrics = {m: base + rng.uniform(-1e-3, 1e-3) for m in sections.METRICS.values()}
         metrics["balanced_accuracy"] = base
         metrics |= {f"{c}/f1": rng.uniform() for c in CLASSES}
         metrics |= {f"{c}/recall": 0.5 if c == "3:df" else 0.8 for c in CLASSES}
@@ -66,6 +66,13 @@ def fake_runs(root, plan, rng):
         (folder / "evals" / "test" / "step_0000003.json").write_text(
             json.dumps({"step": 3, "subgroups": {"sex": groups}})
         )
+        # The training stream it recorded: real+* runs draw a quarter of each class but nv
+        # synthetic, at the real-only shares.
+        fake = [0.0 if condition == "real" or c == "5:nv" else 0.25 for c in CLASSES]
+        if condition.startswith("synthetic_"):
+            fake = [1.0] * 7
+        classifier_fields["data"] |= {"class_shares": ",".join(["0.142857"] * 7),
+                                      "synthetic_shares": ",".join(map(str, fake))}  # fmt: skip
         (folder / "config.json").write_text(json.dumps(classifier_fields))
         for point in run.points:
             expected[(point, condition, seed)] = metrics
@@ -93,12 +100,24 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
                     - expected[("real", s)]["balanced_accuracy"] for s in range(3)])  # fmt: skip
     assert changes["real+vae"]["mean"] == pytest.approx(gain)
     assert changes["real+vae"]["verdict"] == "helped"
-    assert changes["real+vae"]["comparisons"] == 4
-    compared = ("real+ddpm", "real+gan", "real+vae", "synthetic_vae")
+    # TSTR is no part of the Holm family: it is read against real-only as a ratio.
+    compared = ("real+ddpm", "real+gan", "real+vae")
+    assert set(changes) == set(compared)
+    assert changes["real+vae"]["comparisons"] == 3 and changes["real+vae"]["control"] == "real"
     p_holm = stats.holm([changes[c]["p"] for c in compared])
     assert [changes[c]["p_holm"] for c in compared] == pytest.approx(p_holm)
     assert changes["real+gan"]["verdict"] == "no measurable effect"
-    assert f"real+vae: helped on balanced_accuracy ({gain:+.3f}" in text
+    assert f"real+vae: helped on balanced_accuracy against real ({gain:+.3f}" in text
+    assert "| real+vae | real | " in text and "unadjusted 95% interval" in text
+    tstr = [expected[("synthetic_vae", s)]["balanced_accuracy"] for s in range(3)]
+    trtr = [expected[("real", s)]["balanced_accuracy"] for s in range(3)]
+    assert content["tstr"]["vae"]["ratio"] == pytest.approx(np.mean(tstr) / np.mean(trtr))
+    assert f"| vae | {np.mean(tstr):.3f} | {np.mean(trtr):.3f} |" in text
+    assert "Balanced accuracy (chance 0.143)" in text
+    # The stream table, from each run's recorded shares.
+    assert content["stream"]["real+gan"]["3:df"] == {"share": 0.142857, "synthetic_share": 0.25}
+    assert content["stream"]["real"]["3:df"]["synthetic_share"] == 0.0
+    assert "| real+gan | " + " | ".join(["0.143 (25%)"] * 5 + ["0.143 (0%)", "0.143 (25%)"]) in text
     assert (tmp_path / "report" / "per_class_f1.png").stat().st_size > 0
     # Against the real-only seed-0 ViT's recall on real test images (3:df 0.5, others 0.8).
     named = content["realism"]["vae"]["recognised"]
@@ -108,6 +127,9 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     }
     assert (named["balanced"], named["ceiling_balanced"]) == pytest.approx((0.625, 0.65))
     assert named["chance"] == pytest.approx(1 / 7)
+    # nv's images were made for the synthetic-only condition alone: scored apart.
+    assert named["tstr_only"]["per_class"] == {"5:nv": {"share": 1.0, "ceiling": 0.8,
+                                                        "ratio": 1.25, "n": 1}}  # fmt: skip
     assert "| real+vae | " in text and "| 1.5 |" in text and "no weights" in text
     assert "| vae | 4 | 1.5 | 0.25 | 0.500 | 0.750 | 0.625 | 0.650 | not computed" in text
     assert "| vae | 3:df | 4 | 0.750 | 0.500 | 1.500 |" in text
@@ -196,9 +218,9 @@ def test_the_report_finds_the_final_evaluators_by_type_in_the_run_config(tmp_pat
     evals["held_out"] = dict(evals["test"])  # A second final classification evaluator.
     del evals["attention"]
     (tmp_path / "config.json").write_text(json.dumps(fields))
-    assert report.final_evaluator(tmp_path, "attention") is None
+    assert collect.final_evaluator(tmp_path, "attention") is None
     with pytest.raises(ValueError, match=r"one 'classification' evaluator.*\['held_out', 'test'\]"):
-        report.final_evaluator(tmp_path, "classification")
+        collect.final_evaluator(tmp_path, "classification")
     del evals["test"]
     (tmp_path / "config.json").write_text(json.dumps(fields))
-    assert report.final_evaluator(tmp_path, "classification") == "held_out"
+    assert collect.final_evaluator(tmp_path, "classification") == "held_out"

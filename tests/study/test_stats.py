@@ -24,3 +24,23 @@ def test_paired_interval_is_the_t_interval_of_the_differences():
     t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
     assert change["p"] == pytest.approx(2 * scipy_stats.t.sf(abs(t), len(d) - 1))
     assert np.isnan(study_stats.paired_change([0.7], [0.6])["p"])
+
+
+def test_each_condition_is_compared_with_its_own_control_under_one_holm_family():
+    def seeds(*values):
+        return [{"metrics": {"m": v}} for v in values]
+
+    runs = {"real": (0.70, 0.72, 0.71), "real:uniform": (0.60, 0.61, 0.63),
+            "real+a": (0.62, 0.64, 0.63), "real+b": (0.73, 0.75, 0.72)}  # fmt: skip
+    results = {condition: seeds(*values) for condition, values in runs.items()}
+    controls = {"real+a": "real:uniform", "real+b": "real"}
+    changes = study_stats.compare(results, "m", controls)
+    assert list(changes) == [("real+a", None), ("real+b", None)]
+    expected = [study_stats.paired_change(runs[c], runs[controls[c]]) for c in controls]
+    for (condition, _), change, want in zip(changes, changes.values(), expected, strict=True):
+        assert change["control"] == controls[condition]
+        assert change["mean"] == pytest.approx(want["mean"])
+        assert change["comparisons"] == 2
+    np.testing.assert_allclose(
+        [c["p_holm"] for c in changes.values()], study_stats.holm([w["p"] for w in expected])
+    )

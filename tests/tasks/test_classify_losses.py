@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import first_train_step, load_config
 
 from ham_synth import parallel, train, workdir
 from ham_synth import state as state_lib
@@ -14,16 +14,7 @@ from ham_synth.tasks import base, classify
 
 
 def _first_step(**overrides):
-    """(logits of the first batch at init, the batch, train/loss of the first step), one device."""
-    config = load_config("vit.py:smoke", **{"train.num_devices": 1, **overrides})
-    mesh = parallel.make_mesh(1)
-    built = workdir.build(config, mesh)
-    state = workdir.initial_state(built, jax.random.key(0), mesh)
-    batch = parallel.to_global_batch(next(iter(built.dataset)), mesh)
-    predict = built.task.predict_fns[base.PREDICT]
-    logits = np.asarray(predict(state_lib.eval_variables(state), batch["image"]))
-    _, metrics = train.make_train_step(built.task, mesh)(state, batch, jax.random.key(1))
-    return logits, batch, float(metrics["train/loss"]), built.config
+    return first_train_step(load_config("vit.py:smoke", **{"train.num_devices": 1, **overrides}))
 
 
 def test_class_weights_follow_the_counts():

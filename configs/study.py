@@ -94,6 +94,11 @@ def get_config(arg: str | None = None):
         ratio=0.25,
         loss_weight=1.0,  # A synthetic image's loss weight relative to a real one's.
         tstr_per_class=50,  # Images of every class for the synthetic-only condition.
+        # min_confidence > 0: also sample each of `generators` (comma-separated; empty: all)
+        # again, keeping an image only where the real-only seed-0 ViT gives its class at least
+        # that probability (He et al. 2023), each dropped image drawn up to max_draws times;
+        # condition real+<g>:filtered, against the same control as real+<g>.
+        filter=dict(min_confidence=0.5, max_draws=4, generators="ddpm"),
     )
     # The classifier: config file and variant, and overrides (nested as in the config).
     config.classifier = dict(
@@ -137,6 +142,8 @@ def get_config(arg: str | None = None):
         config.classifier.overrides = {}
         config.seeds = 2
         config.conditions.synthetic_only = "vae"
+        # The smoke ViT barely learns: a low bar, so that the filtered set is not empty.
+        config.synthetic.filter.update(min_confidence=0.01, generators="vae")
     if arg.derma28:
         # The classifier: vit.py:derma28_study, the best ViT within 10 minutes on 2 CPU cores.
         use_recipes(config, "derma28", data=dict(name="dermamnist", image_size=28),

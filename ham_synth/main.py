@@ -67,6 +67,9 @@ _FLAG_SPECS = {
     "sample_batch_size": (int, "Images per sampling call (default 256)."),
     "out_dir": (str, "Where the images go; default: WORKDIR/synthetic."),
     "exclude_near_copies": (bool, "Draw again images that are near-copies of training images."),
+    "filter_workdir": (str, "Keep only images this classifier run labels as their class..."),
+    "min_confidence": (float, "...with at least this probability (with --filter_workdir)."),
+    "max_draws": (int, "Draws of a screened-out image before it is left out (default 4)."),
     "overwrite": (bool, "Replace a finished sample in --out_dir (an unfinished one resumes)."),
     # evaluate
     "evals": (str, "Comma-separated config.evals entries to run; default: all that are on."),
@@ -86,7 +89,7 @@ _FLAG_SPECS = {
     # study
     "only": (
         str,
-        "Stages to run, comma-separated: generators, synthetic, real, realism, "
+        "Stages to run, comma-separated: generators, synthetic, real, filtered, realism, "
         "conditions, memorization, report (default all).",
     ),
     "run": (str, "One run of the study by name (e.g. generators/vae); its dependencies done."),
@@ -152,6 +155,9 @@ VERBS = {
             "exclude_near_copies",
             "classifier_workdir",
             "quantile",
+            "filter_workdir",
+            "min_confidence",
+            "max_draws",
             "overwrite",
         ),  # fmt: skip
     ),

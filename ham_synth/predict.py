@@ -15,7 +15,7 @@ from absl import logging
 
 from ham_synth import config_lib, fileio, parallel
 from ham_synth import workdir as workdir_lib
-from ham_synth.data import ham10000, pipeline, sources, transforms
+from ham_synth.data import ham10000, sources, transforms
 from ham_synth.evaluators import classification, features
 
 
@@ -31,6 +31,69 @@ def find_images(root: pathlib.Path) -> list[pathlib.Path]:
     return paths
 
 
+class Classifier:
+    """A trained classifier run at `step` (default: its best checkpoint when it keeps one) as a
+    function of images: uint8 [N, H, W, 3] at its data.image_size -> float32 class
+    probabilities [N, K], prepared as evaluation prepares them (data.eval_preprocess) and
+    averaged over `tta` views (evaluators/tta.py: none, flips, d4, ...)."""
+
+    def __init__(self, workdir: str, step: str | None = None, tta: str = "none", batch_size=256):
+        config = config_lib.load_workdir_config(workdir)
+        if config.task != "classify":
+            raise ValueError(
+                f"{workdir} trained the {config.task!r} family; a classifier run (configs/vit.py) "
+                "is needed here."
+            )
+        self.step_name = step or workdir_lib.default_step(config)
+        restored = workdir_lib.load(workdir, self.step_name)
+        self.config, self.step, self.workdir = config, restored.step, workdir
+        self.class_names = config_lib.class_names(config)
+        self.image_size = config.data.image_size
+        self._ops = transforms.parse_ops(config.data.eval_preprocess, deterministic=True)
+        self._mesh = parallel.make_mesh()
+        logits_fn = classification.make_logits_fn(restored.task, config, self._mesh, tta)
+        self._net = classification.logits_net(logits_fn, restored.state, self._mesh)
+        self._batch_size = parallel.round_to_devices(batch_size, self._mesh)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """One uint8 image at data.image_size -> as evaluation feeds it."""
+        return transforms.apply_ops(self._ops, image) if self._ops else image
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        if images.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"{self.workdir} classifies {self.image_size}x{self.image_size} images; these are "
+                f"{images.shape[1]}x{images.shape[2]}. Use a classifier trained at their size."
+            )
+        prepared = np.stack([self.prepare(image) for image in images])
+        logits = features.image_features(self._net, prepared, self._batch_size, self._mesh)
+        return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+
+def confidence_screen(workdir: str, min_confidence: float, class_names, tta: str = "none"):
+    """A sample screen (synthesize.write_samples): (uint8 images, conditioning labels) ->
+    (bool[N] kept: classifier run `workdir` gives each image's conditioning class a probability
+    >= `min_confidence`, {"confidence": that probability}), for `sample --filter_workdir`. The
+    classifier must know the generator's `class_names`, in its order."""
+    if not 0 < min_confidence <= 1:
+        raise ValueError(f"--min_confidence={min_confidence}; give a probability in (0, 1].")
+    classifier = Classifier(workdir, tta=tta)
+    if list(classifier.class_names) != list(class_names):
+        raise ValueError(
+            f"--filter_workdir={workdir} classifies {classifier.class_names}; the generator makes "
+            f"{list(class_names)}. Filter with a classifier trained on the generator's data."
+        )
+    logging.info("Filtering samples with %s at step %d: keeping p(class) >= %g.", workdir,
+                 classifier.step, min_confidence)  # fmt: skip
+
+    def screen(images: np.ndarray, labels: np.ndarray):
+        probs = classifier.probabilities(images)
+        confidence = probs[np.arange(len(labels)), labels]
+        return confidence >= min_confidence, {"confidence": confidence}
+
+    return screen
+
+
 def run(
     workdir: str,
     images: str,
@@ -42,47 +105,33 @@ def run(
     """Writes the CSV (default WORKDIR/predictions/<images folder name>.csv); returns its path.
     `step`: latest, best or a number; default best when the run keeps one, else latest. `tta`:
     the softmax averaged over views of each image (evaluators/tta.py: none, flips, d4, ...)."""
-    config = config_lib.load_workdir_config(workdir)
-    if config.task != "classify":
-        raise ValueError(
-            f"{workdir} trained the {config.task!r} family; `classify` needs a classifier run "
-            "(configs/vit.py)."
-        )
-    step = step or workdir_lib.default_step(config)
-    restored = workdir_lib.load(workdir, step)
-    mesh = parallel.make_mesh()
-    ops = transforms.parse_ops(config.data.eval_preprocess, deterministic=True)
+    classifier = Classifier(workdir, step, tta, batch_size)
     root = pathlib.Path(images)
     paths = find_images(root)
-    class_names = config_lib.class_names(config)
-    # Decoded as the folder source decodes (central square, data.image_size), then evaluation's ops.
+    # Decoded as the folder source decodes (central square, data.image_size).
     unlabelled = np.zeros(len(paths), np.int32)
     folder = sources.FolderSource(
-        tuple(paths), unlabelled, tuple(class_names), config.data.image_size
+        tuple(paths), unlabelled, tuple(classifier.class_names), classifier.image_size
     )
-    source = pipeline.Preprocessed(folder, ops)
     pixels, errors = [], {}
     for i, path in enumerate(paths):
         try:
-            pixels.append(source[i]["image"])
+            pixels.append(folder[i]["image"])
         except ham10000.DataError as error:
             errors[path] = str(error)
     if errors:
         logging.warning("%d of %d images could not be read; their rows say why.", len(errors),
                         len(paths))  # fmt: skip
-    probs = np.zeros((0, len(class_names)), np.float32)
+    probs = np.zeros((0, len(classifier.class_names)), np.float32)
     if pixels:
-        logits_fn = classification.make_logits_fn(restored.task, config, mesh, tta)
-        net = classification.logits_net(logits_fn, restored.state, mesh)
-        logits = features.image_features(
-            net, np.stack(pixels), parallel.round_to_devices(batch_size, mesh), mesh
-        )
-        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+        probs = classifier.probabilities(np.stack(pixels))
     out = pathlib.Path(out_csv or pathlib.Path(workdir) / "predictions" / f"{root.name}.csv")
     if jax.process_index() == 0:
-        write_csv(out, root, paths, errors, probs, class_names)
-        print(f"Classified {len(paths) - len(errors)} of {len(paths)} images under {root} with "
-              f"{workdir} at step {restored.step} ({step}); wrote {out}")  # fmt: skip
+        write_csv(out, root, paths, errors, probs, classifier.class_names)
+        print(
+            f"Classified {len(paths) - len(errors)} of {len(paths)} images under {root} with "
+            f"{workdir} at step {classifier.step} ({classifier.step_name}); wrote {out}"
+        )
     return out
 
 

@@ -5,12 +5,19 @@ records, per image, the class, the model family, the checkpoint step, the sample
 seed and `synthetic=true`. Each PNG carries its provenance too, in text chunks (synthetic,
 generator, run, step, seed, sampler settings, class), so a copied file stays labelled as synthetic.
 
+Screens drop images and draw their slots again, up to `max_draws` draws a slot: near-copies of
+training images (`--exclude_near_copies`) and images a classifier run does not label as their
+class with enough confidence (`--filter_workdir`, `--min_confidence`). With a screen on,
+screening.json records, per class, the images wanted, drawn and kept; the manifest records each
+kept image's confidence when a classifier filtered it.
+
 The manifest is written last: a folder with one is finished, and `sample` refuses it unless
 `--overwrite`. A folder without one is an unfinished sample (killed): a rerun keeps the batches
 whose PNGs all decode with this sample's provenance and draws the others again with their own
 noise, so the folder ends as an uninterrupted run would have left it.
 """
 
+import collections
 import csv
 import pathlib
 import re
@@ -21,14 +28,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image, PngImagePlugin
 
-from ham_synth import config_lib, fileio, grids, memorization, parallel
+from ham_synth import config_lib, fileio, grids, memorization, parallel, predict
 from ham_synth import state as state_lib
 from ham_synth import workdir as workdir_lib
 from ham_synth.data import synthetic as synthetic_data
 from ham_synth.tasks import base, sampling
 
-# sample --exclude_near_copies: how many times a near-copy is drawn again before it is left out.
-SCREEN_ROUNDS = 3
+SCREENING = "screening.json"  # Per class: wanted, drawn, kept (written when a screen is on).
 
 MANIFEST_FIELDS = (
     "file",
@@ -41,6 +47,7 @@ MANIFEST_FIELDS = (
     "guidance",
     "truncation",
     "seed",
+    "confidence",  # The filtering classifier's p(class) (--filter_workdir); empty without one.
     "synthetic",
 )
 
@@ -115,23 +122,40 @@ def run(
     exclude_near_copies: bool = False,
     classifier_workdir: str = "",
     quantile: float = 0.01,
+    filter_workdir: str = "",
+    min_confidence: float = 0.0,
+    max_draws: int = 4,
     overwrite: bool = False,
 ) -> pathlib.Path:
     """The `sample` verb: restores `workdir` at `step` and writes its samples; returns the
     folder. `num_per_class` is a count for each of `classes`, or "name=count,...".
     `exclude_near_copies` draws again any image the memorization audit would call a near-copy of
     the generator's training images (pixels; and `classifier_workdir`'s features when given).
-    `overwrite` replaces a finished sample in the folder; an unfinished one is resumed."""
+    `filter_workdir` keeps an image only when that classifier run's best checkpoint gives its
+    class a probability >= `min_confidence`. A screened slot is drawn at most `max_draws` times,
+    then left out. `overwrite` replaces a finished sample in the folder; an unfinished one is
+    resumed."""
     out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(workdir) / "synthetic"
     prepare_out_dir(out_dir, overwrite)
     if (classifier_workdir or quantile != 0.01) and not exclude_near_copies:
         raise ValueError("--classifier_workdir and --quantile apply with --exclude_near_copies.")
+    if bool(filter_workdir) != bool(min_confidence):
+        raise ValueError(
+            "--filter_workdir and --min_confidence go together: a classifier run and the "
+            "probability of its class an image needs to be kept."
+        )
+    if max_draws < 1:
+        raise ValueError(f"--max_draws={max_draws}; draw each image at least once.")
     restored = workdir_lib.load(workdir, step)
-    screen = None
+    screens = []
     if exclude_near_copies:
-        screen = memorization.near_copy_screen(
+        copies = memorization.near_copy_screen(
             restored.config.data, classifier_workdir=classifier_workdir, quantile=quantile
         )
+        screens.append(lambda images, labels: (~copies(images), {}))
+    if filter_workdir:
+        class_names = config_lib.class_names(restored.config)
+        screens.append(predict.confidence_screen(filter_workdir, min_confidence, class_names))
     return write_samples(
         restored,
         num_per_class,
@@ -142,8 +166,26 @@ def run(
         classes=classes,
         seed=seed,
         sample_batch_size=sample_batch_size,
-        screen=screen,
+        screen=combined(screens),
+        max_draws=max_draws,
     )
+
+
+def combined(screens):
+    """One screen from several (None for none): an image is kept when every screen keeps it;
+    their recorded columns are merged."""
+    if not screens:
+        return None
+
+    def screen(images, labels):
+        keep, fields = np.ones(len(images), bool), {}
+        for one in screens:
+            kept, recorded = one(images, labels)
+            keep &= kept
+            fields |= recorded
+        return keep, fields
+
+    return screen
 
 
 def _is_sample_file(relative: pathlib.Path) -> bool:
@@ -151,7 +193,7 @@ def _is_sample_file(relative: pathlib.Path) -> bool:
     or a temporary file of either left by a kill."""
     name = fileio.target_name(relative.name)
     if len(relative.parts) == 1:
-        return name == synthetic_data.MANIFEST
+        return name in (synthetic_data.MANIFEST, SCREENING)
     cls = relative.parts[0]
     return len(relative.parts) == 2 and bool(re.fullmatch(rf"{re.escape(cls)}_\d{{6}}\.png", name))
 
@@ -223,11 +265,13 @@ def write_samples(
     seed: int = 0,
     sample_batch_size: int = 256,
     screen=None,
+    max_draws: int = 4,
 ) -> pathlib.Path:
     """Writes `num_per_class` images per class of a restored run (a count for each of `classes`,
     or "name=count,...") into `out_dir`, with the manifest; `settings` override the sampler's
-    config defaults. `screen` (uint8 images -> bool[N], e.g. memorization.near_copy_screen)
-    flags images to replace: each is drawn again, up to SCREEN_ROUNDS times, then left out."""
+    config defaults. `screen` ((uint8 images, labels) -> (bool[N] kept, {manifest column:
+    values}), see `combined`) drops images: each dropped slot is drawn again, up to `max_draws`
+    draws, then left out."""
     config = restored.config
     class_names = config_lib.class_names(config)
     counts = parse_counts(num_per_class, class_names, classes)
@@ -262,35 +306,42 @@ def write_samples(
         paths = [_image_path(out_dir, class_names[labels[i]], i) for i in range(start, stop)]
         return _read_kept(paths, provenance)
 
-    rows, flagged = {}, []
+    rows, dropped = {}, []
+    drawn = np.zeros(len(class_names), np.int64)
+
+    def write(indices, images):
+        """Writes the images a screen keeps; returns the indices it drops."""
+        np.add.at(drawn, labels[indices], 1)
+        keep, fields = np.ones(len(indices), bool), {}
+        if screen is not None:
+            keep, fields = screen(grids.to_uint8(images), labels[indices])
+        new = _write_images(out_dir, images[keep], labels, class_names, indices[keep], provenance)
+        for position, index in enumerate(indices[keep].tolist()):
+            new[index] |= {k: f"{v[keep][position]:.6f}" for k, v in fields.items()}
+        rows.update(new)
+        return indices[~keep].tolist()
+
     everything = np.arange(len(labels))
     for start, images in draw(everything, jax.random.key(seed), progress=True, on_disk=kept):
-        indices = everything[start : start + len(images)]
-        if screen is not None:
-            flagged += indices[screen(grids.to_uint8(images))].tolist()
-        rows |= _write_images(out_dir, images, labels, class_names, indices, provenance)
-    flagged = np.asarray(flagged, np.int64)
-    for round_ in range(1, SCREEN_ROUNDS + 1):
-        if not len(flagged):
+        dropped += write(everything[start : start + len(images)], images)
+    for round_ in range(1, max_draws):
+        if not dropped:
             break
-        logging.info("Drawing %d near-copies again (round %d).", len(flagged), round_)
-        again = []
-        for start, images in draw(flagged, jax.random.fold_in(jax.random.key(seed), round_)):
-            indices = flagged[start : start + len(images)]
-            copies = screen(grids.to_uint8(images))
-            again += indices[copies].tolist()
-            rows |= _write_images(out_dir, images[~copies], labels, class_names,
-                                  indices[~copies], provenance)  # fmt: skip
-        flagged = np.asarray(again, np.int64)
-    if len(flagged):
-        logging.warning(
-            "%d images stayed near-copies of training images after %d redraws; left out.",
-            len(flagged), SCREEN_ROUNDS,
-        )  # fmt: skip
-        for index in flagged.tolist():
-            (out_dir / rows.pop(index)["file"]).unlink(missing_ok=True)
+        logging.info("Drawing %d screened-out images again (draw %d of %d).", len(dropped),
+                     round_ + 1, max_draws)  # fmt: skip
+        again = np.asarray(dropped, np.int64)
+        dropped = []
+        for start, images in draw(again, jax.random.fold_in(jax.random.key(seed), round_)):
+            dropped += write(again[start : start + len(images)], images)
+    for index in dropped:  # Left out: any file an earlier draw or a killed run left.
+        _image_path(out_dir, class_names[labels[index]], index).unlink(missing_ok=True)
+    if dropped:
+        logging.warning("%d images were screened out %d times; left out.", len(dropped), max_draws)
     rows = [rows[i] for i in sorted(rows)]
     if jax.process_index() == 0:
+        if screen is not None:
+            fileio.write_json(out_dir / SCREENING, screening_summary(rows, counts, drawn,
+                                                                     class_names))  # fmt: skip
         with fileio.atomic_write(out_dir / synthetic_data.MANIFEST, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
@@ -309,6 +360,17 @@ def write_samples(
         multihost_utils.sync_global_devices("synthesize: images written")
     logging.info("Wrote %d images and manifest.csv to %s.", len(rows), out_dir)
     return out_dir
+
+
+def screening_summary(rows, counts: dict[str, int], drawn: np.ndarray, class_names) -> dict:
+    """class -> {"wanted", "drawn", "kept", "acceptance"}: what the screens let through."""
+    kept = collections.Counter(row["class"] for row in rows)
+    summary = {}
+    for name, wanted in counts.items():
+        n = int(drawn[class_names.index(name)])
+        summary[name] = {"wanted": wanted, "drawn": n, "kept": kept[name],
+                         "acceptance": kept[name] / n if n else float("nan")}  # fmt: skip
+    return summary
 
 
 def png_provenance(fields: dict) -> PngImagePlugin.PngInfo:

@@ -54,8 +54,9 @@ def _sweep(repo, tmp_path, *args):
 def test_sweep_dry_run_prints_every_run_of_a_study(repo, tmp_path):
     out = _sweep(repo, tmp_path, "--config=configs/study.py:quickstart")
     commands = [line for line in out.splitlines() if line.startswith("ham-synth ")]
-    assert len(commands) == 3 + 3 + 3 + 6 + 3 * 4 + 3  # Every run but the report.
+    assert len(commands) == 3 + 3 + 3 + 1 + 6 + 3 * 5 + 3  # Every run but the report.
     assert "# generators: 3 run(s)" in out and "# memorization: 3 run(s)" in out
+    assert "# filtered: 1 run(s)" in out
     assert commands[0].startswith("ham-synth train --config=configs/ddpm.py:quickstart")
 
 

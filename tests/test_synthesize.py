@@ -1,6 +1,7 @@
 """`ham-synth sample`: PNGs per class, the manifest, and the folder source reading them back."""
 
 import csv
+import json
 import shutil
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from ham_synth import synthesize, tasks, train, workdir
+from ham_synth import predict, synthesize, tasks, train, workdir
 from ham_synth.data import sources
 from ham_synth.tasks import ddpm
 
@@ -217,27 +218,71 @@ def test_counts_per_class_name(ddpm_workdir, tmp_path):
     assert classes == ["7", "7", "7", "3"]
 
 
-def test_near_copies_are_drawn_again_or_left_out(ddpm_workdir, tmp_path):
+def test_screened_out_images_are_drawn_again_or_left_out(ddpm_workdir, tmp_path):
     restored = workdir.load(ddpm_workdir)
     calls = []
 
-    def first_draw_only(images):  # Flags everything the first time, nothing after.
+    def first_draw_only(images, labels):  # Drops everything the first time, nothing after.
         calls.append(len(images))
-        return np.full(len(images), len(calls) == 1)
+        return np.full(len(images), len(calls) > 1), {}
 
     out = synthesize.write_samples(restored, "3=4", tmp_path / "a", settings={"steps": 2},
                                    screen=first_draw_only)  # fmt: skip
-    assert calls == [4, 4], "one draw, then one redraw of the four flagged"
+    assert calls == [4, 4], "one draw, then one redraw of the four dropped"
     with open(out / "manifest.csv") as f:
         assert [r["file"] for r in csv.DictReader(f)] == [f"3/3_{i:06d}.png" for i in range(4)]
     plain = synthesize.write_samples(restored, "3=4", tmp_path / "b", settings={"steps": 2})
     redrawn = np.asarray(Image.open(out / "3" / "3_000000.png"))
     assert not np.array_equal(redrawn, np.asarray(Image.open(plain / "3" / "3_000000.png")))
+    assert not (plain / synthesize.SCREENING).exists()
+
+    def never_the_first(images, labels):
+        return np.arange(len(images)) != 0, {}
 
     out = synthesize.write_samples(restored, "3=2,7=1", tmp_path / "c", settings={"steps": 2},
-                                   screen=lambda images: np.arange(len(images)) == 0)  # fmt: skip
+                                   screen=never_the_first, max_draws=3)  # fmt: skip
     with open(out / "manifest.csv") as f:
         files = [r["file"] for r in csv.DictReader(f)]
-    # Image 0 is flagged at every draw (it is first each time): left out, its file removed.
+    # Image 0 is dropped at every draw (it is first each time): left out, its file removed.
     assert files == ["3/3_000001.png", "7/7_000002.png"]
     assert sorted(p.name for p in out.rglob("*.png")) == ["3_000001.png", "7_000002.png"]
+    summary = json.loads((out / synthesize.SCREENING).read_text())
+    assert summary == {"3": {"wanted": 2, "drawn": 4, "kept": 1, "acceptance": 0.25},
+                       "7": {"wanted": 1, "drawn": 1, "kept": 1, "acceptance": 1.0}}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_classifier_filter_keeps_confident_images_and_records_their_confidence(vit_run, tmp_path):
+    # A generator of the classifier's data (vit.py:smoke: imbalanced digits, HAM's class names).
+    generator = tmp_path / "ddpm"
+    train.train_and_evaluate(load_config("ddpm.py:smoke", **{"data.imbalance": True}), generator)
+
+    def sample(name, min_confidence):
+        return synthesize.run(str(generator), num_per_class="3:df=6,6:vasc=6", steps=2,
+                              out_dir=str(tmp_path / name), filter_workdir=str(vit_run),
+                              min_confidence=min_confidence, max_draws=3)  # fmt: skip
+
+    def manifest(out):
+        with open(out / "manifest.csv") as f:
+            return list(csv.DictReader(f))
+
+    everything = manifest(sample("all", 1e-9))
+    assert len(everything) == 12
+    # The recorded confidence is `classify`'s probability of the class it was made for.
+    predictions = predict.run(str(vit_run), str(tmp_path / "all"), out_csv=str(tmp_path / "p.csv"))
+    with open(predictions) as f:
+        probs = {r["path"]: r for r in csv.DictReader(f)}
+    for row in everything:
+        want = float(probs[row["file"]][f"p_{row['class']}"])
+        assert float(row["confidence"]) == pytest.approx(want, abs=2e-6)
+    threshold = float(np.median([float(r["confidence"]) for r in everything]))
+    out = sample("filtered", threshold)
+    kept = manifest(out)
+    assert kept and all(float(r["confidence"]) >= threshold for r in kept)
+    summary = json.loads((out / synthesize.SCREENING).read_text())
+    assert sum(c["kept"] for c in summary.values()) == len(kept)
+    assert sum(c["drawn"] for c in summary.values()) > 12  # The dropped half was drawn again.
+    for name, entry in summary.items():
+        assert entry["acceptance"] == pytest.approx(entry["kept"] / entry["drawn"]), name
+    with pytest.raises(ValueError, match="--filter_workdir and --min_confidence go together"):
+        synthesize.run(str(generator), num_per_class=1, filter_workdir=str(vit_run))

@@ -8,7 +8,7 @@ import pathlib
 
 import numpy as np
 
-from ham_synth import config_lib, evaluators, memorization, metric_writer
+from ham_synth import config_lib, evaluators, memorization, metric_writer, synthesize
 from ham_synth.evaluators import recognition
 from ham_synth.study import plan as plan_lib
 
@@ -157,3 +157,15 @@ def stream(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
             )
         }
     return streams
+
+
+def screening(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
+    """filtered set -> {class: {"wanted", "drawn", "kept", "acceptance"}}: what its filter kept
+    (the sample's screening.json)."""
+    return {
+        run.base_name.split("/")[1]: json.loads(
+            (root / run.name / synthesize.SCREENING).read_text()
+        )
+        for run in plan
+        if run.stage == "filtered"
+    }

@@ -5,12 +5,16 @@ Stages, in order: what each makes, where under the study's workdir W, and what i
 - generators: `train` each generator -> generators/<name>/; data, generators.<name>.
 - synthetic: `sample` each generator -> synthetic/<name>/; its generator, synthetic.*.
 - real: `train` the real-only ViT per seed -> classifiers/real/seed_<s>/; data, classifier.
+- filtered: with synthetic.filter.min_confidence > 0, `sample` each of synthetic.filter's
+  generators again, keeping an image only where the real-only seed-0 ViT gives its class at
+  least that probability -> synthetic/<name>:filtered/; its generator and that ViT.
 - realism: score each set against the real test split -> realism/<name>/: `evaluate` in the
   real-only seed-0 ViT's feature space (classifier/), and in Inception's when its weights exist
   (inception/); `classify` each image with that ViT for its recognised share (recognised/); its
   set and that ViT.
-- conditions: `train` the ViT per seed on real + each set (optionally all sets at once) and on
-  a set alone -> classifiers/<condition>/seed_<s>/; real's inputs, the sets read, synthetic.*.
+- conditions: `train` the ViT per seed on real + each set (optionally all sets at once; each
+  filtered set as real+<name>:filtered) and on a set alone -> classifiers/<condition>/seed_<s>/;
+  real's inputs, the sets read, synthetic.*.
 - memorization: `memorization` of each set against the training images, in pixels and that
   ViT's features -> memorization/<name>/; its set and that ViT.
 - report: tables, paired intervals and verdicts -> report.md, report.json, report/*.png; every
@@ -50,7 +54,9 @@ from ham_synth import config_lib
 from ham_synth.data import pipeline, sources, synthetic
 from ham_synth.evaluators import inception
 
-STAGES = ("generators", "synthetic", "real", "realism", "conditions", "memorization", "report")
+STAGES = ("generators", "synthetic", "real", "filtered", "realism", "conditions", "memorization",
+          "report")  # fmt: skip
+FILTERED = ":filtered"  # A set kept where the reference ViT is confident: synthetic/<g>:filtered.
 REAL = "real"
 # The real-only control drawn uniformly (data.balance_alpha=0), which the count policies need.
 UNIFORM = "real:uniform"
@@ -178,16 +184,32 @@ def sample_counts(
     return {name: int(n) for name, n in zip(class_names, wanted, strict=True) if n > 0}
 
 
-def synthetic_only(study: ml_collections.ConfigDict) -> list[str]:
-    """The generators whose sets also train a classifier alone (conditions.synthetic_only)."""
-    names = [g.strip() for g in study.conditions.synthetic_only.split(",") if g.strip()]
+def named_generators(study: ml_collections.ConfigDict, text: str, field: str) -> list[str]:
+    """The comma-separated generator names in `text` (study field `field`), each one of the
+    study's generators."""
+    names = [g.strip() for g in text.split(",") if g.strip()]
     unknown = sorted(set(names) - set(study.generators))
     if unknown:
-        raise ValueError(
-            f"conditions.synthetic_only names {unknown}; the generators are "
-            f"{list(study.generators)}."
-        )
+        raise ValueError(f"{field} names {unknown}; the generators are {list(study.generators)}.")
     return names
+
+
+def synthetic_only(study: ml_collections.ConfigDict) -> list[str]:
+    """The generators whose sets also train a classifier alone (conditions.synthetic_only)."""
+    return named_generators(study, study.conditions.synthetic_only, "conditions.synthetic_only")
+
+
+def filtered(study: ml_collections.ConfigDict) -> list[str]:
+    """The generators whose sets are also filtered by the reference ViT (synthetic.filter)."""
+    block = study.synthetic.filter
+    if not 0 <= block.min_confidence <= 1:
+        raise ValueError(
+            f"synthetic.filter.min_confidence={block.min_confidence}; give a probability (0: off)."
+        )
+    if not block.min_confidence:
+        return []
+    names = named_generators(study, block.generators, "synthetic.filter.generators")
+    return names or list(study.generators)
 
 
 def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
@@ -253,6 +275,27 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
             )
         )
     runs += _classifier_runs(study, REAL, "real")
+    mixed_counts = {c: n for c, n in counts.items()
+                    if c in generated_classes(study, class_names, real_counts)}  # fmt: skip
+    for name in filtered(study):
+        runs.append(
+            Run(
+                f"synthetic/{name}{FILTERED}",
+                "filtered",
+                "sample",
+                {
+                    "workdir": f"$W/generators/{name}",
+                    "num_per_class": ",".join(f"{c}={n}" for c, n in mixed_counts.items()),
+                    "out_dir": f"$W/synthetic/{name}{FILTERED}",
+                    **flatten(study.generators[name].sample),
+                    **screening,
+                    "filter_workdir": f"$W/{reference_classifier()}",
+                    "min_confidence": study.synthetic.filter.min_confidence,
+                    "max_draws": study.synthetic.filter.max_draws,
+                },
+                deps=(f"generators/{name}", reference_classifier()),
+            )
+        )
     runs += _realism_runs(study)
     mix = {f"data.synthetic.{k}": study.synthetic[k]
            for k in ("policy", "per_class", "ratio", "loss_weight")}  # fmt: skip
@@ -269,8 +312,13 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
     mixes = {f"real+{g}": [g] for g in study.generators}
     if study.conditions.real_plus_all and len(study.generators) > 1:
         mixes[f"real+{ALL}"] = list(study.generators)
-    for condition, generators in mixes.items():
-        runs += _classifier_runs(study, condition, "conditions", mix, generators, control)
+    for condition, sets in mixes.items():
+        runs += _classifier_runs(study, condition, "conditions", mix, sets, control)
+    # A filtered set holds what passed the filter: every image of it (per_class 0).
+    for name in filtered(study):
+        runs += _classifier_runs(study, f"real+{name}{FILTERED}", "conditions",
+                                 {**mix, "data.synthetic.per_class": 0}, [f"{name}{FILTERED}"],
+                                 control)  # fmt: skip
     only = {"data.synthetic.policy": "only", "data.synthetic.per_class": 0}
     for g in synthetic_only(study):
         runs += _classifier_runs(study, f"synthetic_{g}", "conditions", only, [g])
@@ -463,11 +511,12 @@ def _realism_runs(study) -> list[Run]:
     return runs
 
 
-def _classifier_runs(study, condition: str, stage: str, values=None, generators=(),
+def _classifier_runs(study, condition: str, stage: str, values=None, sets=(),
                      control="") -> list[Run]:  # fmt: skip
     """The ViT runs of one condition, one per seed: the classifier config with `values` over
-    it, reading `generators`' sets (none: real data only), compared with `control`."""
-    dirs = {"data.synthetic.dirs": ",".join(f"$W/synthetic/{g}" for g in generators)}
+    it, reading the synthetic `sets` (synthetic/<set>; none: real data only), compared with
+    `control`."""
+    dirs = {"data.synthetic.dirs": ",".join(f"$W/synthetic/{s}" for s in sets)}
     return [
         Run(
             f"classifiers/{condition}/seed_{seed}",
@@ -479,10 +528,10 @@ def _classifier_runs(study, condition: str, stage: str, values=None, generators=
                 **data_values(study),
                 **flatten(study.classifier.overrides),
                 "seed": seed,
-                **(dirs if generators else {}),
+                **(dirs if sets else {}),
                 **(values or {}),
             },
-            tuple(f"synthetic/{g}" for g in generators),
+            tuple(f"synthetic/{s}" for s in sets),
             control=control,
         )
         for seed in range(study.seeds)

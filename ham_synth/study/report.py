@@ -102,6 +102,7 @@ def write_point_report(
     has_inception = any("inception" in entry for entry in realism.values())
     streams = collect.stream(plan, root)
     tstr_ratios = tstr(results, primary)
+    screened = collect.screening(plan, root)
     audits = collect.collect_memorization(plan, root, out)
 
     lines = [
@@ -120,6 +121,8 @@ def write_point_report(
         *sections.subgroup_section(results, primary),
         "",
         *sections.realism_section(realism, has_inception),
+        "",
+        *sections.filtering_section(screened, study.synthetic.filter.min_confidence),
         "",
         *sections.memorization_section(audits),
         "",
@@ -142,6 +145,7 @@ def write_point_report(
         "tstr": tstr_ratios,
         "stream": streams,
         "realism": realism,
+        "filtered": screened,
         "memorization": audits,
         "study_config": study.to_dict(),
     }

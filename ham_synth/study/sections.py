@@ -383,3 +383,24 @@ def per_class_f1_section(results: dict, class_changes: dict, class_names: list[s
             cells.append(cell)
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")
     return [*lines, "", "![per-class F1](report/per_class_f1.png)"]
+
+
+def filtering_section(screened: dict, min_confidence: float) -> list[str]:
+    """Per filtered set and class: images wanted, drawn and kept, and the acceptance rate."""
+    if not screened:
+        return []
+    lines = [
+        "## Filtered sets",
+        "",
+        f"Each image kept only where the real-only seed-0 ViT gives its class a probability of at "
+        f"least {min_confidence:g}; a dropped image is drawn again, up to a limit. Acceptance: "
+        "kept over drawn. A class the ViT rarely recognises keeps few images.",
+        "",
+        "| set | class | wanted | drawn | kept | acceptance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, by_class in screened.items():
+        for cls, c in by_class.items():
+            lines.append(f"| {name} | {cls} | {c['wanted']} | {c['drawn']} | {c['kept']} | "
+                         f"{c['acceptance']:.3f} |")  # fmt: skip
+    return lines

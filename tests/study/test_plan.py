@@ -39,11 +39,25 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
         "synthetic/ddpm", "synthetic/gan", "synthetic/vae",
     ]  # fmt: skip
     assert plan_lib.conditions(plan) == ["real", "real+ddpm", "real+gan", "real+vae",
-                                         "synthetic_vae"]  # fmt: skip
-    assert names[8:14] == [f"realism/{g}/{k}" for g in ("ddpm", "gan", "vae")
+                                         "real+vae:filtered", "synthetic_vae"]  # fmt: skip
+    # The filtered set: sampled after the real-only seed-0 ViT, which filters it.
+    assert names[8] == "synthetic/vae:filtered"
+    refiltered = next(r for r in plan if r.name == "synthetic/vae:filtered")
+    assert refiltered.deps == ("generators/vae", "classifiers/real/seed_0")
+    assert refiltered.flags["filter_workdir"] == "$W/classifiers/real/seed_0"
+    assert refiltered.flags["min_confidence"] == study.synthetic.filter.min_confidence
+    assert names[9:15] == [f"realism/{g}/{k}" for g in ("ddpm", "gan", "vae")
                            for k in ("classifier", "recognised")]  # fmt: skip
     assert names[-4:-1] == [f"memorization/{g}" for g in ("ddpm", "gan", "vae")]
-    assert names[-1] == "report" and len(plan) == 6 + 2 + 6 + 4 * 2 + 3 + 1
+    assert names[-1] == "report" and len(plan) == 6 + 2 + 1 + 6 + 5 * 2 + 3 + 1
+    filtered_run = next(r for r in plan if r.name == "classifiers/real+vae:filtered/seed_0")
+    assert filtered_run.overrides["data.synthetic.dirs"] == "$W/synthetic/vae:filtered"
+    assert filtered_run.overrides["data.synthetic.per_class"] == 0  # All that passed.
+    assert plan_lib.controls(plan)["real+vae:filtered"] == "real"
+    off = plan_lib.make_plan(smoke(**{"synthetic.filter.min_confidence": 0.0}), tmp_path)
+    assert not any(r.name.endswith(plan_lib.FILTERED) for r in off)
+    with pytest.raises(ValueError, match=r"synthetic.filter.generators names \['zz'\]"):
+        plan_lib.make_plan(smoke(**{"synthetic.filter.generators": "zz"}), tmp_path)
 
     class_names, real = plan_lib.real_train_counts(study)
     assert real.tolist() == [7, 11, 24, 2, 24, 146, 3]  # Imbalanced digits' train split.
@@ -71,14 +85,15 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert alpha > 0
     assert mixed.resolved_config(tmp_path).data.balance_alpha == alpha
     assert real_run.resolved_config(tmp_path).data.balance_alpha == alpha
-    assert plan_lib.controls(plan) == {f"real+{g}": "real" for g in ("ddpm", "gan", "vae")}
+    assert plan_lib.controls(plan) == {
+        **{f"real+{g}": "real" for g in ("ddpm", "gan", "vae")},
+        "real+vae:filtered": "real",
+    }
     # A count policy mixes with uniform real draws: the study adds real-only runs drawn so and
     # compares with them.
     topped = plan_lib.make_plan(smoke(**{"synthetic.policy": "balance"}), tmp_path)
     assert plan_lib.conditions(topped)[:2] == ["real", plan_lib.UNIFORM]
-    assert plan_lib.controls(topped) == {
-        f"real+{g}": plan_lib.UNIFORM for g in ("ddpm", "gan", "vae")
-    }
+    assert set(plan_lib.controls(topped).values()) == {plan_lib.UNIFORM}
     for name in ("classifiers/real+gan/seed_1", f"classifiers/{plan_lib.UNIFORM}/seed_1"):
         run = next(r for r in topped if r.name == name)
         assert run.resolved_config(tmp_path).data.balance_alpha == 0, name
@@ -105,9 +120,10 @@ def test_keys_follow_the_dependency_map(tmp_path):
     differ = sorted(n for n in base if base[n] != changed[n])
     assert differ == [
         "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
+        "classifiers/real+vae:filtered/seed_0", "classifiers/real+vae:filtered/seed_1",
         "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
         "generators/vae", "memorization/vae", "realism/vae/classifier", "realism/vae/recognised",
-        "report", "synthetic/vae",
+        "report", "synthetic/vae", "synthetic/vae:filtered",
     ]  # fmt: skip
     # The mixing policy touches the sets' sizes and the mixed classifiers, not the generators.
     changed = keys(plan_lib.make_plan(smoke(**{"synthetic.per_class": 40}), tmp_path))
@@ -120,7 +136,9 @@ def test_keys_follow_the_dependency_map(tmp_path):
     )
     differ = {n for n in base if base[n] != changed[n]}
     classifier_side = ("classifiers/", "realism/", "memorization/")
-    assert differ == {n for n in base if n.startswith(classifier_side)} | {"report"}
+    # The filtered set too: the real-only ViT filters it.
+    expected = {"report", "synthetic/vae:filtered"}
+    assert differ == {n for n in base if n.startswith(classifier_side)} | expected
 
 
 class FakeExecutor:
@@ -161,8 +179,9 @@ def test_skip_resume_and_rerun_only_what_changed(tmp_path):
     fourth = FakeExecutor()
     runner.run_study(changed, tmp_path, executor=fourth)
     assert fourth.made == [
-        "generators/vae", "synthetic/vae", "realism/vae/classifier", "realism/vae/recognised",
-        "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
+        "generators/vae", "synthetic/vae", "synthetic/vae:filtered", "realism/vae/classifier",
+        "realism/vae/recognised", "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
+        "classifiers/real+vae:filtered/seed_0", "classifiers/real+vae:filtered/seed_1",
         "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
         "memorization/vae", "report",
     ]  # fmt: skip
@@ -248,7 +267,8 @@ def test_a_sweep_shares_the_runs_its_points_have_in_common(tmp_path):
     assert len(plan) - 1 == len({r.name for r in plan}) - 1
     single = plan_lib.make_plan(smoke(), tmp_path)
     assert len(plan) == len(single) + sum(
-        1 for r in single if r.stage in ("synthetic", "realism", "conditions", "memorization")
+        1 for r in single
+        if r.stage in ("synthetic", "filtered", "realism", "conditions", "memorization")
         and not r.name.startswith("classifiers/real/")
     )  # fmt: skip
     two = plan_lib.make_plan(smoke(sweep="synthetic.per_class=20,30;seeds=1,2"), tmp_path)

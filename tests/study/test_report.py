@@ -1,6 +1,7 @@
 """The study report: its numbers equal the runs' metrics files, its intervals and Holm's correction
 match closed forms, its verdicts follow them; and one real smoke study end to end."""
 
+import csv
 import json
 import re
 
@@ -40,6 +41,10 @@ def fake_runs(root, plan, rng):
                 + "6:vasc/a.png,6:vasc,0.9,\n6:vasc/b.png,0:akiec,0.9,\n"
                 + "6:vasc/c.png,,,cannot decode\n5:nv/a.png,5:nv,0.9,\n"
             )
+        if run.stage == "filtered":  # The filter kept 3 of 5 df images drawn.
+            folder.mkdir(parents=True)
+            summary = {"3:df": {"wanted": 3, "drawn": 5, "kept": 3, "acceptance": 0.6}}
+            (folder / "screening.json").write_text(json.dumps(summary))
         if run.stage == "memorization":
             folder.mkdir(parents=True)
             audit = {"quantile": 0.01, "near_copies": 2, "images_audited": 10, "images": [],
@@ -101,9 +106,9 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert changes["real+vae"]["mean"] == pytest.approx(gain)
     assert changes["real+vae"]["verdict"] == "helped"
     # TSTR is no part of the Holm family: it is read against real-only as a ratio.
-    compared = ("real+ddpm", "real+gan", "real+vae")
+    compared = ("real+ddpm", "real+gan", "real+vae", "real+vae:filtered")
     assert set(changes) == set(compared)
-    assert changes["real+vae"]["comparisons"] == 3 and changes["real+vae"]["control"] == "real"
+    assert changes["real+vae"]["comparisons"] == 4 and changes["real+vae"]["control"] == "real"
     p_holm = stats.holm([changes[c]["p"] for c in compared])
     assert [changes[c]["p_holm"] for c in compared] == pytest.approx(p_holm)
     assert changes["real+gan"]["verdict"] == "no measurable effect"
@@ -137,6 +142,8 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert "| vae | 3:df | 0.25 |" in text
     assert "| gan | 10 | 2 | 0.500 | 0.250 | [memorization/gan/closest_pairs.png]" in text
     assert content["memorization"]["gan"]["near_copies"] == 2
+    assert content["filtered"]["vae:filtered"]["3:df"]["acceptance"] == 0.6
+    assert "| vae:filtered | 3:df | 3 | 5 | 3 | 0.600 |" in text
     # Subgroups: real-only against the best real + synthetic condition (real+vae here).
     assert "| attribute | subgroup | test images | real | real+vae |" in text
     female = [expected[("real", s)]["balanced_accuracy"] for s in range(3)]
@@ -178,10 +185,13 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
         del study.generators["ddpm"], study.generators["gan"]
         study.seeds = 1
     made = runner.run_study(study, tmp_path)
-    assert len(made) == 9
+    assert len(made) == 11
     text = (tmp_path / report.REPORT_MD).read_text()
-    for condition in ("real", "real+vae", "synthetic_vae"):
+    for condition in ("real", "real+vae", "real+vae:filtered", "synthetic_vae"):
         assert f"| {condition} |" in text
+    with open(tmp_path / "synthetic" / "vae:filtered" / "manifest.csv") as f:
+        confidences = [float(row["confidence"]) for row in csv.DictReader(f)]
+    assert confidences and min(confidences) >= study.synthetic.filter.min_confidence
     assert "| vae | 6:vasc |" in text  # Realism per class.
     assert (tmp_path / "memorization" / "vae" / "closest_pairs.png").stat().st_size > 0
     # Images: the generator's sample grid, the set's per-class grid, attention maps; every link

@@ -109,6 +109,11 @@ def get_config(arg: str | None = None):
         real_plus_all=False,  # Also real + every generator's set at once.
         # Also these generators' sets alone (comma-separated; TSTR: tested on real); empty: none.
         synthetic_only="ddpm",
+        # Also pre-train on these generators' sets alone, then fine-tune on real data from the
+        # last checkpoint (condition pretrain_<g>), the two together at the real-only runs' step
+        # budget, pretrain_fraction of it pre-training; empty: none.
+        pretrain="",
+        pretrain_fraction=0.5,
     )
     # The realism stage: each set against the real test split in the real-only ViT's features
     # (always) and in Inception's when its weights exist (`ham-synth convert-inception`).
@@ -142,6 +147,7 @@ def get_config(arg: str | None = None):
         config.classifier.overrides = {}
         config.seeds = 2
         config.conditions.synthetic_only = "vae"
+        config.conditions.pretrain = "vae"
         # The smoke ViT barely learns: a low bar, so that the filtered set is not empty.
         config.synthetic.filter.update(min_confidence=0.01, generators="vae")
     if arg.derma28:
@@ -149,6 +155,7 @@ def get_config(arg: str | None = None):
         use_recipes(config, "derma28", data=dict(name="dermamnist", image_size=28),
                     generator_steps=dict(vae=5000, gan=2500, ddpm=2500), per_class=1000,
                     tstr_per_class=500, classifier_variant="derma28_study")  # fmt: skip
+        config.conditions.pretrain = "ddpm"
     if arg.ham64:
         use_recipes(config, "ham64", data=dict(name="ham10000", image_size=64),
                     generator_steps=dict(vae=50_000, gan=100_000, ddpm=500_000),

@@ -20,8 +20,10 @@ Stages, in order: what each makes, where under the study's workdir W, and what i
 - report: tables, paired intervals and verdicts -> report.md, report.json, report/*.png; every
   run above.
 
-Conditions are named after what the ViT trains on: `real`, `real+<generator>`, `real+all`, and
-`synthetic_<generator>` (train on synthetic, test on real: TSTR, read against `real` as a ratio).
+Conditions are named after what the ViT trains on: `real`, `real+<generator>`, `real+all`,
+`synthetic_<generator>` (train on synthetic, test on real: TSTR, read against `real` as a ratio)
+and `pretrain_<generator>` (pre-trained on the set under pretraining/<generator>/, then
+fine-tuned on real data, at the real-only step budget; against `real`).
 
 Matched controls: a real + synthetic condition draws its real images as the real-only runs do
 (the classifier's data.balance_alpha and class weights) and is compared with them. The ratio
@@ -57,6 +59,7 @@ from ham_synth.evaluators import inception
 STAGES = ("generators", "synthetic", "real", "filtered", "realism", "conditions", "memorization",
           "report")  # fmt: skip
 FILTERED = ":filtered"  # A set kept where the reference ViT is confident: synthetic/<g>:filtered.
+PRETRAIN = "pretrain_"  # Pre-trained on a set, fine-tuned on real data: pretrain_<generator>.
 REAL = "real"
 # The real-only control drawn uniformly (data.balance_alpha=0), which the count policies need.
 UNIFORM = "real:uniform"
@@ -173,13 +176,13 @@ def sample_counts(
 ) -> dict[str, int]:
     """Images to sample per class: what the mixing policy draws for the classes
     `synthetic.classes` names (empty: all but the largest), and at least `tstr_per_class` of
-    every class when the synthetic-only condition is on."""
+    every class when a classifier trains on a set alone (synthetic-only or pre-training)."""
     block = study.synthetic
     generated = generated_classes(study, class_names, real_counts)
     available = np.asarray([block.per_class if n in generated else 0 for n in class_names])
     wanted = synthetic.wanted_counts(block, available, real_counts)
     wanted = np.where(np.isin(class_names, generated), wanted, 0)
-    if synthetic_only(study):
+    if synthetic_only(study) or pretrained(study):  # A classifier trains on the set alone.
         wanted = np.maximum(wanted, block.tstr_per_class)
     return {name: int(n) for name, n in zip(class_names, wanted, strict=True) if n > 0}
 
@@ -197,6 +200,34 @@ def named_generators(study: ml_collections.ConfigDict, text: str, field: str) ->
 def synthetic_only(study: ml_collections.ConfigDict) -> list[str]:
     """The generators whose sets also train a classifier alone (conditions.synthetic_only)."""
     return named_generators(study, study.conditions.synthetic_only, "conditions.synthetic_only")
+
+
+def pretrained(study: ml_collections.ConfigDict) -> list[str]:
+    """The generators whose sets pre-train a classifier that then fine-tunes on real data
+    (conditions.pretrain)."""
+    return named_generators(study, study.conditions.pretrain, "conditions.pretrain")
+
+
+def pretrain_steps(study: ml_collections.ConfigDict) -> tuple[dict, dict]:
+    """({field: value} of the pre-training on a set, of the fine-tuning on real data): the
+    real-only runs' train.total_steps split by conditions.pretrain_fraction, each part warming
+    up for its share of the real-only warmup."""
+    fraction = study.conditions.pretrain_fraction
+    if not 0 < fraction < 1:
+        raise ValueError(
+            f"conditions.pretrain_fraction={fraction}; give the share of the real-only step "
+            "budget spent pre-training on synthetic images, in (0, 1)."
+        )
+    config = classifier_config(study)
+    total, warmup = config.train.total_steps, config.optim.warmup_steps
+    first = max(1, round(total * fraction))
+    if first >= total:
+        raise ValueError(f"train.total_steps={total} is too short to split for pre-training.")
+
+    def part(steps):
+        return {"train.total_steps": steps, "optim.warmup_steps": round(warmup * steps / total)}
+
+    return part(first), part(total - first)
 
 
 def filtered(study: ml_collections.ConfigDict) -> list[str]:
@@ -322,6 +353,8 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
     only = {"data.synthetic.policy": "only", "data.synthetic.per_class": 0}
     for g in synthetic_only(study):
         runs += _classifier_runs(study, f"synthetic_{g}", "conditions", only, [g])
+    for g in pretrained(study):
+        runs += _pretrain_runs(study, g, only)
     runs += [
         Run(
             f"memorization/{g}",
@@ -536,6 +569,26 @@ def _classifier_runs(study, condition: str, stage: str, values=None, sets=(),
         )
         for seed in range(study.seeds)
     ]
+
+
+def _pretrain_runs(study, generator: str, only: dict) -> list[Run]:
+    """Per seed: a ViT trained on `generator`'s set alone (pretraining/<g>/seed_<s>), then
+    fine-tuned from its last checkpoint on real data under the real-only policy (condition
+    pretrain_<g>), the two at the real-only runs' total step budget."""
+    first, second = pretrain_steps(study)
+    condition = f"{PRETRAIN}{generator}"
+    runs = []
+    for pre, tuned in zip(
+        _classifier_runs(study, condition, "conditions", {**only, **first}, [generator]),
+        _classifier_runs(study, condition, "conditions", second, control=REAL),
+        strict=True,
+    ):
+        name = pre.name.replace(f"classifiers/{condition}/", f"pretraining/{generator}/", 1)
+        pre = dataclasses.replace(pre, name=name, flags={"workdir": f"$W/{name}"})
+        runs += [pre, dataclasses.replace(tuned, overrides={**tuned.overrides,
+                                                             "init_from": f"$W/{name}"},
+                                          deps=(name,))]  # fmt: skip
+    return runs
 
 
 def controls(plan: list[Run]) -> dict[str, str]:

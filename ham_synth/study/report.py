@@ -114,6 +114,8 @@ def write_point_report(
         "",
         *sections.tstr_section(tstr_ratios, primary),
         "",
+        *sections.pretraining_section(study),
+        "",
         *sections.stream_section(streams, class_names),
         "",
         *sections.per_class_f1_section(results, class_changes, class_names),

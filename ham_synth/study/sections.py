@@ -404,3 +404,19 @@ def filtering_section(screened: dict, min_confidence: float) -> list[str]:
             lines.append(f"| {name} | {cls} | {c['wanted']} | {c['drawn']} | {c['kept']} | "
                          f"{c['acceptance']:.3f} |")  # fmt: skip
     return lines
+
+
+def pretraining_section(study) -> list[str]:
+    """How each pre-training condition split the real-only step budget."""
+    generators = plan_lib.pretrained(study)
+    if not generators:
+        return []
+    first, second = (part["train.total_steps"] for part in plan_lib.pretrain_steps(study))
+    lines = ["## Synthetic pre-training", ""]
+    for g in generators:
+        lines.append(
+            f"- {plan_lib.PRETRAIN}{g}: {first} steps on the {g} set alone "
+            f"(pretraining/{g}/), then {second} on real data from that run's last checkpoint, as "
+            f"the real-only runs draw it: {first + second} steps in all, real-only's budget."
+        )
+    return lines

@@ -21,6 +21,10 @@ def _in_repo(monkeypatch, tmp_path):
     monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", str(tmp_path / "cache"))  # No Inception weights.
 
 
+def real_alpha(study):
+    return config_lib.load_config(study.classifier.config).data.balance_alpha
+
+
 def smoke(**values):
     return config_lib.with_values(
         config_lib.load_config(str(REPO / "configs" / "study.py") + ":smoke"), values
@@ -39,7 +43,8 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
         "synthetic/ddpm", "synthetic/gan", "synthetic/vae",
     ]  # fmt: skip
     assert plan_lib.conditions(plan) == ["real", "real+ddpm", "real+gan", "real+vae",
-                                         "real+vae:filtered", "synthetic_vae"]  # fmt: skip
+                                         "real+vae:filtered", "synthetic_vae",
+                                         "pretrain_vae"]  # fmt: skip
     # The filtered set: sampled after the real-only seed-0 ViT, which filters it.
     assert names[8] == "synthetic/vae:filtered"
     refiltered = next(r for r in plan if r.name == "synthetic/vae:filtered")
@@ -49,7 +54,18 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert names[9:15] == [f"realism/{g}/{k}" for g in ("ddpm", "gan", "vae")
                            for k in ("classifier", "recognised")]  # fmt: skip
     assert names[-4:-1] == [f"memorization/{g}" for g in ("ddpm", "gan", "vae")]
-    assert names[-1] == "report" and len(plan) == 6 + 2 + 1 + 6 + 5 * 2 + 3 + 1
+    assert names[-1] == "report" and len(plan) == 6 + 2 + 1 + 6 + 5 * 2 + 2 * 2 + 3 + 1
+    # Pre-training: the set alone, then real data from its last checkpoint, at real's budget.
+    pre = next(r for r in plan if r.name == "pretraining/vae/seed_1")
+    tuned = next(r for r in plan if r.name == "classifiers/pretrain_vae/seed_1")
+    assert pre.deps == ("synthetic/vae",) and pre.overrides["data.synthetic.policy"] == "only"
+    assert tuned.deps == ("pretraining/vae/seed_1",)
+    assert "data.synthetic.dirs" not in tuned.overrides
+    assert tuned.overrides["init_from"] == "$W/pretraining/vae/seed_1"
+    total = plan_lib.classifier_config(study).train.total_steps
+    steps = [pre.overrides["train.total_steps"], tuned.overrides["train.total_steps"]]
+    assert sum(steps) == total and steps[0] == round(total * study.conditions.pretrain_fraction)
+    assert tuned.resolved_config(tmp_path).data.balance_alpha == real_alpha(study)
     filtered_run = next(r for r in plan if r.name == "classifiers/real+vae:filtered/seed_0")
     assert filtered_run.overrides["data.synthetic.dirs"] == "$W/synthetic/vae:filtered"
     assert filtered_run.overrides["data.synthetic.per_class"] == 0  # All that passed.
@@ -88,12 +104,14 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert plan_lib.controls(plan) == {
         **{f"real+{g}": "real" for g in ("ddpm", "gan", "vae")},
         "real+vae:filtered": "real",
+        "pretrain_vae": "real",
     }
     # A count policy mixes with uniform real draws: the study adds real-only runs drawn so and
     # compares with them.
     topped = plan_lib.make_plan(smoke(**{"synthetic.policy": "balance"}), tmp_path)
     assert plan_lib.conditions(topped)[:2] == ["real", plan_lib.UNIFORM]
-    assert set(plan_lib.controls(topped).values()) == {plan_lib.UNIFORM}
+    mixed_controls = {c: k for c, k in plan_lib.controls(topped).items() if c.startswith("real+")}
+    assert set(mixed_controls.values()) == {plan_lib.UNIFORM}
     for name in ("classifiers/real+gan/seed_1", f"classifiers/{plan_lib.UNIFORM}/seed_1"):
         run = next(r for r in topped if r.name == name)
         assert run.resolved_config(tmp_path).data.balance_alpha == 0, name
@@ -119,11 +137,13 @@ def test_keys_follow_the_dependency_map(tmp_path):
     )
     differ = sorted(n for n in base if base[n] != changed[n])
     assert differ == [
+        "classifiers/pretrain_vae/seed_0", "classifiers/pretrain_vae/seed_1",
         "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
         "classifiers/real+vae:filtered/seed_0", "classifiers/real+vae:filtered/seed_1",
         "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
-        "generators/vae", "memorization/vae", "realism/vae/classifier", "realism/vae/recognised",
-        "report", "synthetic/vae", "synthetic/vae:filtered",
+        "generators/vae", "memorization/vae", "pretraining/vae/seed_0", "pretraining/vae/seed_1",
+        "realism/vae/classifier", "realism/vae/recognised", "report", "synthetic/vae",
+        "synthetic/vae:filtered",
     ]  # fmt: skip
     # The mixing policy touches the sets' sizes and the mixed classifiers, not the generators.
     changed = keys(plan_lib.make_plan(smoke(**{"synthetic.per_class": 40}), tmp_path))
@@ -135,7 +155,7 @@ def test_keys_follow_the_dependency_map(tmp_path):
         plan_lib.make_plan(smoke(**{"classifier.config": "configs/vit.py:smoke,derma28"}), tmp_path)
     )
     differ = {n for n in base if base[n] != changed[n]}
-    classifier_side = ("classifiers/", "realism/", "memorization/")
+    classifier_side = ("classifiers/", "pretraining/", "realism/", "memorization/")
     # The filtered set too: the real-only ViT filters it.
     expected = {"report", "synthetic/vae:filtered"}
     assert differ == {n for n in base if n.startswith(classifier_side)} | expected
@@ -183,6 +203,8 @@ def test_skip_resume_and_rerun_only_what_changed(tmp_path):
         "realism/vae/recognised", "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
         "classifiers/real+vae:filtered/seed_0", "classifiers/real+vae:filtered/seed_1",
         "classifiers/synthetic_vae/seed_0", "classifiers/synthetic_vae/seed_1",
+        "pretraining/vae/seed_0", "classifiers/pretrain_vae/seed_0",
+        "pretraining/vae/seed_1", "classifiers/pretrain_vae/seed_1",
         "memorization/vae", "report",
     ]  # fmt: skip
     assert not (tmp_path / "generators/vae/stale").exists(), "a changed run starts afresh"

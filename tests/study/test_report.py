@@ -106,9 +106,12 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert changes["real+vae"]["mean"] == pytest.approx(gain)
     assert changes["real+vae"]["verdict"] == "helped"
     # TSTR is no part of the Holm family: it is read against real-only as a ratio.
-    compared = ("real+ddpm", "real+gan", "real+vae", "real+vae:filtered")
+    compared = ("real+ddpm", "real+gan", "real+vae", "real+vae:filtered", "pretrain_vae")
     assert set(changes) == set(compared)
-    assert changes["real+vae"]["comparisons"] == 4 and changes["real+vae"]["control"] == "real"
+    assert changes["real+vae"]["comparisons"] == 5 and changes["real+vae"]["control"] == "real"
+    first, second = (p["train.total_steps"] for p in plan_lib.pretrain_steps(study))
+    assert f"- pretrain_vae: {first} steps on the vae set alone" in text
+    assert f"then {second} on real data" in text
     p_holm = stats.holm([changes[c]["p"] for c in compared])
     assert [changes[c]["p_holm"] for c in compared] == pytest.approx(p_holm)
     assert changes["real+gan"]["verdict"] == "no measurable effect"
@@ -185,9 +188,9 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
         del study.generators["ddpm"], study.generators["gan"]
         study.seeds = 1
     made = runner.run_study(study, tmp_path)
-    assert len(made) == 11
+    assert len(made) == 13
     text = (tmp_path / report.REPORT_MD).read_text()
-    for condition in ("real", "real+vae", "real+vae:filtered", "synthetic_vae"):
+    for condition in ("real", "real+vae", "real+vae:filtered", "synthetic_vae", "pretrain_vae"):
         assert f"| {condition} |" in text
     with open(tmp_path / "synthetic" / "vae:filtered" / "manifest.csv") as f:
         confidences = [float(row["confidence"]) for row in csv.DictReader(f)]

@@ -104,7 +104,11 @@ def get_config(arg: str | None = None):
     config.classifier = dict(
         config="configs/vit.py:quickstart", overrides=dict(train=dict(total_steps=600))
     )
-    config.seeds = 3  # Each classifier condition trains this many times (config.seed 0..S-1).
+    # classifiers: each classifier condition trains this many times (config.seed 0..S-1).
+    # generators: each generator trains, and its set is sampled, this many times (seeds 0..G-1);
+    # classifier seed s reads generator seed s mod G, so with G > 1 the paired intervals cover
+    # the generators' variance too. At most `classifiers`.
+    config.seeds = dict(classifiers=3, generators=1)
     config.conditions = dict(
         real_plus_all=False,  # Also real + every generator's set at once.
         # Also these generators' sets alone (comma-separated; TSTR: tested on real); empty: none.
@@ -145,7 +149,7 @@ def get_config(arg: str | None = None):
         config.synthetic.tstr_per_class = 10
         config.classifier.config = "configs/vit.py:smoke"
         config.classifier.overrides = {}
-        config.seeds = 2
+        config.seeds.classifiers = 2
         config.conditions.synthetic_only = "vae"
         config.conditions.pretrain = "vae"
         # The smoke ViT barely learns: a low bar, so that the filtered set is not empty.
@@ -156,9 +160,10 @@ def get_config(arg: str | None = None):
                     generator_steps=dict(vae=5000, gan=2500, ddpm=2500), per_class=1000,
                     tstr_per_class=500, classifier_variant="derma28_study")  # fmt: skip
         config.conditions.pretrain = "ddpm"
+        config.seeds.generators = 2
     if arg.ham64:
         use_recipes(config, "ham64", data=dict(name="ham10000", image_size=64),
                     generator_steps=dict(vae=50_000, gan=100_000, ddpm=500_000),
                     per_class=2000, tstr_per_class=1000)  # fmt: skip
-        config.seeds = 5
+        config.seeds.classifiers = 5
     return config

@@ -63,11 +63,11 @@ def test_sweep_dry_run_prints_every_run_of_a_study(repo, tmp_path):
 @pytest.mark.slow
 def test_a_study_on_slurm_runs_each_run_through_the_study_then_the_report(repo, tmp_path):
     out = _sweep(repo, tmp_path, "--config=configs/study.py:smoke", "--mode=slurm",
-                 "--config.seeds=1")  # fmt: skip
+                 "--config.seeds.classifiers=1")  # fmt: skip
     assert "--array=0-2 " in out  # generators: ddpm, gan, vae
     report = shlex.split(out.splitlines()[-1].split("--wrap=", 1)[1])[0]
     assert shlex.split(report) == [
-        "ham-synth", "study", "--config=configs/study.py:smoke", "--config.seeds=1",
+        "ham-synth", "study", "--config=configs/study.py:smoke", "--config.seeds.classifiers=1",
         f"--workdir={tmp_path / 'w'}", "--only=report",
     ]  # fmt: skip
 

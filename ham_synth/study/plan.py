@@ -243,10 +243,19 @@ def filtered(study: ml_collections.ConfigDict) -> list[str]:
     return names or list(study.generators)
 
 
-def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
-    """The runs of one study (one sweep point), in dependency order, without keys or report."""
-    if study.seeds < 1:
-        raise ValueError(f"seeds={study.seeds}; train the classifier at least once per condition.")
+def check(study: ml_collections.ConfigDict) -> None:
+    """Refuses study fields no plan can be made of, naming the field."""
+    seeds = study.seeds
+    if seeds.classifiers < 1:
+        raise ValueError(
+            f"seeds.classifiers={seeds.classifiers}; train the classifier at least once per "
+            "condition."
+        )
+    if not 1 <= seeds.generators <= seeds.classifiers:
+        raise ValueError(
+            f"seeds.generators={seeds.generators}; give 1 to seeds.classifiers "
+            f"({seeds.classifiers}): classifier seed s reads generator seed s mod it."
+        )
     if study.report.primary_metric not in PRIMARY_METRICS:
         raise ValueError(
             f"report.primary_metric={study.report.primary_metric!r}; choose one of "
@@ -267,6 +276,18 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
             f"synthetic.per_class={block.per_class}: the {block.policy!r} policy samples "
             "per_class images of each generated class; set it above 0."
         )
+
+
+def instance(set_name: str, generator_seed: int) -> str:
+    """A set's (or generator's) name at a generator seed: `ddpm` at seed 0, `ddpm@1` at seed 1;
+    a suffix stays last (`ddpm@1:filtered`)."""
+    base, colon, suffix = set_name.partition(":")
+    return f"{base}@{generator_seed}{colon}{suffix}" if generator_seed else set_name
+
+
+def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
+    """The runs of one study (one sweep point), in dependency order, without keys or report."""
+    check(study)
     class_names, real_counts = real_train_counts(study)
     counts = sample_counts(study, class_names, real_counts)
     if not counts:
@@ -275,65 +296,89 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
             f"{dict(zip(class_names, real_counts.tolist(), strict=True))}); raise "
             "synthetic.per_class or name synthetic.classes."
         )
-    screening = {}
-    if study.memorization.exclude_near_copies:
-        screening = {"exclude_near_copies": True, "quantile": study.memorization.quantile}
+    mixed = generated_classes(study, class_names, real_counts)
+    runs = _generator_runs(study, counts)
+    runs += _classifier_runs(study, REAL, "real")
+    runs += _filtered_runs(study, {c: n for c, n in counts.items() if c in mixed})
+    runs += _realism_runs(study)
+    runs += _condition_runs(study, mixed)
+    runs += _memorization_runs(study)
+    runs.sort(key=lambda r: STAGES.index(r.stage))  # Stable: generators in config order.
+    return runs
+
+
+def _screening(study) -> dict:
+    """`sample`'s near-copy flags, when the study excludes near-copies."""
+    if not study.memorization.exclude_near_copies:
+        return {}
+    return {"exclude_near_copies": True, "quantile": study.memorization.quantile}
+
+
+def _sample_run(study, name, seed, counts, stage, suffix="", flags=None, deps=()) -> Run:
+    """`sample` of generator `name` at generator seed `seed` -> synthetic/<instance><suffix>."""
+    made = instance(name, seed)
+    return Run(
+        f"synthetic/{made}{suffix}",
+        stage,
+        "sample",
+        {
+            "workdir": f"$W/generators/{made}",
+            "num_per_class": ",".join(f"{c}={n}" for c, n in counts.items()),
+            "out_dir": f"$W/synthetic/{made}{suffix}",
+            **flatten(study.generators[name].sample),
+            **({"seed": seed} if seed else {}),
+            **_screening(study),
+            **(flags or {}),
+        },
+        deps=(f"generators/{made}", *deps),
+    )
+
+
+def _generator_runs(study, counts: dict[str, int]) -> list[Run]:
+    """Each generator trained, and its set sampled, at every generator seed."""
     runs = []
     for name, generator in study.generators.items():
-        runs.append(
-            Run(
-                f"generators/{name}",
-                "generators",
-                "train",
-                {"workdir": f"$W/generators/{name}"},
-                generator.config,
-                {**data_values(study), **flatten(generator.overrides)},
-            )
-        )
-        runs.append(
-            Run(
-                f"synthetic/{name}",
-                "synthetic",
-                "sample",
-                {
-                    "workdir": f"$W/generators/{name}",
-                    "num_per_class": ",".join(f"{c}={n}" for c, n in counts.items()),
-                    "out_dir": f"$W/synthetic/{name}",
-                    **flatten(generator.sample),
-                    **screening,
-                },
-                deps=(f"generators/{name}",),
-            )
-        )
-    runs += _classifier_runs(study, REAL, "real")
-    mixed_counts = {c: n for c, n in counts.items()
-                    if c in generated_classes(study, class_names, real_counts)}  # fmt: skip
-    for name in filtered(study):
-        runs.append(
-            Run(
-                f"synthetic/{name}{FILTERED}",
-                "filtered",
-                "sample",
-                {
-                    "workdir": f"$W/generators/{name}",
-                    "num_per_class": ",".join(f"{c}={n}" for c, n in mixed_counts.items()),
-                    "out_dir": f"$W/synthetic/{name}{FILTERED}",
-                    **flatten(study.generators[name].sample),
-                    **screening,
-                    "filter_workdir": f"$W/{reference_classifier()}",
-                    "min_confidence": study.synthetic.filter.min_confidence,
-                    "max_draws": study.synthetic.filter.max_draws,
-                },
-                deps=(f"generators/{name}", reference_classifier()),
-            )
-        )
-    runs += _realism_runs(study)
-    mix = {f"data.synthetic.{k}": study.synthetic[k]
-           for k in ("policy", "per_class", "ratio", "loss_weight")}  # fmt: skip
+        for seed in range(study.seeds.generators):
+            made = instance(name, seed)
+            runs.append(
+                Run(
+                    f"generators/{made}",
+                    "generators",
+                    "train",
+                    {"workdir": f"$W/generators/{made}"},
+                    generator.config,
+                    {**data_values(study), **flatten(generator.overrides),
+                     **({"seed": seed} if seed else {})},
+                )
+            )  # fmt: skip
+            runs.append(_sample_run(study, name, seed, counts, "synthetic"))
+    return runs
+
+
+def _filtered_runs(study, counts: dict[str, int]) -> list[Run]:
+    """Each of synthetic.filter's generators sampled again, at every generator seed, keeping the
+    images the reference ViT labels as their class with synthetic.filter.min_confidence."""
+    block = study.synthetic.filter
+    flags = {"filter_workdir": f"$W/{reference_classifier()}",
+             "min_confidence": block.min_confidence, "max_draws": block.max_draws}  # fmt: skip
+    return [
+        _sample_run(
+            study, name, seed, counts, "filtered", FILTERED, flags, (reference_classifier(),)
+        )  # fmt: skip
+        for name in filtered(study)
+        for seed in range(study.seeds.generators)
+    ]
+
+
+def _condition_runs(study, mixed: list[str]) -> list[Run]:
+    """The classifiers on real + each set (its `mixed` classes), on a filtered set, on a set
+    alone and pre-trained on one, each against its matched control."""
+    block = study.synthetic
+    mix = {f"data.synthetic.{k}": block[k] for k in ("policy", "per_class", "ratio", "loss_weight")}
     # Only the classes generated for mixing: images made for the synthetic-only condition alone
     # (tstr_per_class of the other classes) stay out of real + synthetic.
-    mix["data.synthetic.classes"] = ",".join(generated_classes(study, class_names, real_counts))
-    control = REAL
+    mix["data.synthetic.classes"] = ",".join(mixed)
+    runs, control = [], REAL
     if block.policy in synthetic.COUNT_POLICIES and classifier_config(study).data.balance_alpha:
         # A count policy mixes with uniformly drawn real images; its matched control is a
         # real-only run drawn the same way, not the class-balanced real-only runs.
@@ -355,7 +400,12 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
         runs += _classifier_runs(study, f"synthetic_{g}", "conditions", only, [g])
     for g in pretrained(study):
         runs += _pretrain_runs(study, g, only)
-    runs += [
+    return runs
+
+
+def _memorization_runs(study) -> list[Run]:
+    """Each generator's seed-0 set audited against the training images."""
+    return [
         Run(
             f"memorization/{g}",
             "memorization",
@@ -369,8 +419,6 @@ def point_runs(study: ml_collections.ConfigDict) -> list[Run]:
         )
         for g in study.generators
     ]  # fmt: skip
-    runs.sort(key=lambda r: STAGES.index(r.stage))  # Stable: generators in config order.
-    return runs
 
 
 def parse_sweep(spec: str, config: ml_collections.ConfigDict) -> list[tuple[str, list]]:
@@ -385,7 +433,7 @@ def parse_sweep(spec: str, config: ml_collections.ConfigDict) -> list[tuple[str,
         except AttributeError:
             raise ValueError(
                 f"sweep axis {field!r} is not a field of the config (e.g. a study's "
-                "synthetic.per_class, data.train_fraction, seeds)."
+                "synthetic.per_class, data.train_fraction, seeds.classifiers)."
             ) from None
         if not isinstance(current, bool | int | float | str):
             raise ValueError(
@@ -546,29 +594,32 @@ def _realism_runs(study) -> list[Run]:
 
 def _classifier_runs(study, condition: str, stage: str, values=None, sets=(),
                      control="") -> list[Run]:  # fmt: skip
-    """The ViT runs of one condition, one per seed: the classifier config with `values` over
-    it, reading the synthetic `sets` (synthetic/<set>; none: real data only), compared with
-    `control`."""
-    dirs = {"data.synthetic.dirs": ",".join(f"$W/synthetic/{s}" for s in sets)}
-    return [
-        Run(
-            f"classifiers/{condition}/seed_{seed}",
-            stage,
-            "train",
-            {"workdir": f"$W/classifiers/{condition}/seed_{seed}"},
-            study.classifier.config,
-            {
-                **data_values(study),
-                **flatten(study.classifier.overrides),
-                "seed": seed,
-                **(dirs if sets else {}),
-                **(values or {}),
-            },
-            tuple(f"synthetic/{s}" for s in sets),
-            control=control,
+    """The ViT runs of one condition, one per classifier seed s: the classifier config with
+    `values` over it, reading the synthetic `sets` (synthetic/<set>, each at generator seed
+    s mod seeds.generators; none: real data only), compared with `control`."""
+    runs = []
+    for seed in range(study.seeds.classifiers):
+        made = [instance(name, seed % study.seeds.generators) for name in sets]
+        dirs = {"data.synthetic.dirs": ",".join(f"$W/synthetic/{name}" for name in made)}
+        runs.append(
+            Run(
+                f"classifiers/{condition}/seed_{seed}",
+                stage,
+                "train",
+                {"workdir": f"$W/classifiers/{condition}/seed_{seed}"},
+                study.classifier.config,
+                {
+                    **data_values(study),
+                    **flatten(study.classifier.overrides),
+                    "seed": seed,
+                    **(dirs if sets else {}),
+                    **(values or {}),
+                },
+                tuple(f"synthetic/{name}" for name in made),
+                control=control,
+            )
         )
-        for seed in range(study.seeds)
-    ]
+    return runs
 
 
 def _pretrain_runs(study, generator: str, only: dict) -> list[Run]:

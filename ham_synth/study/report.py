@@ -110,7 +110,7 @@ def write_point_report(
         "",
         *sections.results_table(results, realism, has_inception, len(class_names)),
         "",
-        *sections.changes_section(changes[primary], primary, seeds),
+        *sections.changes_section(changes[primary], primary, seeds, study.seeds.generators),
         "",
         *sections.tstr_section(tstr_ratios, primary),
         "",

@@ -282,9 +282,19 @@ def results_table(results: dict, realism: dict, has_inception: bool, num_classes
     ]  # fmt: skip
 
 
-def changes_section(changes: dict, primary: str, seeds: int) -> list[str]:
+def changes_section(changes: dict, primary: str, seeds: int, generator_seeds: int) -> list:
     """Each compared condition's paired change from its matched control, with Holm's p and the
     verdict, and a sentence per condition."""
+    if generator_seeds > 1:
+        variance = (
+            f"Classifier seed s reads the sets of generator seed s mod {generator_seeds}, so "
+            "the intervals cover the generators' variance as well as the classifiers'."
+        )
+    else:
+        variance = (
+            "The intervals cover classifier seeds only: every condition reads one generator "
+            "run and one synthetic set (seeds.generators raises that)."
+        )
     lines = [
         f"## Change from the matched control ({primary})",
         "",
@@ -292,8 +302,7 @@ def changes_section(changes: dict, primary: str, seeds: int) -> list[str]:
         "as it does (its control; the training-stream table shows both). Paired over seeds: "
         "mean difference, its unadjusted 95% interval (scipy's paired t-test), and p with Holm's "
         f"correction over the {len(changes)} conditions compared (alpha {stats.ALPHA}); the "
-        "verdict follows the adjusted p. The intervals cover classifier seeds only: every "
-        "condition reads one generator run and one synthetic set.",
+        f"verdict follows the adjusted p. {variance}",
         "",
         "| condition | control | change | unadjusted 95% interval | p (Holm) | verdict |",
         "|---|---|---|---|---|---|",
@@ -314,7 +323,7 @@ def changes_section(changes: dict, primary: str, seeds: int) -> list[str]:
         lines += [
             "",
             f"With {seeds} seed(s) the intervals are wide: a real effect of a few points can read "
-            "as no measurable effect. More seeds (`seeds`) narrow them.",
+            "as no measurable effect. More seeds (`seeds.classifiers`) narrow them.",
         ]
     return lines
 

@@ -293,8 +293,10 @@ def test_a_sweep_shares_the_runs_its_points_have_in_common(tmp_path):
         if r.stage in ("synthetic", "filtered", "realism", "conditions", "memorization")
         and not r.name.startswith("classifiers/real/")
     )  # fmt: skip
-    two = plan_lib.make_plan(smoke(sweep="synthetic.per_class=20,30;seeds=1,2"), tmp_path)
-    label = "synthetic.per_class=20__seeds=1"
+    two = plan_lib.make_plan(
+        smoke(sweep="synthetic.per_class=20,30;seeds.classifiers=1,2"), tmp_path
+    )
+    label = "synthetic.per_class=20__seeds.classifiers=1"
     mixed = next(r for r in two if r.name == f"points/{label}/classifiers/real+vae/seed_0")
     assert mixed.overrides["data.synthetic.dirs"] == f"$W/points/{label}/synthetic/vae"
     with pytest.raises(ValueError, match="is not a field of the config"):
@@ -325,3 +327,25 @@ def test_eta_is_the_mean_run_time_of_each_stage_and_names_its_guesses(tmp_path):
     )
     timed = {"generators": [60.0], "real": [30.0, 90.0]}
     assert runner._eta(timed, pending) == "ETA 5.0 min"
+
+
+def test_generator_seeds_pair_with_classifier_seeds(tmp_path):
+    study = smoke(**{"seeds.classifiers": 3, "seeds.generators": 2})
+    plan = {r.name: r for r in plan_lib.make_plan(study, tmp_path)}
+    assert plan["generators/vae@1"].overrides["seed"] == 1
+    assert "seed" not in plan["generators/vae"].overrides
+    assert plan["synthetic/vae@1"].flags["seed"] == 1
+    assert plan["synthetic/vae@1"].deps == ("generators/vae@1",)
+    assert plan["synthetic/vae@1:filtered"].flags["workdir"] == "$W/generators/vae@1"
+    # Classifier seed s reads generator seed s mod 2.
+    for seed, made in enumerate(("vae", "vae@1", "vae")):
+        mixed = plan[f"classifiers/real+vae/seed_{seed}"]
+        assert mixed.overrides["data.synthetic.dirs"] == f"$W/synthetic/{made}"
+        assert mixed.deps == (f"synthetic/{made}",)
+        filtered = plan[f"classifiers/real+vae:filtered/seed_{seed}"]
+        assert filtered.overrides["data.synthetic.dirs"] == f"$W/synthetic/{made}:filtered"
+        assert plan[f"pretraining/vae/seed_{seed}"].deps == (f"synthetic/{made}",)
+    # Realism and memorization read the seed-0 sets.
+    assert "realism/vae@1/classifier" not in plan and "memorization/vae@1" not in plan
+    with pytest.raises(ValueError, match=r"seeds.generators=4; give 1 to seeds.classifiers \(3\)"):
+        plan_lib.make_plan(smoke(**{"seeds.classifiers": 3, "seeds.generators": 4}), tmp_path)

@@ -87,7 +87,9 @@ def fake_runs(root, plan, rng):
 def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", str(tmp_path / "cache"))
-    study = config_lib.with_values(config_lib.load_config("configs/study.py:smoke"), {"seeds": 3})
+    study = config_lib.with_values(
+        config_lib.load_config("configs/study.py:smoke"), {"seeds.classifiers": 3}
+    )
     plan = plan_lib.make_plan(study, tmp_path)
     expected = {k[1:]: v for k, v in fake_runs(tmp_path, plan, np.random.default_rng(0)).items()}
     content = report.write_report(study, plan, tmp_path)
@@ -117,6 +119,7 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert changes["real+gan"]["verdict"] == "no measurable effect"
     assert f"real+vae: helped on balanced_accuracy against real ({gain:+.3f}" in text
     assert "| real+vae | real | " in text and "unadjusted 95% interval" in text
+    assert "The intervals cover classifier seeds only" in text  # One generator seed.
     tstr = [expected[("synthetic_vae", s)]["balanced_accuracy"] for s in range(3)]
     trtr = [expected[("real", s)]["balanced_accuracy"] for s in range(3)]
     assert content["tstr"]["vae"]["ratio"] == pytest.approx(np.mean(tstr) / np.mean(trtr))
@@ -160,7 +163,7 @@ def test_a_sweep_report_tabulates_its_points(tmp_path, monkeypatch):
     monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", str(tmp_path / "cache"))
     study = config_lib.with_values(
         config_lib.load_config("configs/study.py:smoke"),
-        {"seeds": 3, "sweep": "synthetic.per_class=20,30"},
+        {"seeds.classifiers": 3, "sweep": "synthetic.per_class=20,30"},
     )
     plan = plan_lib.make_plan(study, tmp_path)
     expected = fake_runs(tmp_path, plan, np.random.default_rng(1))
@@ -186,7 +189,7 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
     study = config_lib.load_config("configs/study.py:smoke")
     with study.unlocked():
         del study.generators["ddpm"], study.generators["gan"]
-        study.seeds = 1
+        study.seeds.classifiers = 1
     made = runner.run_study(study, tmp_path)
     assert len(made) == 13
     text = (tmp_path / report.REPORT_MD).read_text()

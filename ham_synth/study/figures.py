@@ -51,6 +51,25 @@ def per_class_f1_plot(results: dict, class_names: list[str], path: pathlib.Path)
     ax.set_xticks(x + 0.4 - width / 2, class_names)
     ax.set_ylabel("test F1")
     ax.set_ylim(0, 1)
+    save(fig, ax, path)
+
+
+def sweep_plot(series: dict, primary: str, xlabel: str, path: pathlib.Path) -> None:
+    """Each condition's paired change of `primary` from its control, with its interval, against
+    a sweep's x: `series` is {condition: [(x, mean, low, high)]}."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for condition, rows in series.items():
+        x, mean, low, high = map(np.asarray, zip(*sorted(rows), strict=True))
+        ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker="o", capsize=3,
+                    label=condition)  # fmt: skip
+    ax.axhline(0.0, color="gray", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"change in test {primary}\nfrom the control")
+    save(fig, ax, path)
+
+
+def save(fig, ax, path: pathlib.Path) -> None:
+    """The figure, with its legend, as a PNG at `path` (written whole or not at all)."""
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,10 +65,35 @@ def write_sweep_report(study, contents: dict, root: pathlib.Path) -> dict:
                 f"{sections.signed(change['high'])} | {change['verdict']} |"
             )
     lines += ["", *[f"- [{label}](points/{label}/report.md)" for label in contents]]
+    if len(axes) == 1:
+        (axis,) = axes
+        values = {label: point[axis] for label, point in plan_lib.sweep_points(study.sweep, study)}
+        dose = axis.startswith("synthetic.")
+        xlabel = "synthetic share of the training stream" if dose else axis
+        path = root / "report" / f"sweep_{axis}.png"
+        figures.sweep_plot(sweep_series(contents, values, primary, dose), primary, xlabel, path)
+        lines += ["", f"![change against {xlabel}](report/{path.name})"]
     fileio.write_text(root / REPORT_MD, "\n".join(lines) + "\n")
     content = {"sweep": study.sweep, "points": contents}
     fileio.write_json(root / REPORT_JSON, content, default=str)
     return content
+
+
+def sweep_series(contents: dict, values: dict, primary: str, dose: bool) -> dict:
+    """{condition: [(x, mean, low, high)]}: each compared condition's change of `primary` from
+    its control at every sweep point. x is the point's axis value (`values`: label -> value),
+    or with `dose`, the synthetic share of the condition's training stream there."""
+    series = {}
+    for label, content in contents.items():
+        for condition, change in content["changes"][primary].items():
+            x = values[label]
+            if dose:
+                by_class = content["stream"][condition].values()
+                x = sum(c["share"] * c["synthetic_share"] for c in by_class)
+            series.setdefault(condition, []).append(
+                (x, change["mean"], change["low"], change["high"])
+            )
+    return series
 
 
 def tstr(results: dict, primary: str) -> dict:

@@ -178,6 +178,18 @@ def test_a_sweep_report_tabulates_its_points(tmp_path, monkeypatch):
             for seed in range(3):
                 metrics = results[condition][seed]["metrics"]
                 assert metrics == pytest.approx(expected[(point, condition, seed)])
+    # The dose-response plot: each condition's change against its stream's synthetic share
+    # (fake_runs: a quarter of 6 of 7 equally drawn classes).
+    assert "![change against synthetic share of the training stream]" in text
+    assert (tmp_path / "report" / "sweep_synthetic.per_class.png").stat().st_size > 0
+    values = {"synthetic.per_class=20": 20, "synthetic.per_class=30": 30}
+    dose = report.sweep_series(content["points"], values, "balanced_accuracy", dose=True)
+    for point, (x, mean, low, high) in zip(values, dose["real+gan"], strict=True):
+        change = content["points"][point]["changes"]["balanced_accuracy"]["real+gan"]
+        assert x == pytest.approx(6 * 0.142857 * 0.25)
+        assert (mean, low, high) == (change["mean"], change["low"], change["high"])
+    axis = report.sweep_series(content["points"], values, "balanced_accuracy", dose=False)
+    assert [x for x, *_ in axis["real+gan"]] == [20, 30]
 
 
 @pytest.mark.slow

@@ -118,7 +118,8 @@ def sample_fake_dir(generator_workdir: str, num_per_class, out: pathlib.Path, **
 def format_table(metrics: dict) -> str:
     columns = ("n_real", "n_fake", *[k for k in ("fid", "fd", "kid", "kd") if k in
                metrics["overall"]], "precision", "recall")  # fmt: skip
-    rows = [("overall", metrics["overall"]), *metrics["per_class"].items()]
+    matched = [("class-matched", metrics["matched"])] if "matched" in metrics else []
+    rows = [("overall", metrics["overall"]), *matched, *metrics["per_class"].items()]
     lines = [f"{'':12s}" + "".join(f"{c:>11s}" for c in columns)]
     for name, row in rows:
         cells = "".join(
@@ -178,9 +179,21 @@ def score_images(
                 real, real_labels, fake, fake_labels, class_names, seed=config.seed
             ),
         }
+        matched = fid.class_matched(real_labels, fake_labels, seed=config.seed)
+        if matched is not None:
+            metrics["matched"] = fid.compute_metrics(
+                real[matched[0]], fake[matched[1]], seed=config.seed
+            )
     metrics = {
         "feature_space": net.name,
         "overall": realism.space_names(metrics["overall"], net.is_inception),
+        # Both sides subsampled to the real split's class mix; absent when the images lack a
+        # class the split has.
+        **(
+            {"matched": realism.space_names(metrics["matched"], net.is_inception)}
+            if "matched" in metrics
+            else {}
+        ),  # fmt: skip
         "per_class": {
             name: realism.space_names(row, net.is_inception)
             for name, row in metrics["per_class"].items()

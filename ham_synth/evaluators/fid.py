@@ -192,6 +192,27 @@ def compute_metrics(real: np.ndarray, fake: np.ndarray, *, k: int = 3, seed: int
     }
 
 
+def class_matched(real_labels: np.ndarray, fake_labels: np.ndarray, seed: int = 0):
+    """(real indices, fake indices): the largest subsets of both sides with the real side's class
+    mix, drawn without replacement; None when the fake side lacks a class the real side has
+    (no subset matches). An overall distance on them reads realism, not class mix."""
+    classes, real_counts = np.unique(real_labels, return_counts=True)
+    fake_counts = np.asarray([np.sum(fake_labels == c) for c in classes])
+    if not fake_counts.all():
+        return None
+    shares = real_counts / real_counts.sum()
+    total = min(real_counts.sum(), np.min(fake_counts / shares))
+    take = np.floor(total * shares).astype(np.int64)
+    rng = np.random.default_rng(seed)
+
+    def draw(labels):
+        picked = [rng.choice(np.flatnonzero(labels == c), n, replace=False)
+                  for c, n in zip(classes, take, strict=True)]  # fmt: skip
+        return np.sort(np.concatenate(picked))
+
+    return draw(real_labels), draw(fake_labels)
+
+
 def per_class_metrics(
     real: np.ndarray,
     real_labels: np.ndarray,

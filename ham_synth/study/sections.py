@@ -177,6 +177,12 @@ def _generator_of(condition: str, realism: dict) -> str:
     return ""
 
 
+def matched_cells(metrics: dict, names) -> list[str]:
+    """An evaluation's class-matched values of `names` (evaluate's "matched"), or n/a."""
+    matched = metrics.get("matched")
+    return [f"{matched[n]:.4g}" if matched else "n/a" for n in names]
+
+
 def realism_section(realism: dict, has_inception: bool) -> list[str]:
     """Per generator: FD / KD / precision / recall in the ViT's features, the balanced recognised
     share, and Inception's FID / KID when present; then the recognised share and KD per class."""
@@ -187,26 +193,29 @@ def realism_section(realism: dict, has_inception: bool) -> list[str]:
         "## Realism of each synthetic set",
         "",
         f"Against the real test split. FD and KD: Fréchet and kernel (KID's) distances in the "
-        f"real-only seed-0 ViT's feature space ({space}), not FID; precision and recall: the "
-        "k-NN manifold coverage (Kynkäänniemi et al.) in that space. Recognised: the share of "
-        "each class's images that ViT labels as the class they were generated for, averaged over "
-        "the classes the real + synthetic conditions take; its ceiling is that ViT's balanced "
-        "recall on real test images of those classes.",
+        f"real-only seed-0 ViT's feature space ({space}), not FID, on both sides subsampled to "
+        "the test split's class mix (class-matched: the set's own mix would read as realism; "
+        "n/a when the set lacks a test class); precision and recall: the k-NN manifold "
+        "coverage (Kynkäänniemi et al.) in that space. Recognised: the share of each class's "
+        "images that ViT labels as the class they were generated for, averaged over the classes "
+        "the real + synthetic conditions take; its ceiling is that ViT's balanced recall on "
+        "real test images of those classes.",
         "",
         "| generator | images | FD | KD | precision | recall | recognised | ceiling | FID "
         "(Inception) | KID (Inception) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for generator, entry in realism.items():
-        ours, named = entry["classifier"]["overall"], entry["recognised"]
+        ours, named = matched_cells(entry["classifier"], ("fd", "kd")), entry["recognised"]
+        overall = entry["classifier"]["overall"]
         inception_entry = entry.get("inception")
         fid_cells = (
-            [f"{inception_entry['overall'][k]:.4g}" for k in ("fid", "kid")]
+            matched_cells(inception_entry, ("fid", "kid"))
             if inception_entry else ["not computed: no Inception weights"] * 2
         )  # fmt: skip
         lines.append(
-            f"| {generator} | {ours['n_fake']} | {ours['fd']:.4g} | {ours['kd']:.4g} | "
-            f"{ours['precision']:.3f} | {ours['recall']:.3f} | {named['balanced']:.3f} | "
+            f"| {generator} | {overall['n_fake']} | {ours[0]} | {ours[1]} | "
+            f"{overall['precision']:.3f} | {overall['recall']:.3f} | {named['balanced']:.3f} | "
             f"{named['ceiling_balanced']:.3f} | " + " | ".join(fid_cells) + " |"
         )
     lines += [
@@ -232,15 +241,19 @@ def realism_section(realism: dict, has_inception: bool) -> list[str]:
             lines += recognition.markdown_rows(entry, prefix=[generator])
     lines += [
         "",
-        "KD per class (unbiased at small sample sizes, where a per-class Fréchet distance is "
-        "not; classes with too few images on either side are left out):",
+        "Per class: the set's class-c images against the real test images of class c, in the "
+        "ViT's features (KD is unbiased at small sample sizes, where FD is not; classes with "
+        "too few images on either side are left out):",
         "",
-        "| generator | class | KD |",
-        "|---|---|---|",
+        "| generator | class | real | synthetic | FD | KD | precision | recall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for generator, entry in realism.items():
         for cls, row in entry["classifier"]["per_class"].items():
-            lines.append(f"| {generator} | {cls} | {row['kd']:.4g} |")
+            lines.append(
+                f"| {generator} | {cls} | {row['n_real']} | {row['n_fake']} | {row['fd']:.4g} | "
+                f"{row['kd']:.4g} | {row['precision']:.3f} | {row['recall']:.3f} |"
+            )
     if not has_inception:
         lines += [
             "",
@@ -268,15 +281,16 @@ def results_table(results: dict, realism: dict, has_inception: bool, num_classes
         generator = _generator_of(condition, realism)
         fid = fd = ""
         if generator:
-            fd = f"{realism[generator]['classifier']['overall']['fd']:.3g}"
+            fd = matched_cells(realism[generator]["classifier"], ("fd",))[0]
             inception_entry = realism[generator].get("inception")
-            fid = f"{inception_entry['overall']['fid']:.3g}" if inception_entry else "no weights"
+            fid = matched_cells(inception_entry, ("fid",))[0] if inception_entry else "no weights"
         lines.append(f"| {condition} | " + " | ".join([*cells, fid, fd]) + " |")
     return [
         *lines,
         "",
-        "FID and FD score the condition's synthetic set against the real test split (Realism "
-        "below); FD is in the real-only ViT's feature space and is not FID."
+        "FID and FD score the condition's synthetic set against the real test split, both "
+        "subsampled to the split's class mix (Realism below); FD is in the real-only ViT's "
+        "feature space and is not FID."
         + ("" if has_inception else " FID needs Inception weights (`ham-synth "
            "convert-inception`), absent here, so FID is not computed."),
     ]  # fmt: skip

@@ -152,3 +152,16 @@ def test_per_class_metrics_cover_classes_with_enough_samples():
         warnings.simplefilter("ignore")
         direct = fid.compute_metrics(real[real_labels == 0], fake[fake_labels == 0])
     assert results["a"] == direct
+
+
+def test_class_matched_subsets_take_the_real_class_mix_from_both_sides():
+    real = np.repeat([0, 1, 2], [60, 30, 10])  # Shares 0.6, 0.3, 0.1.
+    fake = np.repeat([0, 1, 2], [12, 300, 300])  # Minority-heavy: class 0 limits the subset.
+    real_idx, fake_idx = fid.class_matched(real, fake, seed=3)
+    # 12 / 0.6 = 20 images a side: 12, 6 and 2 of the three classes.
+    for labels, idx in ((real, real_idx), (fake, fake_idx)):
+        assert len(set(idx.tolist())) == len(idx)
+        np.testing.assert_array_equal(np.bincount(labels[idx], minlength=3), [12, 6, 2])
+    assert fid.class_matched(real, np.repeat([0, 1], [50, 50])) is None  # No class 2.
+    same = fid.class_matched(real, real)  # Matched already: everything.
+    np.testing.assert_array_equal(same[0], np.arange(100))

@@ -29,9 +29,11 @@ def fake_runs(root, plan, rng):
         folder = root / run.name
         if run.base_name.endswith("/classifier"):  # realism/<g>/classifier: evaluate's metrics.json
             (folder / "eval").mkdir(parents=True)
-            row = {"fd": 1.5, "kd": 0.25, "precision": 0.5, "recall": 0.75, "n_fake": 4}
+            row = {"fd": 1.5, "kd": 0.25, "precision": 0.5, "recall": 0.75, "n_fake": 4,
+                   "n_real": 10}  # fmt: skip
+            matched = {**row, "fd": 1.25}  # Class-matched subsets.
             metrics = {"feature_space": "classifier (step 3 of V)", "overall": row,
-                       "per_class": {"3:df": row}}  # fmt: skip
+                       "matched": matched, "per_class": {"3:df": row}}  # fmt: skip
             (folder / "eval" / "metrics.json").write_text(json.dumps(metrics))
         if run.base_name.endswith("/recognised"):  # 3 of 4 df and 1 of 2 vasc images recognised
             folder.mkdir(parents=True)
@@ -141,11 +143,11 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     # nv's images were made for the synthetic-only condition alone: scored apart.
     assert named["tstr_only"]["per_class"] == {"5:nv": {"share": 1.0, "ceiling": 0.8,
                                                         "ratio": 1.25, "n": 1}}  # fmt: skip
-    assert "| real+vae | " in text and "| 1.5 |" in text and "no weights" in text
-    assert "| vae | 4 | 1.5 | 0.25 | 0.500 | 0.750 | 0.625 | 0.650 | not computed" in text
+    assert "| real+vae | " in text and "| 1.25 |" in text and "no weights" in text
+    assert "| vae | 4 | 1.25 | 0.25 | 0.500 | 0.750 | 0.625 | 0.650 | not computed" in text
+    assert "| vae | 3:df | 10 | 4 | 1.5 | 0.25 | 0.500 | 0.750 |" in text
     assert "| vae | 3:df | 4 | 0.750 | 0.500 | 1.500 |" in text
     assert "| vae | balanced (chance 0.143) | 6 | 0.625 | 0.650 | 0.962 |" in text
-    assert "| vae | 3:df | 0.25 |" in text
     assert "| gan | 10 | 2 | 0.500 | 0.250 | [memorization/gan/closest_pairs.png]" in text
     assert content["memorization"]["gan"]["near_copies"] == 2
     assert content["filtered"]["vae:filtered"]["3:df"]["acceptance"] == 0.6

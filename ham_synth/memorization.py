@@ -6,7 +6,8 @@ which the generator never saw. Outputs in WORKDIR:
 
 - `memorization.json`: the ratio of median synthetic->train to median test->train distances per
   space (about 1: as close to the training images as new real images are; near 0: copies), the
-  near-copy threshold, and per synthetic image its nearest training image, distances and flag;
+  near-copy threshold, the same per class against the training images of that class, and per
+  synthetic image its nearest training image, distances and flag;
 - `closest_pairs.png`: the closest synthetic / training pairs, side by side.
 
 A synthetic image is a near-copy when, in both spaces, it is closer to a training image than
@@ -71,6 +72,30 @@ def audit_space(synthetic: np.ndarray, test: np.ndarray, train: np.ndarray, quan
     }
 
 
+def per_class_audit(embedded: dict, labels: list, class_names, quantile: float) -> dict:
+    """class -> {"images", "near_copies", space: {ratio, medians, threshold}}: each class's
+    synthetic and test images against the training images of the same class. `embedded` maps a
+    space to its (synthetic, test, train) rows, `labels` gives their labels in that order; a
+    class missing from one of the three is left out."""
+    audits = {}
+    for label, name in enumerate(class_names):
+        masks = [labels_ == label for labels_ in labels]
+        if not all(mask.any() for mask in masks):
+            continue
+        spaces = {space: audit_space(*(r[m] for r, m in zip(rows, masks, strict=True)), quantile)
+                  for space, rows in embedded.items()}  # fmt: skip
+        flagged = np.logical_and.reduce(
+            [space["distance"] < space["threshold"] for space in spaces.values()]
+        )
+        audits[name] = {
+            "images": int(masks[0].sum()),
+            "near_copies": int(flagged.sum()),
+            **{space: {k: v for k, v in audit.items() if k not in ("index", "distance")}
+               for space, audit in spaces.items()},
+        }  # fmt: skip
+    return audits
+
+
 def pixels(images: np.ndarray) -> np.ndarray:
     """uint8 [N, H, W, C] -> float32 [N, H*W*C] in [0, 1]."""
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
@@ -118,15 +143,13 @@ def audit(
     fake_source = sources.get_source(sources.folder_like(data, fake_dir, class_names))
     sets = {n: read_all(s) for n, s in (("train", train_source), ("test", test_source),
                                          ("synthetic", fake_source))}  # fmt: skip
-    spaces = {
-        "pixels": audit_space(*(pixels(sets[n][0]) for n in ("synthetic", "test", "train")),
-                              quantile),
-        "features": audit_space(
-            *(features_lib.image_features(net, sets[n][0], batch_size, mesh)
-              for n in ("synthetic", "test", "train")),
-            quantile,
-        ),
+    order = ("synthetic", "test", "train")
+    embedded = {
+        "pixels": [pixels(sets[n][0]) for n in order],
+        "features": [features_lib.image_features(net, sets[n][0], batch_size, mesh)
+                     for n in order],
     }  # fmt: skip
+    spaces = {name: audit_space(*rows, quantile) for name, rows in embedded.items()}
     flagged = np.logical_and.reduce(
         [space["distance"] < space["threshold"] for space in spaces.values()]
     )
@@ -152,6 +175,9 @@ def audit(
                 name: {k: v for k, v in space.items() if k not in ("index", "distance")}
                 for name, space in spaces.items()
             },  # fmt: skip
+            "per_class": per_class_audit(
+                embedded, [sets[n][1] for n in order], class_names, quantile
+            ),
             "statement": STATEMENT,
             "images": images,
         },

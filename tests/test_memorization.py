@@ -40,11 +40,20 @@ def test_copies_are_flagged_and_new_real_images_are_not(digits, tmp_path):
     assert copies["pixels"]["ratio"] < 1e-3 and copies["features"]["ratio"] < 1e-3
     nearest = [image["pixels_nearest_train"] for image in copies["images"]]
     assert sorted(nearest) == list(range(40)), "each copy finds its own original"
+    # Per class, against the training images of the same class: the same verdict.
+    per_class = copies["per_class"]
+    assert set(per_class) == {str(c) for c in np.unique(train_labels[:40])}
+    for name, entry in per_class.items():
+        assert entry["images"] == int(np.sum(train_labels[:40] == int(name)))
+        assert entry["near_copies"] == entry["images"], name
+        assert entry["pixels"]["ratio"] < 1e-3 and entry["features"]["ratio"] < 1e-3, name
 
     held_out = audit(data, write_set(tmp_path / "held_out", *sets["val"]))
     assert held_out["near_copies"] <= 0.02 * held_out["images_audited"]
     assert 0.8 < held_out["pixels"]["ratio"] < 1.25
     assert 0.8 < held_out["features"]["ratio"] < 1.25
+    for name, entry in held_out["per_class"].items():  # 10-20 val images a class: noisier.
+        assert 0.6 < entry["pixels"]["ratio"] < 1.6, name
 
 
 def test_a_blurred_class_mean_is_not_a_copy(digits, tmp_path):

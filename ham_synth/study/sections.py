@@ -55,6 +55,20 @@ def memorization_section(audits: dict) -> list[str]:
             f"{audit['pixels']['ratio']:.3f} | {audit['features']['ratio']:.3f} | "
             f"[{audit['pairs']}]({audit['pairs']}) |"
         )
+    lines += [
+        "",
+        "Per class, each class's synthetic and test images against the training images of that "
+        "class (near-copies by that class's test distances):",
+        "",
+        "| generator | class | images | near-copies | ratio (pixels) | ratio (features) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for generator, audit in audits.items():
+        for cls, entry in audit.get("per_class", {}).items():
+            lines.append(
+                f"| {generator} | {cls} | {entry['images']} | {entry['near_copies']} | "
+                f"{entry['pixels']['ratio']:.3f} | {entry['features']['ratio']:.3f} |"
+            )
     return [*lines, "", memorization.STATEMENT]
 
 

@@ -49,8 +49,11 @@ def fake_runs(root, plan, rng):
             (folder / "screening.json").write_text(json.dumps(summary))
         if run.stage == "memorization":
             folder.mkdir(parents=True)
+            per_class = {"3:df": {"images": 4, "near_copies": 1, "pixels": {"ratio": 0.75},
+                                  "features": {"ratio": 0.5}}}  # fmt: skip
             audit = {"quantile": 0.01, "near_copies": 2, "images_audited": 10, "images": [],
-                     "pixels": {"ratio": 0.5}, "features": {"ratio": 0.25}}  # fmt: skip
+                     "pixels": {"ratio": 0.5}, "features": {"ratio": 0.25},
+                     "per_class": per_class}  # fmt: skip
             (folder / "memorization.json").write_text(json.dumps(audit))
         if not run.base_name.startswith("classifiers/"):
             continue
@@ -150,6 +153,7 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert "| vae | balanced (chance 0.143) | 6 | 0.625 | 0.650 | 0.962 |" in text
     assert "| gan | 10 | 2 | 0.500 | 0.250 | [memorization/gan/closest_pairs.png]" in text
     assert content["memorization"]["gan"]["near_copies"] == 2
+    assert "| gan | 3:df | 4 | 1 | 0.750 | 0.500 |" in text
     assert content["filtered"]["vae:filtered"]["3:df"]["acceptance"] == 0.6
     assert "| vae:filtered | 3:df | 3 | 5 | 3 | 0.600 |" in text
     # Subgroups: real-only against the best real + synthetic condition (real+vae here).

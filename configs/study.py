@@ -118,6 +118,9 @@ def get_config(arg: str | None = None):
         # budget, pretrain_fraction of it pre-training; empty: none.
         pretrain="",
         pretrain_fraction=0.5,
+        # Also real + each of these generators' sets at these ratios besides synthetic.ratio
+        # (comma-separated both; condition real+<g>:ratio=<r>): a dose-response within one study.
+        dose=dict(generators="", ratios=""),
     )
     # The realism stage: each set against the real test split in the real-only ViT's features
     # (always) and in Inception's when its weights exist (`ham-synth convert-inception`).
@@ -160,6 +163,7 @@ def get_config(arg: str | None = None):
                     generator_steps=dict(vae=5000, gan=2500, ddpm=2500), per_class=1000,
                     tstr_per_class=500, classifier_variant="derma28_study")  # fmt: skip
         config.conditions.pretrain = "ddpm"
+        config.conditions.dose = dict(generators="ddpm", ratios="0.1,0.5")
         config.seeds.generators = 2
     if arg.ham64:
         use_recipes(config, "ham64", data=dict(name="ham10000", image_size=64),

@@ -14,7 +14,8 @@ kept image's confidence when a classifier filtered it.
 The manifest is written last: a folder with one is finished, and `sample` refuses it unless
 `--overwrite`. A folder without one is an unfinished sample (killed): a rerun keeps the batches
 whose PNGs all decode with this sample's provenance and draws the others again with their own
-noise, so the folder ends as an uninterrupted run would have left it.
+noise, so the folder ends as an uninterrupted run would have left it (with a screen, up to the
+redraws: which slots still need one depends on where the run stopped).
 """
 
 import collections

@@ -20,7 +20,8 @@ Stages, in order: what each makes, where under the study's workdir W, and what i
 - report: tables, paired intervals and verdicts -> report.md, report.json, report/*.png; every
   run above.
 
-Conditions are named after what the ViT trains on: `real`, `real+<generator>`, `real+all`,
+Conditions are named after what the ViT trains on: `real`, `real+<generator>` (and at extra
+doses, `real+<generator>:ratio=<r>`), `real+all`,
 `synthetic_<generator>` (train on synthetic, test on real: TSTR, read against `real` as a ratio)
 and `pretrain_<generator>` (pre-trained on the set under pretraining/<generator>/, then
 fine-tuned on real data, at the real-only step budget; against `real`).
@@ -60,6 +61,7 @@ STAGES = ("generators", "synthetic", "real", "filtered", "realism", "conditions"
           "report")  # fmt: skip
 FILTERED = ":filtered"  # A set kept where the reference ViT is confident: synthetic/<g>:filtered.
 PRETRAIN = "pretrain_"  # Pre-trained on a set, fine-tuned on real data: pretrain_<generator>.
+DOSE = ":ratio="  # Real + a set at an extra dose: real+<generator>:ratio=<r>.
 REAL = "real"
 # The real-only control drawn uniformly (data.balance_alpha=0), which the count policies need.
 UNIFORM = "real:uniform"
@@ -230,6 +232,22 @@ def pretrain_steps(study: ml_collections.ConfigDict) -> tuple[dict, dict]:
     return part(first), part(total - first)
 
 
+def doses(study: ml_collections.ConfigDict) -> list[tuple[str, float]]:
+    """(generator, ratio) of each extra dose (conditions.dose): real + that generator's set with
+    that share of each generated class's draws synthetic."""
+    block = study.conditions.dose
+    ratios = [float(r) for r in block.ratios.split(",") if r.strip()]
+    names = named_generators(study, block.generators, "conditions.dose.generators")
+    if not ratios or not names:
+        return []
+    if study.synthetic.policy != "ratio" or not all(0 < r < 1 for r in ratios):
+        raise ValueError(
+            f"conditions.dose.ratios={block.ratios!r}: extra doses are ratios in (0, 1) of the "
+            f"ratio policy (synthetic.policy={study.synthetic.policy!r})."
+        )
+    return [(g, r) for g in names for r in ratios if r != study.synthetic.ratio]
+
+
 def filtered(study: ml_collections.ConfigDict) -> list[str]:
     """The generators whose sets are also filtered by the reference ViT (synthetic.filter)."""
     block = study.synthetic.filter
@@ -390,6 +408,9 @@ def _condition_runs(study, mixed: list[str]) -> list[Run]:
         mixes[f"real+{ALL}"] = list(study.generators)
     for condition, sets in mixes.items():
         runs += _classifier_runs(study, condition, "conditions", mix, sets, control)
+    for g, ratio in doses(study):
+        runs += _classifier_runs(study, f"real+{g}{DOSE}{ratio:g}", "conditions",
+                                 {**mix, "data.synthetic.ratio": ratio}, [g], control)  # fmt: skip
     # A filtered set holds what passed the filter: every image of it (per_class 0).
     for name in filtered(study):
         runs += _classifier_runs(study, f"real+{name}{FILTERED}", "conditions",

@@ -96,6 +96,18 @@ def sweep_series(contents: dict, values: dict, primary: str, dose: bool) -> dict
     return series
 
 
+def dose_series(changes: dict, streams: dict, generators: list[str]) -> dict:
+    """{generator: [(synthetic share of the stream, mean, low, high)]}: the change from the
+    control of real + each set at every dose the study ran (conditions.dose)."""
+    series = {}
+    for g in generators:
+        for condition, change in changes.items():
+            if condition == f"real+{g}" or condition.startswith(f"real+{g}{plan_lib.DOSE}"):
+                x = sum(c["share"] * c["synthetic_share"] for c in streams[condition].values())
+                series.setdefault(g, []).append((x, change["mean"], change["low"], change["high"]))
+    return series
+
+
 def tstr(results: dict, primary: str) -> dict:
     """generator -> its synthetic-only condition against real-only (stats.tstr_ratio)."""
     trtr = [r["metrics"][primary] for r in results[plan_lib.REAL]]
@@ -129,6 +141,14 @@ def write_point_report(
     tstr_ratios = tstr(results, primary)
     screened = collect.screening(plan, root)
     audits = collect.collect_memorization(plan, root, out)
+    dosed = sorted({g for g, _ in plan_lib.doses(study)})
+    dose_lines = []
+    if dosed:
+        by_condition = {k[0]: v for k, v in changes[primary].items()}
+        xlabel = "synthetic share of the training stream"
+        figures.sweep_plot(dose_series(by_condition, streams, dosed), primary, xlabel,
+                           out / "report" / "dose.png")  # fmt: skip
+        dose_lines = [f"![change against the {xlabel}](report/dose.png)", ""]
 
     lines = [
         "# Does synthetic data help the classifier?",
@@ -137,6 +157,7 @@ def write_point_report(
         "",
         *sections.changes_section(changes[primary], primary, seeds, study.seeds.generators),
         "",
+        *dose_lines,
         *sections.tstr_section(tstr_ratios, primary),
         "",
         *sections.pretraining_section(study),

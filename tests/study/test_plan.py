@@ -349,3 +349,20 @@ def test_generator_seeds_pair_with_classifier_seeds(tmp_path):
     assert "realism/vae@1/classifier" not in plan and "memorization/vae@1" not in plan
     with pytest.raises(ValueError, match=r"seeds.generators=4; give 1 to seeds.classifiers \(3\)"):
         plan_lib.make_plan(smoke(**{"seeds.classifiers": 3, "seeds.generators": 4}), tmp_path)
+
+
+def test_extra_doses_add_real_plus_set_conditions_at_other_ratios(tmp_path):
+    study = smoke(**{"conditions.dose.generators": "gan", "conditions.dose.ratios": "0.1,0.5"})
+    plan = {r.name: r for r in plan_lib.make_plan(study, tmp_path)}
+    for ratio in (0.1, 0.5):
+        run = plan[f"classifiers/real+gan:ratio={ratio:g}/seed_1"]
+        assert run.overrides["data.synthetic.ratio"] == ratio
+        assert run.overrides["data.synthetic.dirs"] == "$W/synthetic/gan"
+        assert run.control == "real"
+    assert plan["classifiers/real+gan/seed_1"].overrides["data.synthetic.ratio"] == 0.25
+    assert plan_lib.doses(smoke()) == []
+    with pytest.raises(ValueError, match="extra doses are ratios in"):
+        plan_lib.make_plan(
+            smoke(**{"conditions.dose.generators": "gan", "conditions.dose.ratios": "0.1",
+                     "synthetic.policy": "balance"}), tmp_path
+        )  # fmt: skip

@@ -258,3 +258,20 @@ def test_the_report_finds_the_final_evaluators_by_type_in_the_run_config(tmp_pat
     del evals["test"]
     (tmp_path / "config.json").write_text(json.dumps(fields))
     assert collect.final_evaluator(tmp_path, "classification") == "held_out"
+
+
+def test_the_dose_series_puts_each_dose_at_its_streams_synthetic_share():
+    change = {"mean": 0.01, "low": -0.02, "high": 0.04}
+    changes = {"real+ddpm": change, "real+ddpm:ratio=0.5": {**change, "mean": 0.03},
+               "real+gan": change}  # fmt: skip
+
+    def stream(fake):  # Half the draws of a class that is half the stream: fake / 2 synthetic.
+        return {
+            "a": {"share": 0.5, "synthetic_share": fake},
+            "b": {"share": 0.5, "synthetic_share": 0.0},
+        }
+
+    streams = {"real+ddpm": stream(0.25), "real+ddpm:ratio=0.5": stream(0.5),
+               "real+gan": stream(0.25)}  # fmt: skip
+    series = report.dose_series(changes, streams, ["ddpm"])
+    assert series == {"ddpm": [(0.125, 0.01, -0.02, 0.04), (0.25, 0.03, -0.02, 0.04)]}

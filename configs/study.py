@@ -9,21 +9,23 @@ quickstart: imbalanced embedded digits at 16² (HAM10000's class shares in train
   and test); the VAE, GAN (with DiffAugment + R1) and DDPM quickstart recipes at a few hundred
   steps, drawing classes balanced; 150 images of each of the six minority classes, a quarter of
   each such class's draws synthetic (policy ratio: every class keeps the real-only runs' share);
-  the ViT quickstart at 600 steps over 3 seeds. It demonstrates the machinery, not a scientific
-  result; its figures are in docs/results.md.
-smoke: 8x8, every family's smoke config, 2 seeds, for tests.
+  the VAE's set again, kept where the real-only ViT gives its class p >= 0.5; the DDPM-only
+  condition trains on its whole set (150 of each minority class, 50 of the largest); the ViT
+  quickstart at 600 steps over 3 seeds. It demonstrates the machinery, not a scientific result;
+  its figures are in docs/results.md.
+smoke: 8x8, every family's smoke config, 2 classifier seeds, for tests.
 derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), every family at its derma28
-  recipe; 1,000 images of each minority class, a quarter of each one's draws synthetic, and at
-  least 500 of every class for the DDPM-only condition; the classifier is vit.py:derma28_study
-  (9.8 min a run on 2 CPU cores, 15 runs). At full length it is many CPU hours; lower the step
-  counts through flags, e.g.
+  recipe and 2 generator seeds; 1,000 images of each minority class, a quarter of each one's
+  draws synthetic (the DDPM's also at 0.1 and 0.5), the DDPM's set filtered, pre-trained on and
+  trained on alone (the whole set: 1,000 of each minority class, 500 of nv); the classifier is
+  vit.py:derma28_study (9.8 min a run on 2 CPU cores, 30 runs). At full length it is many CPU
+  hours; lower the step counts through flags, e.g.
   `--config.classifier.overrides.train.total_steps=N` with `...overrides.optim.warmup_steps=M`.
-  A lowered run on dermamnist_dev (generators at 800-1,500 steps, the ViT at 1,000), its times
-  and its result are in docs/results.md.
+  The lowered runs on dermamnist_dev, their times and their results are in docs/results.md.
 ham64: HAM10000 prepared at 64 (`--config.data.data_dir=D`), for GPUs: every family at its ham64
-  recipe, 2,000 images of each minority class at the same ratio, at least 1,000 of every class
-  for the DDPM-only condition, the ViT over 5 seeds; `--config.study.parallel_runs=8` on an
-  8-GPU host.
+  recipe, 2,000 images of each minority class at the same ratio, the DDPM-only condition on the
+  whole set (2,000 of each minority class, 1,000 of nv), the ViT over 5 seeds;
+  `--config.study.parallel_runs=8` on an 8-GPU host.
   GPU hours, estimated from step times measured on one H200 (docs/benchmarks.md) and labelled as
   estimates: the DDPM's 500k steps at 46 ms (bfloat16; 69 ms float32) are 6.4 h (9.6 h); the
   GAN's 100k steps about 0.2 h (its step costs a tenth of the DDPM's on CPU); the VAE's 50k steps
@@ -53,8 +55,10 @@ def use_recipes(config, variant: str, *, data, generator_steps, per_class, tstr_
     config.synthetic.tstr_per_class = tstr_per_class
     config.classifier.config = f"configs/vit.py:{classifier_variant or variant}"
     recipe = config_lib.load_config(config.classifier.config)
-    config.classifier.overrides.train.total_steps = recipe.train.total_steps
-    config.classifier.overrides.optim = dict(warmup_steps=recipe.optim.warmup_steps)
+    config.classifier.overrides = dict(
+        train=dict(total_steps=recipe.train.total_steps),
+        optim=dict(warmup_steps=recipe.optim.warmup_steps),
+    )
 
 
 def get_config(arg: str | None = None):
@@ -98,11 +102,15 @@ def get_config(arg: str | None = None):
         # again, keeping an image only where the real-only seed-0 ViT gives its class at least
         # that probability (He et al. 2023), each dropped image drawn up to max_draws times;
         # condition real+<g>:filtered, against the same control as real+<g>.
-        filter=dict(min_confidence=0.5, max_draws=4, generators="ddpm"),
+        filter=dict(min_confidence=0.5, max_draws=4, generators="vae"),
     )
     # The classifier: config file and variant, and overrides (nested as in the config).
+    # other_seeds: overrides for every classifier seed but 0; the report shows seed 0's attention
+    # maps alone, so the others skip drawing them. Quickstart: val at steps 300 and 600.
     config.classifier = dict(
-        config="configs/vit.py:quickstart", overrides=dict(train=dict(total_steps=600))
+        config="configs/vit.py:quickstart",
+        overrides=dict(train=dict(total_steps=600), evals=dict(val=dict(every_steps=300))),
+        other_seeds=dict(evals=dict(attention=dict(every_steps=-1))),
     )
     # classifiers: each classifier condition trains this many times (config.seed 0..S-1).
     # generators: each generator trains, and its set is sampled, this many times (seeds 0..G-1);
@@ -164,10 +172,12 @@ def get_config(arg: str | None = None):
                     tstr_per_class=500, classifier_variant="derma28_study")  # fmt: skip
         config.conditions.pretrain = "ddpm"
         config.conditions.dose = dict(generators="ddpm", ratios="0.1,0.5")
+        config.synthetic.filter.generators = "ddpm"
         config.seeds.generators = 2
     if arg.ham64:
         use_recipes(config, "ham64", data=dict(name="ham10000", image_size=64),
                     generator_steps=dict(vae=50_000, gan=100_000, ddpm=500_000),
                     per_class=2000, tstr_per_class=1000)  # fmt: skip
         config.seeds.classifiers = 5
+        config.synthetic.filter.generators = "ddpm"
     return config

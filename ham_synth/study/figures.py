@@ -41,7 +41,7 @@ def synthetic_grid(folder: pathlib.Path, class_names: list[str], path: pathlib.P
 
 def per_class_f1_plot(results: dict, class_names: list[str], path: pathlib.Path) -> None:
     """Grouped bars: each condition's mean test F1 per class, with the seeds' std."""
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(class_names)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(class_names)) + 2, 3.5))
     width = 0.8 / len(results)
     x = np.arange(len(class_names))
     for i, (condition, seeds) in enumerate(results.items()):
@@ -57,7 +57,7 @@ def per_class_f1_plot(results: dict, class_names: list[str], path: pathlib.Path)
 def sweep_plot(series: dict, primary: str, xlabel: str, path: pathlib.Path) -> None:
     """Each condition's paired change of `primary` from its control, with its interval, against
     a sweep's x: `series` is {condition: [(x, mean, low, high)]}."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
     for condition, rows in series.items():
         x, mean, low, high = map(np.asarray, zip(*sorted(rows), strict=True))
         ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker="o", capsize=3,
@@ -69,8 +69,9 @@ def sweep_plot(series: dict, primary: str, xlabel: str, path: pathlib.Path) -> N
 
 
 def save(fig, ax, path: pathlib.Path) -> None:
-    """The figure, with its legend, as a PNG at `path` (written whole or not at all)."""
-    ax.legend(fontsize=8)
+    """The figure, with its legend beside the axes (never over the data), as a PNG at `path`
+    (written whole or not at all)."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_write(path, "wb") as f:

@@ -236,7 +236,10 @@ def doses(study: ml_collections.ConfigDict) -> list[tuple[str, float]]:
     """(generator, ratio) of each extra dose (conditions.dose): real + that generator's set with
     that share of each generated class's draws synthetic."""
     block = study.conditions.dose
-    ratios = [float(r) for r in block.ratios.split(",") if r.strip()]
+    try:
+        ratios = [float(r) for r in block.ratios.split(",") if r.strip()]
+    except ValueError:
+        ratios = [-1.0]  # Refused below, naming the field.
     names = named_generators(study, block.generators, "conditions.dose.generators")
     if not ratios or not names:
         return []
@@ -635,6 +638,7 @@ def _classifier_runs(study, condition: str, stage: str, values=None, sets=(),
                     "seed": seed,
                     **(dirs if sets else {}),
                     **(values or {}),
+                    **(flatten(study.classifier.other_seeds) if seed else {}),
                 },
                 tuple(f"synthetic/{name}" for name in made),
                 control=control,

@@ -96,6 +96,9 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert only.overrides["data.synthetic.policy"] == "only"
     real_run = next(r for r in plan if r.name == "classifiers/real/seed_0")
     assert real_run.deps == () and "data.synthetic.dirs" not in real_run.overrides
+    # Seeds but 0 take classifier.other_seeds (no attention maps: the report shows seed 0's).
+    assert "evals.attention.every_steps" not in real_run.overrides
+    assert mixed.overrides["evals.attention.every_steps"] == -1
     # Matched controls: the ratio mix keeps the real-only runs' class-balanced draws.
     alpha = config_lib.load_config(study.classifier.config).data.balance_alpha
     assert alpha > 0
@@ -366,3 +369,6 @@ def test_extra_doses_add_real_plus_set_conditions_at_other_ratios(tmp_path):
             smoke(**{"conditions.dose.generators": "gan", "conditions.dose.ratios": "0.1",
                      "synthetic.policy": "balance"}), tmp_path
         )  # fmt: skip
+    with pytest.raises(ValueError, match=r"conditions.dose.ratios='0.1,half'"):
+        plan_lib.doses(smoke(**{"conditions.dose.generators": "gan",
+                                "conditions.dose.ratios": "0.1,half"}))  # fmt: skip

@@ -56,7 +56,7 @@ def test_classify_refuses_a_generator_run_and_an_empty_folder(tmp_path):
     run_dir = tmp_path / "vae"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(load_config("vae.py:smoke").to_json())
-    with pytest.raises(ValueError, match="trained the 'vae' family; `classify` needs"):
+    with pytest.raises(ValueError, match="trained the 'vae' family; a classifier run"):
         predict.run(str(run_dir), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="No .png or .jpg images under"):
         predict.find_images(tmp_path / "vae")

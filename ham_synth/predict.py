@@ -46,7 +46,7 @@ class Classifier:
             )
         self.step_name = step or workdir_lib.default_step(config)
         restored = workdir_lib.load(workdir, self.step_name)
-        self.config, self.step, self.workdir = config, restored.step, workdir
+        self.step, self.workdir = restored.step, workdir
         self.class_names = config_lib.class_names(config)
         self.image_size = config.data.image_size
         self._ops = transforms.parse_ops(config.data.eval_preprocess, deterministic=True)

@@ -317,8 +317,9 @@ def write_samples(
         if screen is not None:
             keep, fields = screen(grids.to_uint8(images), labels[indices])
         new = _write_images(out_dir, images[keep], labels, class_names, indices[keep], provenance)
+        recorded = {k: v[keep] for k, v in fields.items()}
         for position, index in enumerate(indices[keep].tolist()):
-            new[index] |= {k: f"{v[keep][position]:.6f}" for k, v in fields.items()}
+            new[index] |= {k: f"{v[position]:.6f}" for k, v in recorded.items()}
         rows.update(new)
         return indices[~keep].tolist()
 

@@ -295,8 +295,11 @@ def mix_synthetic(
             source_labels(source), fake_labels, indices, mix.weight, mix_seed
         )
         return real.map_with_index(replace)
-    shard = grain.MapDataset.range(len(mix.source))[shard_index::shard_count]
-    fake = shard.shuffle(derive_seed(seed, shard_index, _SYNTHETIC_STREAM)).repeat()
+    fake = (
+        grain.MapDataset.source(indices)
+        .shuffle(derive_seed(seed, shard_index, _SYNTHETIC_STREAM))
+        .repeat()
+    )
     fake = fake.map(_fake_pick)
     if mix.weight == 1.0:
         return fake

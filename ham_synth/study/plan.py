@@ -60,6 +60,7 @@ from ham_synth.evaluators import inception
 STAGES = ("generators", "synthetic", "real", "filtered", "realism", "conditions", "memorization",
           "report")  # fmt: skip
 FILTERED = ":filtered"  # A set kept where the reference ViT is confident: synthetic/<g>:filtered.
+TSTR = "synthetic_"  # Trained on a set alone, tested on real data: synthetic_<generator>.
 PRETRAIN = "pretrain_"  # Pre-trained on a set, fine-tuned on real data: pretrain_<generator>.
 DOSE = ":ratio="  # Real + a set at an extra dose: real+<generator>:ratio=<r>.
 REAL = "real"
@@ -421,7 +422,7 @@ def _condition_runs(study, mixed: list[str]) -> list[Run]:
                                  control)  # fmt: skip
     only = {"data.synthetic.policy": "only", "data.synthetic.per_class": 0}
     for g in synthetic_only(study):
-        runs += _classifier_runs(study, f"synthetic_{g}", "conditions", only, [g])
+        runs += _classifier_runs(study, f"{TSTR}{g}", "conditions", only, [g])
     for g in pretrained(study):
         runs += _pretrain_runs(study, g, only)
     return runs

@@ -17,7 +17,6 @@ from ham_synth.study import plan as plan_lib
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
-TSTR_PREFIX = "synthetic_"  # Synthetic-only conditions: synthetic_<generator>.
 
 
 def write_report(study: ml_collections.ConfigDict, plan: list[plan_lib.Run], root) -> dict:
@@ -79,6 +78,12 @@ def write_sweep_report(study, contents: dict, root: pathlib.Path) -> dict:
     return content
 
 
+def stream_synthetic_share(by_class: dict) -> float:
+    """The share of a condition's training draws that are synthetic, from its stream table
+    entry ({class: {"share", "synthetic_share"}})."""
+    return sum(c["share"] * c["synthetic_share"] for c in by_class.values())
+
+
 def sweep_series(contents: dict, values: dict, primary: str, dose: bool) -> dict:
     """{condition: [(x, mean, low, high)]}: each compared condition's change of `primary` from
     its control at every sweep point. x is the point's axis value (`values`: label -> value),
@@ -86,10 +91,7 @@ def sweep_series(contents: dict, values: dict, primary: str, dose: bool) -> dict
     series = {}
     for label, content in contents.items():
         for condition, change in content["changes"][primary].items():
-            x = values[label]
-            if dose:
-                by_class = content["stream"][condition].values()
-                x = sum(c["share"] * c["synthetic_share"] for c in by_class)
+            x = stream_synthetic_share(content["stream"][condition]) if dose else values[label]
             series.setdefault(condition, []).append(
                 (x, change["mean"], change["low"], change["high"])
             )
@@ -103,7 +105,7 @@ def dose_series(changes: dict, streams: dict, generators: list[str]) -> dict:
     for g in generators:
         for condition, change in changes.items():
             if condition == f"real+{g}" or condition.startswith(f"real+{g}{plan_lib.DOSE}"):
-                x = sum(c["share"] * c["synthetic_share"] for c in streams[condition].values())
+                x = stream_synthetic_share(streams[condition])
                 series.setdefault(g, []).append((x, change["mean"], change["low"], change["high"]))
     return series
 
@@ -112,11 +114,11 @@ def tstr(results: dict, primary: str) -> dict:
     """generator -> its synthetic-only condition against real-only (stats.tstr_ratio)."""
     trtr = [r["metrics"][primary] for r in results[plan_lib.REAL]]
     return {
-        condition.removeprefix(TSTR_PREFIX): stats.tstr_ratio(
+        condition.removeprefix(plan_lib.TSTR): stats.tstr_ratio(
             [r["metrics"][primary] for r in runs], trtr
         )
         for condition, runs in results.items()
-        if condition.startswith(TSTR_PREFIX)
+        if condition.startswith(plan_lib.TSTR)
     }
 
 

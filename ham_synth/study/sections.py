@@ -184,7 +184,7 @@ def subgroup_section(results: dict, primary: str) -> list[str]:
 
 def _generator_of(condition: str, realism: dict) -> str:
     """The one generator whose set a condition reads (real+<g>, synthetic_<g>), else ""."""
-    for prefix in ("real+", "synthetic_"):
+    for prefix in ("real+", plan_lib.TSTR):
         name = condition.removeprefix(prefix).split(plan_lib.DOSE)[0]  # Any dose: its set.
         if condition.startswith(prefix) and name in realism:
             return name

@@ -1,7 +1,8 @@
 """Class-conditional DDPM (UNet, ε- or v-prediction, classifier-free guidance).
 
     ham-synth train --config=configs/ddpm.py:quickstart --workdir=runs/ddpm_quickstart
-    ham-synth sample --workdir=runs/ddpm_quickstart --num_per_class=50 --sampler=ddim --steps=50
+    ham-synth sample --workdir=runs/ddpm_quickstart --num_per_class=50 \\
+        --sample.sampler=ddim --sample.steps=50
 
 quickstart: 16x16 digits, a 2-level UNet with 16 channels (AdaGN conditioning), v-prediction,
 batch 32, 2,000 steps: 8.5 minutes on 2 CPU cores. `sample` with DDIM-50 and guidance 2 then

@@ -39,7 +39,8 @@ def evaluate(
     classifier_workdir: str | None = None,
     **sample_options,
 ) -> dict:
-    """The `evaluate` verb; returns the metrics. `sample_options` go to synthesize.run."""
+    """The `evaluate` verb; returns the metrics. `sample_options` (seed, sample_batch_size and
+    sampler settings) go to synthesize.run."""
     if fake_dir is None and generator_workdir is None:
         if config is not None:
             raise ValueError(
@@ -47,7 +48,7 @@ def evaluate(
                 "to sample from) to score images against --config; to evaluate a run, pass only "
                 "its --workdir."
             )
-        sampler_flags = [f"--{k}" for k, v in sample_options.items() if v is not None]
+        sampler_flags = [sample_flag(k) for k, v in sample_options.items() if v is not None]
         given = {"features": features, "classifier_workdir": classifier_workdir}
         sampler_flags += [f"--{k}" for k, v in given.items() if v]
         if num_per_class or sampler_flags:
@@ -73,6 +74,11 @@ def evaluate(
         classifier_workdir or "",
         **sample_options,
     )
+
+
+def sample_flag(name: str) -> str:
+    """The command-line flag of a `sample_options` entry."""
+    return f"--{name}" if name in ("seed", "sample_batch_size") else f"--sample.{name}"
 
 
 # --- A run's evaluators ---
@@ -148,11 +154,7 @@ def score_images(
             "Pass one of --fake_dir (a folder of images) or --generator_workdir (a trained "
             "generator to sample from)."
         )
-    sampler_flags = [
-        f"--{k}"
-        for k in ("sampler", "steps", "guidance", "truncation")
-        if sample_options.get(k) is not None
-    ]
+    sampler_flags = [sample_flag(k) for k, v in sample_options.items() if v is not None]
     if fake_dir and sampler_flags:
         raise ValueError(f"{', '.join(sampler_flags)} only apply with --generator_workdir.")
     mesh = parallel.make_mesh()

@@ -58,10 +58,6 @@ _FLAG_SPECS = {
     # sample, evaluate
     "num_per_class": (str, "Images to generate: N for each class, or name=N,name=M,..."),
     "step": (str, "Checkpoint to restore: latest (default), best or a step number."),
-    "sampler": (str, "Diffusion sampler: ddpm | ddim | dpmpp_2m; default: config."),
-    "steps": (int, "Sampler steps; default: config.sample.steps."),
-    "guidance": (float, "Classifier-free guidance w; default: config.sample.guidance."),
-    "truncation": (float, "GAN: z from a normal truncated to [-t, t]; default: config."),
     "classes": (str, "Comma-separated class names to generate; default: all."),
     "seed": (int, "Root of the sampling noise (default 0); same seed, same images."),
     "sample_batch_size": (int, "Images per sampling call (default 256)."),
@@ -119,7 +115,10 @@ _DEFINE = {
 for _name, (_type, _help) in _FLAG_SPECS.items():
     _DEFINE[_type](_name, None, _help)
 
-_SAMPLER_FLAGS = ("sampler", "steps", "guidance", "truncation", "seed", "sample_batch_size")
+_SAMPLE_FLAGS = ("seed", "sample_batch_size")
+# `--sample.KEY=VALUE`: a setting of the generator family's sample function (e.g. steps, guidance,
+# truncation), passed to the verb as a keyword argument, which checks it against the family.
+SAMPLE_SETTING = "--sample."
 
 
 class Verb(NamedTuple):
@@ -135,6 +134,8 @@ class Verb(NamedTuple):
     # Computes on the accelerators itself; False (study) leaves them untouched at start, so the
     # runs it launches on each GPU find them free.
     uses_devices: bool = True
+    # Takes a generator's sampler settings (--sample.KEY=VALUE).
+    sample_settings: bool = False
 
 
 VERBS = {
@@ -149,7 +150,7 @@ VERBS = {
         required=("workdir", "num_per_class"),
         optional=(
             "step",
-            *_SAMPLER_FLAGS,
+            *_SAMPLE_FLAGS,
             "classes",
             "out_dir",
             "exclude_near_copies",
@@ -160,6 +161,7 @@ VERBS = {
             "max_draws",
             "overwrite",
         ),  # fmt: skip
+        sample_settings=True,
     ),
     "evaluate": Verb(
         "a run's evaluators (--workdir [--step --evals]), or FID/KID/precision/recall of "
@@ -173,13 +175,14 @@ VERBS = {
             "fake_dir",
             "generator_workdir",
             "num_per_class",
-            *_SAMPLER_FLAGS,
+            *_SAMPLE_FLAGS,
             "fid_batch_size",
             "inception_weights",
             "features",
             "classifier_workdir",
         ),
         quiet=True,
+        sample_settings=True,
     ),
     "classify": Verb(
         "a classifier run's predictions and class probabilities for a folder of images -> CSV "
@@ -299,6 +302,7 @@ def _usage() -> str:
     lines = ["usage: ham-synth VERB --FLAG=VALUE ... [--config.x.y=V] [--traceback]", "verbs:"]
     for name, verb in VERBS.items():
         flag_list = [f"--{f}" for f in verb.required] + [f"[--{f}]" for f in verb.optional]
+        flag_list += [f"[{SAMPLE_SETTING}KEY=VALUE]"] * verb.sample_settings
         lines.append(f"  {name:18s} {verb.help}")
         lines += [f"  {'':18s} {' '.join(flag_list)}"] if flag_list else []
     return "\n".join(lines)
@@ -322,12 +326,33 @@ def _verb_kwargs(verb_name: str, verb: Verb) -> dict:
     return {n: flags.FLAGS[n].value for n in names if flags.FLAGS[n].value is not None}
 
 
-def _main(verb_name: str, argv) -> None:
+def split_sample_settings(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`--sample.KEY=VALUE` arguments as {KEY: VALUE} (strings; the verb converts them to the
+    family's types), apart from the arguments absl parses."""
+    settings, rest = {}, []
+    for arg in args:
+        if not arg.startswith(SAMPLE_SETTING):
+            rest.append(arg)
+            continue
+        key, equals, value = arg.removeprefix(SAMPLE_SETTING).partition("=")
+        if not key or not equals:
+            raise ValueError(f"{arg}: write a sampler setting as {SAMPLE_SETTING}KEY=VALUE.")
+        if key in _FLAG_SPECS:
+            raise ValueError(f"{arg}: {key} is a flag of its own; pass --{key}={value}.")
+        settings[key] = value
+    return settings, rest
+
+
+def _main(verb_name: str, argv, settings: dict[str, str]) -> None:
     verb = VERBS[verb_name]
     try:
         if len(argv) > 1:
             raise ValueError(f"Unexpected arguments: {argv[1:]}")
         kwargs = _verb_kwargs(verb_name, verb)
+        if settings and not verb.sample_settings:
+            given = " ".join(f"{SAMPLE_SETTING}{k}" for k in settings)
+            raise ValueError(f"{given}: `{verb_name}` takes no sampler settings.")
+        kwargs |= settings
         _quiet_library_logs(verb)
         run = _function(verb.run)
         if verb.uses_devices:
@@ -370,9 +395,13 @@ def run() -> None:
     if verb not in VERBS:
         print(f"Unknown verb {verb!r}.\n{_usage()}" if verb else _usage(), file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    try:
+        settings, args = split_sample_settings(sys.argv[2:])
+    except ValueError as error:
+        _fail(verb, str(error))
     app.run(
-        lambda argv: _main(verb, argv),
-        argv=[f"ham-synth {verb}", *sys.argv[2:]],
+        lambda argv: _main(verb, argv, settings),
+        argv=[f"ham-synth {verb}", *args],
         flags_parser=lambda argv: _parse_flags(verb, argv),
     )
 

@@ -1,9 +1,13 @@
 """`ham-synth sample`: a trained generator's EMA params -> class-conditional PNGs plus a manifest.
 
 The output, `W/synthetic/<class_name>/*.png`, is a valid `folder` data source; `manifest.csv`
-records, per image, the class, the model family, the checkpoint step, the sampler settings, the
-seed and `synthetic=true`. Each PNG carries its provenance too, in text chunks (synthetic,
+records, per image, the class, the model family, the checkpoint step, the seed, `synthetic=true`
+and a column per sampler setting. Each PNG carries its provenance too, in text chunks (synthetic,
 generator, run, step, seed, sampler settings, class), so a copied file stays labelled as synthetic.
+
+Sampler settings are whatever the family's sample function declares (its keyword-only
+parameters, base.predict_settings): `--sample.KEY=VALUE` on the command line, `**settings` here.
+Nothing in this module names them, so a family adds a setting in its task file and config alone.
 
 Screens drop images and draw their slots again, up to `max_draws` draws a slot: near-copies of
 training images (`--exclude_near_copies`) and images a classifier run does not label as their
@@ -37,35 +41,50 @@ from ham_synth.tasks import base, sampling
 
 SCREENING = "screening.json"  # Per class: wanted, drawn, kept (written when a screen is on).
 
+# The manifest's columns before the sampler settings, which follow in their declared order.
 MANIFEST_FIELDS = (
     "file",
     "class",
     "label",
     "family",
     "checkpoint_step",
-    "sampler",
-    "steps",
-    "guidance",
-    "truncation",
     "seed",
     "confidence",  # The filtering classifier's p(class) (--filter_workdir); empty without one.
     "synthetic",
 )
 
 
-def sampler_settings(run: workdir_lib.Run, **given) -> dict:
-    """The sampler settings given (None: the config's), checked against what the family's sample
-    function takes."""
+def sampler_settings(run: workdir_lib.Run, given: dict | None = None) -> dict:
+    """Every setting of the family's sample function, at its config default or as `given`
+    (strings from the command line are converted to the default's type)."""
     fn = base.get_predict_fn(run.task, base.SAMPLE, run.config.task)
-    given = {k: v for k, v in given.items() if v is not None}
-    unknown = sorted(set(given) - set(base.predict_settings(fn)))
+    defaults = base.predict_settings(fn)
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(defaults))
     if unknown:
-        accepted = sorted(base.predict_settings(fn)) or "none"
         raise ValueError(
-            f"The {run.config.task!r} family's sampler takes no {unknown} (it takes {accepted}); "
-            f"drop {', '.join('--' + k for k in unknown)}."
+            f"The {run.config.task!r} family's sampler takes no {unknown} (it takes "
+            f"{sorted(defaults) or 'none'}); drop {', '.join('--sample.' + k for k in unknown)}."
         )
-    return given
+    return {k: _as_type_of(defaults[k], given[k], k) if k in given else v
+            for k, v in defaults.items()}  # fmt: skip
+
+
+def _as_type_of(default, value, name: str):
+    """`value` (a string from the command line, or a config value) as the type of `default`."""
+    kind = type(default)
+    try:
+        if kind is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(value)
+            return value.lower() == "true"
+        if kind is int and float(value) != int(float(value)):
+            raise ValueError(value)
+        return kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"--sample.{name}={value!r}: {name} takes {kind.__name__} values (default {default!r})."
+        ) from None
 
 
 def select_labels(class_names, classes: str) -> list[int]:
@@ -112,10 +131,6 @@ def run(
     workdir: str,
     num_per_class: int | str,
     step: str | int = "latest",
-    sampler: str | None = None,
-    steps: int | None = None,
-    guidance: float | None = None,
-    truncation: float | None = None,
     classes: str = "",
     seed: int = 0,
     sample_batch_size: int = 256,
@@ -127,9 +142,11 @@ def run(
     min_confidence: float = 0.0,
     max_draws: int = 4,
     overwrite: bool = False,
+    **settings,
 ) -> pathlib.Path:
     """The `sample` verb: restores `workdir` at `step` and writes its samples; returns the
-    folder. `num_per_class` is a count for each of `classes`, or "name=count,...".
+    folder. `num_per_class` is a count for each of `classes`, or "name=count,...". `settings`
+    are the family's sampler settings (the rest keep their config defaults).
     `exclude_near_copies` draws again any image the memorization audit would call a near-copy of
     the generator's training images (pixels; and `classifier_workdir`'s features when given).
     `filter_workdir` keeps an image only when that classifier run's best checkpoint gives its
@@ -161,9 +178,7 @@ def run(
         restored,
         num_per_class,
         out_dir,
-        settings=sampler_settings(
-            restored, sampler=sampler, steps=steps, guidance=guidance, truncation=truncation
-        ),
+        settings=settings,
         classes=classes,
         seed=seed,
         sample_batch_size=sample_batch_size,
@@ -278,18 +293,15 @@ def write_samples(
     counts = parse_counts(num_per_class, class_names, classes)
     labels = np.repeat([class_names.index(name) for name in counts], list(counts.values()))
     labels = labels.astype(np.int32)
+    settings = sampler_settings(restored, settings)
+    logging.info("Sampling %d images (%s) from step %d of %s with %s.", len(labels),
+                 ", ".join(f"{name} {count}" for name, count in counts.items()), restored.step,
+                 restored.workdir, settings)  # fmt: skip
+    # Inside every PNG too, so a copied file stays labelled as synthetic.
+    provenance = {"synthetic": "true", "generator": config.task, "run": str(restored.workdir),
+                  "step": str(restored.step), "seed": str(seed),
+                  **{k: str(v) for k, v in settings.items()}}  # fmt: skip
     sample_fn = base.get_predict_fn(restored.task, base.SAMPLE, config.task)
-    recorded = {"sampler": "prior", "steps": "", "guidance": "", "truncation": ""}
-    defaults = base.predict_settings(sample_fn)
-    recorded.update({k: v for k, v in {**defaults, **(settings or {})}.items() if k in recorded})
-    logging.info(
-        "Sampling %d images (%s) from step %d of %s with %s.",
-        len(labels),
-        ", ".join(f"{name} {count}" for name, count in counts.items()),
-        restored.step,
-        restored.workdir,
-        recorded,
-    )
     mesh = parallel.make_mesh()
     variables = state_lib.eval_variables(restored.state)
 
@@ -298,70 +310,81 @@ def write_samples(
                                  batch_size=sample_batch_size, mesh=mesh, settings=settings,
                                  progress=progress, on_disk=on_disk)  # fmt: skip
 
-    # Inside every PNG too, so a copied file stays labelled as synthetic.
-    provenance = {"synthetic": "true", "generator": config.task, "run": str(restored.workdir),
-                  "step": str(restored.step), "seed": str(seed),
-                  **{k: str(v) for k, v in recorded.items()}}  # fmt: skip
-
-    def kept(start: int, stop: int) -> np.ndarray | None:
-        paths = [_image_path(out_dir, class_names[labels[i]], i) for i in range(start, stop)]
-        return _read_kept(paths, provenance)
-
-    rows, dropped = {}, []
-    drawn = np.zeros(len(class_names), np.int64)
-
-    def write(indices, images):
-        """Writes the images a screen keeps; returns the indices it drops."""
-        np.add.at(drawn, labels[indices], 1)
-        keep, fields = np.ones(len(indices), bool), {}
-        if screen is not None:
-            keep, fields = screen(grids.to_uint8(images), labels[indices])
-        new = _write_images(out_dir, images[keep], labels, class_names, indices[keep], provenance)
-        recorded = {k: v[keep] for k, v in fields.items()}
-        for position, index in enumerate(indices[keep].tolist()):
-            new[index] |= {k: f"{v[position]:.6f}" for k, v in recorded.items()}
-        rows.update(new)
-        return indices[~keep].tolist()
-
+    writer = _ImageWriter(out_dir, labels, class_names, provenance, screen)
     everything = np.arange(len(labels))
-    for start, images in draw(everything, jax.random.key(seed), progress=True, on_disk=kept):
-        dropped += write(everything[start : start + len(images)], images)
+    first = draw(everything, jax.random.key(seed), progress=True, on_disk=writer.read_kept)
+    dropped = writer.write_draws(everything, first)
     for round_ in range(1, max_draws):
         if not dropped:
             break
         logging.info("Drawing %d screened-out images again (draw %d of %d).", len(dropped),
                      round_ + 1, max_draws)  # fmt: skip
         again = np.asarray(dropped, np.int64)
-        dropped = []
-        for start, images in draw(again, jax.random.fold_in(jax.random.key(seed), round_)):
-            dropped += write(again[start : start + len(images)], images)
+        rng = jax.random.fold_in(jax.random.key(seed), round_)
+        dropped = writer.write_draws(again, draw(again, rng))
     for index in dropped:  # Left out: any file an earlier draw or a killed run left.
         _image_path(out_dir, class_names[labels[index]], index).unlink(missing_ok=True)
     if dropped:
         logging.warning("%d images were screened out %d times; left out.", len(dropped), max_draws)
-    rows = [rows[i] for i in sorted(rows)]
+    rows = [writer.rows[i] for i in sorted(writer.rows)]
     if jax.process_index() == 0:
         if screen is not None:
-            fileio.write_json(out_dir / SCREENING, screening_summary(rows, counts, drawn,
-                                                                     class_names))  # fmt: skip
-        with fileio.atomic_write(out_dir / synthetic_data.MANIFEST, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(
-                    {
-                        **row,
-                        "family": config.task,
-                        "checkpoint_step": restored.step,
-                        **recorded,
-                        "seed": seed,
-                        "synthetic": "true",
-                    }
-                )
+            summary = screening_summary(rows, counts, writer.drawn, class_names)
+            fileio.write_json(out_dir / SCREENING, summary)
+        shared = {"family": config.task, "checkpoint_step": restored.step, "seed": seed,
+                  "synthetic": "true", **settings}  # fmt: skip
+        write_manifest(out_dir, rows, shared, settings)
     if jax.process_count() > 1:  # Others may read the folder next (evaluate does).
         multihost_utils.sync_global_devices("synthesize: images written")
     logging.info("Wrote %d images and manifest.csv to %s.", len(rows), out_dir)
     return out_dir
+
+
+class _ImageWriter:
+    """Writes a sample's images as they are drawn: screens them, keeps their manifest rows
+    (`rows`, by index) and counts the draws of each class (`drawn`)."""
+
+    def __init__(self, out_dir, labels, class_names, provenance: dict, screen):
+        self.out_dir, self.labels, self.class_names = out_dir, labels, class_names
+        self.provenance, self.screen = provenance, screen
+        self.rows: dict[int, dict] = {}
+        self.drawn = np.zeros(len(class_names), np.int64)
+
+    def read_kept(self, start: int, stop: int) -> np.ndarray | None:
+        """The images a killed run left for indices [start, stop), if all are there."""
+        paths = [_image_path(self.out_dir, self.class_names[self.labels[i]], i)
+                 for i in range(start, stop)]  # fmt: skip
+        return _read_kept(paths, self.provenance)
+
+    def write_draws(self, indices: np.ndarray, batches) -> list[int]:
+        """Writes the (start, images) batches drawn for `indices`; returns those screened out."""
+        dropped = []
+        for start, images in batches:
+            dropped += self._write(indices[start : start + len(images)], images)
+        return dropped
+
+    def _write(self, indices: np.ndarray, images) -> list[int]:
+        np.add.at(self.drawn, self.labels[indices], 1)
+        keep, fields = np.ones(len(indices), bool), {}
+        if self.screen is not None:
+            keep, fields = self.screen(grids.to_uint8(images), self.labels[indices])
+        new = _write_images(self.out_dir, images[keep], self.labels, self.class_names,
+                            indices[keep], self.provenance)  # fmt: skip
+        recorded = {k: v[keep] for k, v in fields.items()}
+        for position, index in enumerate(indices[keep].tolist()):
+            new[index] |= {k: f"{v[position]:.6f}" for k, v in recorded.items()}
+        self.rows.update(new)
+        return indices[~keep].tolist()
+
+
+def write_manifest(out_dir: pathlib.Path, rows, shared: dict, settings: dict) -> None:
+    """manifest.csv: a row per image, with the `shared` fields and a column per sampler setting;
+    written last (atomically), so a folder with one holds a finished sample."""
+    with fileio.atomic_write(out_dir / synthetic_data.MANIFEST, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=(*MANIFEST_FIELDS, *settings))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, **shared})
 
 
 def screening_summary(rows, counts: dict[str, int], drawn: np.ndarray, class_names) -> dict:

@@ -149,7 +149,7 @@ def test_evaluate_takes_exactly_one_fake_set(tmp_path, random_weights):
         evaluate.evaluate(str(tmp_path), config, inception_weights=random_weights)
     with pytest.raises(ValueError, match="one of --fake_dir .* or --generator_workdir"):
         evaluate.evaluate(str(tmp_path), config, "x", "y", inception_weights=random_weights)
-    with pytest.raises(ValueError, match="--steps only apply with --generator_workdir"):
+    with pytest.raises(ValueError, match="--sample.steps only apply with --generator_workdir"):
         evaluate.evaluate(
             str(tmp_path), config, fake_dir="x", inception_weights=random_weights, steps=10
         )

@@ -7,7 +7,8 @@ pairwise pixel distance of each class's samples over that of its real digits. Cl
 by name from the manifest, so models trained on a subset (`data.classes="7"`) are checked too.
 
     ham-synth train --config=configs/ddpm.py:quickstart --workdir=runs/ddpm_quickstart
-    ham-synth sample --workdir=runs/ddpm_quickstart --num_per_class=50 --sampler=ddim --steps=50
+    ham-synth sample --workdir=runs/ddpm_quickstart --num_per_class=50 \\
+        --sample.sampler=ddim --sample.steps=50
     python tools/check_digit_samples.py --synthetic_dir=runs/ddpm_quickstart/synthetic
 
 Writes `digit_check.json` into the synthetic folder.
@@ -23,6 +24,7 @@ from PIL import Image
 from scipy.spatial import distance
 from sklearn import linear_model, metrics, model_selection
 
+from ham_synth import synthesize
 from ham_synth.data import sources
 from ham_synth.evaluators import recognition
 
@@ -101,9 +103,9 @@ def main(argv) -> None:
         # The same agreement beside the classifier's recall on real test digits (its ceiling).
         "recognised": recognised,
         "family": rows[0]["family"],
-        "sampler": rows[0]["sampler"],
-        "steps": rows[0]["steps"],
-        "guidance": rows[0]["guidance"],
+        "sampler_settings": {
+            k: v for k, v in rows[0].items() if k not in synthesize.MANIFEST_FIELDS
+        },  # fmt: skip
     }
     (folder / "digit_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

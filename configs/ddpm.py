@@ -54,8 +54,8 @@ def get_config(arg: str | None = None):
 
     config.train.batch_size = 32
     config.train.total_steps = 2000
-    config.train.sample_every_steps = 1000
-    config.train.samples_per_class = 6
+    config.evals.samples.every_steps = 1000
+    config.evals.samples.per_class = 6
     # Class-balanced draws (weight 1 / count**alpha): the study asks generators for the rarest
     # classes. On imbalanced digits at 600 steps (docs/results.md), samples read as their class /
     # within-class diversity: alpha 0: 0.56 / 1.06 (noise); 0.5: 0.91 / 0.83; 1: 0.99 / 0.66.
@@ -79,7 +79,7 @@ def get_config(arg: str | None = None):
         config.model.attention_resolutions = ()
         config.train.total_steps = 2500
         config.train.ckpt_every_steps = 500
-        config.train.sample_every_steps = 500
+        config.evals.samples.every_steps = 500
     if arg.ham64:
         config.data.name = "ham10000"
         config.data.image_size = 64
@@ -94,7 +94,7 @@ def get_config(arg: str | None = None):
         config.train.total_steps = 500_000
         config.train.log_every_steps = 100
         config.train.ckpt_every_steps = 5000
-        config.train.sample_every_steps = 5000
+        config.evals.samples.every_steps = 5000
         config.optim.lr = 2e-4
         config.optim.warmup_steps = 5000
         config.optim.weight_decay = 0.0

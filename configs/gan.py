@@ -92,7 +92,7 @@ def get_config(arg: str | None = None):
     config.train.total_steps = 2500
     config.train.log_every_steps = 100
     config.train.ckpt_every_steps = 500
-    config.train.sample_every_steps = 500
+    config.evals.samples.every_steps = 500
 
     if arg.smoke:
         config.data.image_size = 8
@@ -130,5 +130,5 @@ def get_config(arg: str | None = None):
         config.gan.r1_gamma = 0.1
         config.train.total_steps = 100_000
         config.train.ckpt_every_steps = 5000
-        config.train.sample_every_steps = 5000
+        config.evals.samples.every_steps = 5000
     return config

@@ -56,7 +56,7 @@ def get_config(arg: str | None = None):
         config.model.channels = (32, 64)
         config.model.latent_dim = 32
         config.train.total_steps = 5000
-        config.train.sample_every_steps = 1000
+        config.evals.samples.every_steps = 1000
     if arg.ham64:
         config.data.name = "ham10000"
         config.data.image_size = 64
@@ -65,5 +65,5 @@ def get_config(arg: str | None = None):
         config.loss.kl_warmup_steps = 5000
         config.train.total_steps = 50_000
         config.train.ckpt_every_steps = 5000
-        config.train.sample_every_steps = 5000
+        config.evals.samples.every_steps = 5000
     return config

@@ -71,20 +71,16 @@ def optim_group(**overrides) -> ml_collections.ConfigDict:
 
 
 def add_generator_evals(config: ml_collections.ConfigDict) -> None:
-    """The evaluators every generator config ships: the sample grid (on, at train.sample_every_steps
-    with train.samples_per_class columns) and FID (off; turn it on with
-    --config.evals.fid.every_steps=N)."""
-    config.train.sample_every_steps = ml_collections.FieldReference(250)
-    # Columns in the sample grid (one row per class).
-    config.train.samples_per_class = ml_collections.FieldReference(8)
+    """The evaluators every generator config ships: the sample grid (on; evals.samples) and FID
+    (off; turn it on with --config.evals.fid.every_steps=N)."""
     # Sampling settings; a family adds its own (sampler, steps, truncation, ...).
     config.sample = ml_collections.ConfigDict()
     config.sample.compute_dtype = "float32"  # float32 | bfloat16, for `sample` and evaluators.
     config.evals.samples = ml_collections.ConfigDict(
         {
             "type": "samples",
-            "every_steps": config.train.get_ref("sample_every_steps"),
-            "per_class": config.train.get_ref("samples_per_class"),
+            "every_steps": 250,
+            "per_class": 8,  # Columns in the grid (one row per class).
         }
     )
     config.evals.fid = ml_collections.ConfigDict(
@@ -263,9 +259,9 @@ def apply_smoke_schedule(config: ml_collections.ConfigDict) -> None:
     config.train.total_steps = 6
     config.train.log_every_steps = 2
     config.train.ckpt_every_steps = 3
-    if "sample_every_steps" in config.train:
-        config.train.sample_every_steps = 3
-        config.train.samples_per_class = 2
+    if "samples" in config.evals:
+        config.evals.samples.every_steps = 3
+        config.evals.samples.per_class = 2
     if "warmup_steps" in config.optim:  # One optimizer group; GAN groups do not warm up.
         config.optim.warmup_steps = 2
 

@@ -22,8 +22,6 @@ RESUMABLE_FIELDS = (
     "train.log_every_steps",
     "train.ckpt_every_steps",
     "train.keep_checkpoints",
-    "train.sample_every_steps",
-    "train.samples_per_class",
     "train.num_devices",
     "data.read_threads",
     "evals",

@@ -122,7 +122,7 @@ def test_two_processes_stop_at_one_step_when_one_receives_sigterm(repo, tmp_path
         "train.batch_size": 4,
         "train.log_every_steps": 1,
         "train.ckpt_every_steps": 10_000,
-        "train.sample_every_steps": 10_000,
+        "evals.samples.every_steps": 10_000,
     }
     command = [
         "bash",

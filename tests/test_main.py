@@ -105,7 +105,7 @@ def test_a_stop_signal_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, r
         "train.total_steps": 100_000,
         "train.log_every_steps": 1,
         "train.ckpt_every_steps": 10_000,
-        "train.sample_every_steps": 10_000,
+        "evals.samples.every_steps": 10_000,
     }
     proc = _ham_synth(
         "train",

@@ -27,7 +27,7 @@ KILL_OVERRIDES = {
     "train.total_steps": 10,
     "train.ckpt_every_steps": 2,
     "train.log_every_steps": 1,
-    "train.sample_every_steps": 1000,
+    "evals.samples.every_steps": 1000,
 }
 
 

@@ -158,7 +158,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # whole. 1: all.
     config.data.train_fraction = 1.0
     # digits: keep 7 classes; train subsampled to HAM10000's shares, val and test balanced (at
-    # least 15 of each class; sources.imbalanced_split).
+    # least 15 of each class; splits.imbalanced_split).
     config.data.imbalance = False
     # Training-only augmentation (make_train_dataset; evaluation never augments): ops applied in
     # order to the uint8 image, each with its own grain-seeded rng per stream position, so a

@@ -19,7 +19,7 @@ from absl import logging
 
 from ham_synth import evaluators, fileio, parallel, synthesize
 from ham_synth import workdir as workdir_lib
-from ham_synth.data import sources
+from ham_synth.data import image_folder, sources
 from ham_synth.data import synthetic as synthetic_data
 from ham_synth.evaluators import features as features_lib
 from ham_synth.evaluators import fid, realism
@@ -170,7 +170,7 @@ def score_images(
     batch_size = parallel.round_to_devices(fid_batch_size, mesh)
 
     real, real_labels, class_names = features_lib.real_features(net, config.data, batch_size, mesh)
-    fake_source = sources.get_source(sources.folder_like(config.data, fake_dir, class_names))
+    fake_source = sources.get_source(image_folder.folder_like(config.data, fake_dir, class_names))
     fake, fake_labels = features_lib.source_features(net, fake_source, batch_size, mesh)
 
     with warnings.catch_warnings(record=True) as caught:

@@ -12,8 +12,11 @@ import json
 import os
 import pathlib
 import re
+import zipfile
 from collections.abc import Iterator
 from typing import IO, Any
+
+import numpy as np
 
 # Temporary files end with this, so a glob for `*.png` or `*.npz` never picks one up.
 TMP_SUFFIX = ".tmp"
@@ -76,3 +79,14 @@ def exclusive_lock(path: pathlib.Path, holder: str) -> Iterator[None]:
         f.write(f"pid {os.getpid()}\n")
         f.flush()
         yield
+
+
+def open_npz(path: pathlib.Path):
+    """np.load of an .npz archive, or a ValueError naming the file when it is not one (numpy's
+    own message for, say, a text file or an HTML error page talks of pickled data)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not an .npz archive (a zip of .npy arrays); it may be a partial download "
+            "or another file under that name. Download it again, or fix --config.data.path."
+        )
+    return np.load(path)

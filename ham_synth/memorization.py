@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ham_synth import fileio, grids, parallel
-from ham_synth.data import pipeline, sources
+from ham_synth.data import image_folder, pipeline, sources
 from ham_synth.evaluators import features as features_lib
 
 STATEMENT = (
@@ -140,7 +140,7 @@ def audit(
     train_source = sources.get_source(split_data(data, "train"))
     test_source = sources.get_source(split_data(data, "test"))
     class_names = train_source.class_names
-    fake_source = sources.get_source(sources.folder_like(data, fake_dir, class_names))
+    fake_source = sources.get_source(image_folder.folder_like(data, fake_dir, class_names))
     sets = {n: read_all(s) for n, s in (("train", train_source), ("test", test_source),
                                          ("synthetic", fake_source))}  # fmt: skip
     order = ("synthetic", "test", "train")

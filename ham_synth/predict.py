@@ -15,7 +15,7 @@ from absl import logging
 
 from ham_synth import config_lib, fileio, parallel
 from ham_synth import workdir as workdir_lib
-from ham_synth.data import ham10000, sources, transforms
+from ham_synth.data import ham10000, image_folder, transforms
 from ham_synth.evaluators import classification, features
 
 
@@ -24,7 +24,9 @@ def find_images(root: pathlib.Path) -> list[pathlib.Path]:
     if not root.is_dir():
         raise NotADirectoryError(f"--images={root} is not a folder of images.")
     paths = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in sources.FOLDER_SUFFIXES
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in image_folder.FOLDER_SUFFIXES
     )
     if not paths:
         raise FileNotFoundError(f"No .png or .jpg images under {root}.")
@@ -110,7 +112,7 @@ def run(
     paths = find_images(root)
     # Decoded as the folder source decodes (central square, data.image_size).
     unlabelled = np.zeros(len(paths), np.int32)
-    folder = sources.FolderSource(
+    folder = image_folder.FolderSource(
         tuple(paths), unlabelled, tuple(classifier.class_names), classifier.image_size
     )
     pixels, errors = [], {}

@@ -71,8 +71,8 @@ def test_workdir_holds_config_metrics_samples_events_and_checkpoints(tmp_path):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert all(0 <= r["data_wait_fraction"] <= 1 for r in rows)
     grid = Image.open(tmp_path / "samples" / "step_0000006.png")
-    # One row per class, `evals.samples.per_class` columns of 8x8 images with 1px padding, upscaled 8x,
-    # after a margin that names the classes.
+    # One row per class, `evals.samples.per_class` columns of 8x8 images with 1px padding,
+    # upscaled 8x, after a margin that names the classes.
     width, height = grid.size
     assert height == (10 * 9 + 1) * 8 and width > (2 * 9 + 1) * 8
     assert json.loads((tmp_path / "config.json").read_text())["data"]["class_names"] == ",".join(

@@ -25,7 +25,7 @@ from scipy.spatial import distance
 from sklearn import linear_model, metrics, model_selection
 
 from ham_synth import synthesize
-from ham_synth.data import sources
+from ham_synth.data import digits
 from ham_synth.evaluators import recognition
 
 _SYNTHETIC_DIR = flags.DEFINE_string("synthetic_dir", None, "A `ham-synth sample` output folder.")
@@ -66,7 +66,7 @@ def main(argv) -> None:
     # or on imbalanced digits ("3:df") numbers its classes differently.
     fake_labels = np.array([digit_of(r["class"]) for r in rows])
 
-    real, real_labels = sources.load_digits(fake.shape[1], imbalance=False)
+    real, real_labels = digits.load_digits(fake.shape[1], imbalance=False)
     train_x, test_x, train_y, test_y = model_selection.train_test_split(
         _features(real), real_labels, test_size=0.2, stratify=real_labels, random_state=0
     )

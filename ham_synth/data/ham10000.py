@@ -386,25 +386,12 @@ def write_split_membership(
 # --- Images ---
 
 
-def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
-    """The central square (side = the shorter edge), downsampled to `size` x `size` with Lanczos.
-
-    Why: HAM10000 images are 600x450 with the lesion centred, so the crop drops 75 px of
-    surrounding skin on each side and keeps the lesion's shape (a squash to square would distort
-    it). PIL's Lanczos widens its kernel by the scale factor, so the 450 -> 64 downsample is
-    antialiased (no moire from hair and pigment network).
-    """
-    image = imaging.to_rgb(image)  # Upright first: EXIF orientation can swap width and height.
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.resize((size, size), Image.LANCZOS, box=(left, top, left + side, top + side))
-
-
 def load_square(path: pathlib.Path, size: int) -> Image.Image:
-    """The image at `path`, center-cropped and downsampled to `size` (see center_crop_resize)."""
+    """The image at `path`, center-cropped and downsampled to `size`
+    (imaging.center_crop_resize)."""
     try:
         with Image.open(path) as image:
-            return center_crop_resize(image, size)
+            return imaging.center_crop_resize(image, size)
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(
             f"{path}: cannot decode the image ({error}). Download it again, or delete its row from "

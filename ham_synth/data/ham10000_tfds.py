@@ -4,6 +4,9 @@ per resolution (`ham10000/64`, `/128`, `/256`). Built and read without TensorFlo
     ham-synth prepare --source=ham10000 --manual_dir=DIR --data_dir=D --image_size=64
 """
 
+import dataclasses
+
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
@@ -170,3 +173,79 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
                     "localization": record.localization,
                 },
             )
+
+
+# --- Reading a prepared split: the `ham10000` data source ---
+
+
+# Age bands for subgroup metrics (years; the upper bound excluded), as HAM10000 records ages in
+# steps of 5.
+AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"),
+             (75, 200, "75+"))  # fmt: skip
+
+
+def age_band(age: float) -> str:
+    if not np.isfinite(age):
+        return "unknown"
+    return next(name for low, high, name in AGE_BANDS if low <= age < high)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ham10000Source:
+    """A prepared split read through `tfds.data_source` (array_record, random access, no TF)."""
+
+    records: object  # tfds ArrayRecordDataSource: decoded dicts with bytes for text fields.
+    labels: np.ndarray  # int32[N], read without decoding the images.
+    # Per record: sex, age band and body site (the `subgroups` of subgroup metrics).
+    subgroups: dict[str, np.ndarray] | None = None
+    class_names: tuple[str, ...] = ham10000.CLASS_NAMES
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        return {
+            "image": record["image"],
+            "label": np.int32(record["label"]),
+            "index": index,
+            "image_id": record["image_id"].decode(),
+            "lesion_id": record["lesion_id"].decode(),
+        }
+
+
+def make_ham10000(data: ml_collections.ConfigDict) -> Ham10000Source:
+    """`ham10000/<data.image_size>` from `data.data_dir` (TFDS's default when empty)."""
+    if data.image_size not in IMAGE_SIZES:
+        raise ValueError(
+            f"data.image_size={data.image_size}; HAM10000 is prepared at {IMAGE_SIZES}."
+        )
+    split_by = data.split_by
+    if split_by not in ham10000.SPLIT_BY:
+        raise ValueError(f"data.split_by={split_by!r}; choose one of {ham10000.SPLIT_BY}.")
+    name = config_name(data.image_size, split_by)
+    builder = Ham10000(config=name, data_dir=data.data_dir or None)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"No prepared ham10000/{name} in {builder.data_dir}. Run `ham-synth prepare "
+            f"--source=ham10000 --manual_dir=DOWNLOAD --data_dir={data.data_dir or 'D'} "
+            f"--image_size={data.image_size} --split_by={split_by}` and set "
+            "--config.data.data_dir to that data_dir."
+        )
+    prepared = list(builder.info.splits)
+    if data.split not in (*prepared, "all"):
+        raise ValueError(f"data.split={data.split!r}; {builder.data_dir} has splits {prepared}.")
+    # "all" is HAM10000's own images; the external isic2018_test set stays held out.
+    own = [s for s in prepared if s in ham10000.SPLIT_NAMES]
+    split = "+".join(own) if data.split == "all" else data.split
+    undecoded = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    # One pass over the undecoded records, keeping only their small fields (not the PNG bytes).
+    labels, subgroups = [], {"sex": [], "age": [], "localization": []}
+    for i in range(len(undecoded)):
+        row = undecoded[i]
+        labels.append(row["label"])
+        subgroups["sex"].append(row["sex"].decode() or "unknown")
+        subgroups["age"].append(age_band(float(row["age"])))
+        subgroups["localization"].append(row["localization"].decode() or "unknown")
+    subgroups = {k: np.asarray(v, dtype=str) for k, v in subgroups.items()}
+    return Ham10000Source(builder.as_data_source(split), np.asarray(labels, np.int32), subgroups)

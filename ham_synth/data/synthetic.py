@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from ham_synth import config_lib
-from ham_synth.data import sources
+from ham_synth.data import image_folder, sources
 
 POLICIES = ("add", "balance", "ratio", "only")
 # Policies that mix by image count: every record, real or synthetic, equally likely.
@@ -36,7 +36,7 @@ IN_MEMORY_BYTES = 1 << 30
 class Mix:
     """The chosen synthetic records and the share of the training stream they take."""
 
-    source: sources.FolderSource | sources.ArraySource
+    source: image_folder.FolderSource | sources.ArraySource
     # Probability that a stream position reads a synthetic record: any position (add, balance,
     # only) or, `within_class`, a position the real stream drew for a class the set holds (ratio).
     weight: float
@@ -144,13 +144,13 @@ def make_mix(
         weight = 1.0
     else:  # add, balance: each record, real or synthetic, equally likely at every position.
         weight = len(keep) / (len(keep) + len(real_labels))
-    source = sources.FolderSource(paths, labels[keep], class_names, image_size)
+    source = image_folder.FolderSource(paths, labels[keep], class_names, image_size)
     if len(paths) * image_size**2 * 3 <= IN_MEMORY_BYTES:
         source = decoded(source)
     return Mix(source, weight, counts, within_class=synthetic.policy == "ratio")
 
 
-def decoded(source: sources.FolderSource) -> sources.ArraySource:
+def decoded(source: image_folder.FolderSource) -> sources.ArraySource:
     """`source` with every image decoded into memory, in the same order."""
     images = np.stack([source[i]["image"] for i in range(len(source))])
     return sources.ArraySource(images, source.labels, source.class_names)

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from conftest import REPO, load_config
 
 from ham_synth import parallel, tasks, workdir
-from ham_synth.data import ham10000, ham10000_tfds, prepare, sources
+from ham_synth.data import ham10000, ham10000_tfds, imaging, prepare, sources
 from ham_synth.evaluators import classification
 
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "ham10000_sample"
@@ -250,7 +250,7 @@ def test_prepare_writes_every_image_once_with_its_metadata(download, tmp_path, c
     assert source.subgroups["sex"].tolist() == [r["sex"] for r in test_rows]
     assert source.subgroups["localization"].tolist() == ["back"] * len(test_rows)
     assert source.subgroups["age"].tolist() == [
-        sources.age_band(float(r["age"]) if r["age"] else math.nan) for r in test_rows
+        ham10000_tfds.age_band(float(r["age"]) if r["age"] else math.nan) for r in test_rows
     ]
     assert (dataset_dir / prepare.EXAMPLES_FILE).stat().st_size > 0
     out = capsys.readouterr().out
@@ -293,7 +293,7 @@ def test_a_failed_prepare_leaves_nothing_that_loads(download, tmp_path, monkeypa
         calls.append(path)
         if len(calls) == 5:
             raise ham10000.DataError(f"{path}: simulated failure")
-        return ham10000.center_crop_resize(fake_ham10000.Image.open(path), size)
+        return imaging.center_crop_resize(fake_ham10000.Image.open(path), size)
 
     monkeypatch.setattr(ham10000, "load_square", fail_on_the_fifth_image)
     with pytest.raises(ham10000.DataError, match="simulated"):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ham_synth.data import imaging, sources
+from ham_synth.data import image_folder, imaging
 
 ORIENTATION = 0x0112  # EXIF tag: 6 means "rotate 90° clockwise to display".
 
@@ -61,7 +61,7 @@ def test_the_folder_source_decodes_through_it(tmp_path):
     exif = Image.Exif()
     exif[ORIENTATION] = 6
     Image.fromarray(_marked(16, 16)).save(tmp_path / "a" / "turned.png", exif=exif)
-    source = sources.FolderSource(
+    source = image_folder.FolderSource(
         (tmp_path / "a" / "grey16.png", tmp_path / "a" / "turned.png"),
         np.zeros(2, np.int32),
         ("a",),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from ham_synth.data import ham10000, pipeline, sources, transforms
+from ham_synth.data import ham10000, pipeline, sources, splits, transforms
 
 ALL_OPS = "flip_lr|flip_ud|rotate(30)|zoom(0.8,1.25)|color_jitter(0.3,0.3,0.3)"
 
@@ -32,44 +32,44 @@ def test_digits_records_are_rgb_uint8_at_the_configured_size():
 
 
 def test_splits_are_disjoint_stratified_and_deterministic():
-    splits = {s: sources.get_source(_data(split=s)) for s in ("train", "val", "test")}
-    sizes = {s: len(src) for s, src in splits.items()}
+    by_split = {s: sources.get_source(_data(split=s)) for s in ("train", "val", "test")}
+    sizes = {s: len(src) for s, src in by_split.items()}
     assert sum(sizes.values()) == 1797
     assert abs(sizes["val"] - 180) <= 1 and abs(sizes["test"] - 180) <= 1
     keys = {
         s: {src.images[i].tobytes() + bytes([src.labels[i]]) for i in range(len(src))}
-        for s, src in splits.items()
+        for s, src in by_split.items()
     }
     # Digits holds a few exact duplicate images, so allow a handful of cross-split repeats.
     assert len(keys["train"] & keys["test"]) <= 3
-    for src in splits.values():
+    for src in by_split.values():
         shares = np.bincount(src.labels, minlength=10) / len(src)
         np.testing.assert_allclose(shares, 0.1, atol=0.02)
     again = sources.get_source(_data(split="val"))
-    np.testing.assert_array_equal(again.labels, splits["val"].labels)
+    np.testing.assert_array_equal(again.labels, by_split["val"].labels)
 
 
 def test_imbalance_subsamples_train_to_ham10000_shares_after_balanced_val_and_test():
-    splits = {
+    by_split = {
         split: sources.get_source(_data(split=split, imbalance=True, num_classes=7))
         for split in ("train", "val", "test", "all")
     }
-    assert splits["train"].class_names[5] == "5:nv" and len(splits["train"].class_names) == 7
-    counts = np.bincount(splits["train"].labels, minlength=7)
+    assert by_split["train"].class_names[5] == "5:nv" and len(by_split["train"].class_names) == 7
+    counts = np.bincount(by_split["train"].labels, minlength=7)
     # Each train count is the share rounded to a whole image.
     np.testing.assert_allclose(
         counts / counts.sum(), ham10000.CLASS_SHARES, atol=1.0 / counts.sum()
     )
     assert counts[5] == counts.max() and counts[3] == counts.min() >= 1
     for split in ("val", "test"):  # Curated: balanced, at least 15 of every class.
-        eval_counts = np.bincount(splits[split].labels, minlength=7)
-        assert eval_counts.min() >= sources.MIN_EVAL_PER_CLASS, split
+        eval_counts = np.bincount(by_split[split].labels, minlength=7)
+        assert eval_counts.min() >= splits.MIN_EVAL_PER_CLASS, split
         assert eval_counts.max() - eval_counts.min() <= 2, split
     keys = {
-        split: {src.images[i].tobytes() for i in range(len(src))} for split, src in splits.items()
+        split: {src.images[i].tobytes() for i in range(len(src))} for split, src in by_split.items()
     }
     assert len(keys["train"] & keys["test"]) <= 3  # Digits holds a few exact duplicates.
-    assert len(splits["all"]) == sum(len(splits[s]) for s in ("train", "val", "test"))
+    assert len(by_split["all"]) == sum(len(by_split[s]) for s in ("train", "val", "test"))
     assert keys["all"] == keys["train"] | keys["val"] | keys["test"]
 
 

@@ -12,7 +12,7 @@ from conftest import first_train_step, load_config
 from PIL import Image
 
 from ham_synth import config_lib, metric_writer, train
-from ham_synth.data import pipeline, sources, synthetic
+from ham_synth.data import image_folder, pipeline, sources, synthetic
 
 NAMES = [f"{d}:{name}" for d, name in enumerate(("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"))]
 
@@ -149,7 +149,7 @@ def test_small_sets_are_decoded_once_into_the_same_stream(folder, monkeypatch):
     in_memory = list(itertools.islice(iter(pipeline.make_train_dataset(config)[0]), 3))
     monkeypatch.setattr(synthetic, "IN_MEMORY_BYTES", 0)
     mix = synthetic.make_mix(config.data.synthetic, tuple(NAMES), np.arange(7), 8)
-    assert isinstance(mix.source, sources.FolderSource)
+    assert isinstance(mix.source, image_folder.FolderSource)
     on_access = list(itertools.islice(iter(pipeline.make_train_dataset(config)[0]), 3))
     for a, b in zip(in_memory, on_access, strict=True):
         assert a["synthetic"].any()

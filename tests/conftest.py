@@ -70,6 +70,18 @@ def first_train_step(config):
     return logits, batch, float(metrics["train/loss"]), built.config
 
 
+# Fixtures that train a run for several tests: their tests share one xdist worker (the addopts'
+# --dist loadgroup), so each is trained once rather than once per worker.
+SHARED_RUNS = ("vit_run", "ddpm_workdir")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
 @pytest.fixture
 def repo() -> pathlib.Path:
     return REPO

@@ -177,7 +177,8 @@ def test_fid_evaluator_in_pixel_space_logs_fd_not_fid_and_matches_the_metrics(tm
         "evals.fid.batch_size": 16,
         "optim.warmup_steps": 1,
     }
-    state = train.train_and_evaluate(load_config("ddpm.py:smoke", **overrides), tmp_path)
+    # The VAE: one decoder pass per sample, where the smoke DDPM takes five UNet passes.
+    state = train.train_and_evaluate(load_config("vae.py:smoke", **overrides), tmp_path)
 
     row = metric_writer.read_metrics(tmp_path)[-1]
     assert row["step"] == 3

@@ -1,6 +1,8 @@
 """The GAN: spectral norm against an SVD, the projection discriminator by hand, losses and R1 in
 closed form, DiffAugment, an 8-Gaussian toy, and the trainer's 1 = 8 devices and exact resume."""
 
+import json
+import shutil
 from typing import Any
 
 import flax.linen as nn
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from ham_synth import metric_writer, train
+from ham_synth import metric_writer, train, workdir
 from ham_synth import state as state_lib
 from ham_synth.models import gan_nets
 from ham_synth.tasks import diffaugment, gan
@@ -252,29 +254,31 @@ def test_mlp_gan_covers_the_modes_of_eight_gaussians():
 def test_eight_devices_match_one_and_resume_is_bit_exact(tmp_path):
     # Conditional BatchNorm in G normalizes over the global batch under jit, so the mesh size
     # does not change the numbers.
-    runs = {}
     no_grid = {"evals.samples.every_steps": -1}  # Sampling is tested elsewhere; saves compiles.
-    for n in (1, 8):
-        config = load_config(
-            "gan.py:smoke", **{"train.num_devices": n, "train.total_steps": 3}, **no_grid
-        )
-        runs[n] = train.train_and_evaluate(config, tmp_path / str(n))
-    loss_1, loss_8 = (metric_writer.read_metrics(tmp_path / str(n))[-1] for n in (1, 8))
+    one = {"train.num_devices": 1, "train.total_steps": 3, **no_grid}
+    eight = {"train.num_devices": 8, **no_grid}  # The smoke length, 6, checkpointed at 3 and 6.
+    state_1 = train.train_and_evaluate(load_config("gan.py:smoke", **one), tmp_path / "1")
+    full = train.train_and_evaluate(load_config("gan.py:smoke", **eight), tmp_path / "8")
+    loss_1, loss_8 = (
+        next(r for r in metric_writer.read_metrics(tmp_path / n) if r["step"] == 2)
+        for n in ("1", "8")
+    )
     for key in ("train/loss", "train/d_loss", "train/r1", "train/augment_p"):
         np.testing.assert_allclose(loss_8[key], loss_1[key], rtol=1e-4, atol=1e-6)
-    # Weights and statistics agree; Adam's moments of near-zero gradients (~1e-5) differ by
-    # summation order, so opt_state is left out.
+    # Weights and statistics agree at step 3; Adam's moments of near-zero gradients (~1e-5)
+    # differ by summation order, so opt_state is left out.
+    state_8 = workdir.load(tmp_path / "8", step="3").state
     for field in ("params", "ema_params", "model_state"):
-        for a, b in zip(
-            _leaves(getattr(runs[1], field)), _leaves(getattr(runs[8], field)), strict=True
-        ):
+        for a, b in zip(_leaves(getattr(state_1, field)), _leaves(getattr(state_8, field)),
+                        strict=True):  # fmt: skip
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
-    # The 8-device run resumes from its step-3 checkpoint to the smoke length, as one uninterrupted.
-    eight = {"train.num_devices": 8, **no_grid}
-    full = train.train_and_evaluate(load_config("gan.py:smoke", **eight), tmp_path / "full")
-    resumed = train.train_and_evaluate(load_config("gan.py:smoke", **eight), tmp_path / "8")
-    assert len((tmp_path / "8" / "config_history.jsonl").read_text().splitlines()) == 2  # Resumed.
+    # Killed after its step-3 checkpoint, the 8-device run resumes to what it was uninterrupted.
+    shutil.copytree(tmp_path / "8", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")
+    resumed = train.train_and_evaluate(load_config("gan.py:smoke", **eight), tmp_path / "resumed")
+    history = (tmp_path / "resumed" / "config_history.jsonl").read_text().splitlines()
+    assert json.loads(history[-1])["resumed_from_step"] == 3
     for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
         np.testing.assert_array_equal(b, a)
     assert set(resumed.model_state["batch_stats"]) == {"gen", "disc"}

@@ -81,6 +81,36 @@ class ResBlock(nn.Module):
         return x + h
 
 
+def fused_attention(
+    query,
+    key,
+    value,
+    mask=None,
+    dropout_rng=None,
+    dropout_rate: float = 0.0,
+    broadcast_dropout: bool = True,
+    deterministic: bool = False,
+    dtype: Any = None,
+    precision: Any = None,
+    module: nn.Module | None = None,
+    force_fp32_for_softmax: bool = False,
+):
+    """nn.MultiHeadDotProductAttention's `attention_fn`, through jax.nn.dot_product_attention:
+    cuDNN's fused kernel on a GPU when the shapes allow it, XLA's elsewhere (a float32 softmax
+    either way), so the probabilities are never written out. When they are wanted (`module` is
+    given: `sow_weights`, for attention maps) or attention dropout is on, flax's
+    dot_product_attention, which materialises them, runs instead."""
+    if module is not None or (dropout_rate > 0.0 and not deterministic):
+        return nn.dot_product_attention(
+            query, key, value, mask=mask, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+            broadcast_dropout=broadcast_dropout, deterministic=deterministic, dtype=dtype,
+            precision=precision, module=module, force_fp32_for_softmax=force_fp32_for_softmax,
+        )  # fmt: skip
+    if dtype is not None:
+        query, key, value = (x.astype(dtype) for x in (query, key, value))
+    return jax.nn.dot_product_attention(query, key, value, mask=mask)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, residual."""
 
@@ -97,5 +127,6 @@ class SelfAttention(nn.Module):
             out_kernel_init=nn.initializers.zeros,
             dtype=self.dtype,
             force_fp32_for_softmax=True,
+            attention_fn=fused_attention,
         )(tokens)
         return x + out.reshape(b, h, w, c)

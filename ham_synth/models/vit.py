@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ham_synth.models import layers
+
 # Named sizes (width, depth, heads, MLP width), as in the ViT and AugReg papers.
 SIZES = {
     "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
@@ -128,6 +130,7 @@ class Encoder1DBlock(nn.Module):
             dropout_rate=self.attention_dropout,
             deterministic=not train,
             force_fp32_for_softmax=True,
+            attention_fn=layers.fused_attention,
             name="MultiHeadDotProductAttention_1",
         )(y, y, sow_weights=sow_weights)
         y = nn.Dropout(self.dropout, deterministic=not train)(y)

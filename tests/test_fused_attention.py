@@ -1,0 +1,65 @@
+"""layers.fused_attention (jax.nn.dot_product_attention) against flax's own attention, which the
+models used before: the same outputs, and the probabilities still sown when asked for."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ham_synth.models import layers
+
+
+def _attention(attention_fn, dtype, **fields):
+    return nn.MultiHeadDotProductAttention(num_heads=4, dtype=dtype, force_fp32_for_softmax=True,
+                                           attention_fn=attention_fn, **fields)  # fmt: skip
+
+
+def _outputs(dtype, tokens=49, **call):
+    """(flax's, fused) outputs of one set of weights on one input: [2, tokens, 32]."""
+    x = jax.random.normal(jax.random.key(0), (2, tokens, 32))
+    plain = _attention(nn.dot_product_attention, dtype)
+    variables = plain.init(jax.random.key(1), x)
+    fused = _attention(layers.fused_attention, dtype)
+    return plain.apply(variables, x, **call), fused.apply(variables, x, **call)
+
+
+@pytest.mark.parametrize("tokens", [49, 196, 50])  # 7x7 and 14x14 patches; + a class token.
+def test_float32_outputs_equal_flax_attention(tokens):
+    plain, fused = _outputs(jnp.float32, tokens)
+    assert fused.dtype == jnp.float32
+    np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_outputs_agree_within_bfloat16_precision():
+    plain, fused = _outputs(jnp.bfloat16)
+    assert fused.dtype == jnp.bfloat16
+    reference, _ = _outputs(jnp.float32)
+    scale = float(jnp.abs(reference).max())
+    # Both within bfloat16's resolution (8 bits of mantissa) of the float32 result.
+    for out in (plain, fused):
+        assert float(jnp.abs(out.astype(jnp.float32) - reference).max()) < 2e-2 * scale
+
+
+def test_asking_for_the_weights_takes_the_path_that_sows_them():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 32))
+    fused = _attention(layers.fused_attention, jnp.float32)
+    variables = fused.init(jax.random.key(1), x)
+    out, state = fused.apply(variables, x, sow_weights=True, mutable=["intermediates"])
+    (weights,) = state["intermediates"]["attention_weights"]
+    assert weights.shape == (2, 4, 16, 16)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out, fused.apply(variables, x), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_dropout_in_training_is_flaxs_own():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 32))
+    make = functools.partial(_attention, dtype=jnp.float32, dropout_rate=0.5, deterministic=False)
+    plain, fused = make(nn.dot_product_attention), make(layers.fused_attention)
+    variables = plain.init(jax.random.key(1), x)
+    rngs = {"dropout": jax.random.key(2)}
+    np.testing.assert_array_equal(
+        fused.apply(variables, x, rngs=rngs), plain.apply(variables, x, rngs=rngs)
+    )

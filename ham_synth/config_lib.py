@@ -182,6 +182,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     # augmenting in Python hold the GIL, so threads beyond the spare cores slow the step down;
     # 0: one per core beyond the first, at most 16 (one thread on a 2-core machine).
     config.data.read_threads = 0
+    # Worker processes that read and augment training batches (grain's multiprocessing
+    # prefetch), each with data.read_threads threads, out of the GIL of the training process;
+    # 0: none, batches are assembled in this process. Worker w makes batches w, w + n, ..., so
+    # the batches are the same for any count. A resume keeps the count (it is in the saved
+    # iterator state).
+    config.data.worker_count = 0
     # Real + synthetic training data (data/synthetic.py); val and test stay real.
     config.data.synthetic = ml_collections.ConfigDict(
         {

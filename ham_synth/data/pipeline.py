@@ -200,6 +200,7 @@ def make_dataset(
     balance_alpha: float = 0.0,
     mix: synthetic.Mix | None = None,
     read_threads: int = 0,
+    worker_count: int = 0,
 ) -> grain.IterDataset:
     """Infinite stream of `batch_size` batches from shard `shard_index` of `shard_count`.
 
@@ -209,10 +210,13 @@ def make_dataset(
     `mix`: this shard's synthetic records mixed in (`mix_synthetic`); batches then carry
     `synthetic` True for them.
     `read_threads`: threads assembling batches; 0: `default_read_threads()`.
+    `worker_count` > 0: that many processes assemble them, in turn (the same batches).
     """
     ops = transforms.parse_ops(augment)  # Fails on a typo before any data is read.
     if not 0 <= balance_alpha <= 1:
         raise ValueError(f"data.balance_alpha={balance_alpha}; use 0 (off) to 1 (equal shares).")
+    if worker_count < 0:
+        raise ValueError(f"data.worker_count={worker_count}; use 0 (none) or more processes.")
     shard_size = len(range(shard_index, len(source), shard_count))
     if shard_size == 0:
         raise ValueError(
@@ -249,11 +253,16 @@ def make_dataset(
         records = records.random_map(
             op, seed=derive_seed(seed, shard_index, _AUGMENT_STREAM, position)
         )
-    return (
+    batches = (
         records.map(transforms.ToModelInputs())
         .batch(batch_size, drop_remainder=True)
         .to_iter_dataset(read_options(read_threads or default_read_threads()))
     )
+    if worker_count:
+        # Two batches ahead per worker: at 224² a batch of floats is tens of megabytes.
+        options = grain.MultiprocessingOptions(worker_count, per_worker_buffer_size=2)
+        batches = batches.mp_prefetch(options)
+    return batches
 
 
 def read_options(threads: int) -> grain.ReadOptions:
@@ -337,6 +346,7 @@ def make_train_dataset(
         balance_alpha=balance_alpha,
         mix=mix,
         read_threads=config.data.read_threads,
+        worker_count=config.data.worker_count,
     )
     num_classes = len(source.class_names)
     counts = np.bincount(labels, minlength=num_classes)

@@ -108,6 +108,27 @@ def test_the_number_of_read_threads_leaves_the_batches_unchanged():
         np.testing.assert_array_equal(a["index"], b["index"])
 
 
+@pytest.mark.slow
+def test_worker_processes_make_the_same_batches_and_resume_where_they_stopped():
+    def dataset(workers):
+        return _dataset(seed=3, augment="rotate(20)|flip_lr", balance_alpha=0.5,
+                        worker_count=workers)  # fmt: skip
+
+    expected = list(itertools.islice(iter(dataset(0)), 7))
+    iterator = iter(dataset(2))
+    for want in expected[:4]:
+        got = next(iterator)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["index"], want["index"])
+    state = iterator.get_state()  # As a checkpoint saves it, after 4 batches.
+    resumed = iter(dataset(2))
+    resumed.set_state(state)
+    for want in expected[4:]:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["index"], want["index"])
+
+
 def test_each_epoch_is_a_new_permutation_of_the_split():
     source_size = len(sources.get_source(_data()))
     indices = _indices(_dataset(seed=0, batch_size=1), 2 * source_size)

@@ -62,13 +62,15 @@ def get_config(arg: str | None = None):
         augment_p=1.0,  # Each op's probability per image (the start value when ADA is on).
         ada_target=0.0,  # > 0: adapt p so that E[sign D(real)] stays near it (ADA: 0.6).
         ada_kimg=100,  # ADA: p can move 0 -> 1 in this many thousand images.
-        # Sampling's BatchNorm statistics: the EMA generator's own, averaged over this many
-        # batches of train.batch_size (class-balanced) in every sampling call; 0: the training
-        # generator's running statistics (another network's).
+        # sample.batch_norm="standing": the EMA generator's own BatchNorm statistics, averaged
+        # over this many batches of train.batch_size (class-balanced) in every sampling call.
         standing_stats_batches=16,
     )
     config.sample.update(
         truncation=0.0,  # > 0: z from a normal truncated to [-t, t] (fidelity over diversity).
+        # The EMA generator's BatchNorm statistics: standing (its own, recomputed) | ema (an EMA
+        # of the training generator's) | running (the training generator's); tasks/gan.py.
+        batch_norm="standing",
     )
     # One optimizer per network (TTUR: set their lr and betas apart). SNGAN's Adam: lr 2e-4,
     # b1 0, b2 0.9; constant lr (min_lr_ratio 1), no warmup, clipping or weight decay. ema_decay

@@ -245,7 +245,7 @@ def test_gan_samples_through_the_same_contract_with_truncation(tmp_path):
     with open(out / "manifest.csv") as f:
         row = next(csv.DictReader(f))
     assert (row["family"], row["truncation"]) == ("gan", "0.5")
-    accepted = r"\(it takes \['compute_dtype', 'truncation'\]\)"
+    accepted = r"\(it takes \['batch_norm', 'compute_dtype', 'truncation'\]\)"
     with pytest.raises(ValueError, match=r"takes no \['guidance'\] " + accepted):
         synthesize.run(
             str(workdir_path), num_per_class=1, guidance=2.0, out_dir=str(tmp_path / "x")

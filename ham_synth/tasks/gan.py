@@ -3,14 +3,19 @@ train step, two optimizer groups (optim.gen, optim.disc), hinge or non-saturatin
 on reals, DiffAugment with an optional ADA-adapted probability, and an EMA generator.
 
 State layout: params and opt_state are {"gen", "disc"}; ema_params is {"gen"}; model_state is
-{"batch_stats": {"gen": BatchNorm statistics, "disc": spectral-norm vectors}, "ada": {"p"}}.
+{"batch_stats": {"gen": BatchNorm statistics, "disc": spectral-norm vectors}, "ema_batch_stats":
+{"gen": an EMA of the generator's BatchNorm statistics}, "ada": {"p"}}.
 
-Sampling applies the EMA generator with BatchNorm statistics of its own: "standing statistics"
-(BigGAN), the mean over `gan.standing_stats_batches` class-balanced batches of the EMA generator's
-batch statistics, recomputed inside every sampling call from fixed noise, so they are a function
-of the weights alone. The training generator's running statistics describe another network (its
-momentum spans ~100 steps, the EMA's ~1,000), and an EMA of them would still be that network's;
-standing statistics cost a few forward passes per sampling call, which a GAN can afford.
+Sampling applies the EMA generator; its BatchNorm statistics are the sample setting `batch_norm`:
+- "standing" (the default; BigGAN's "standing statistics"): the EMA generator's own, the mean
+  over `gan.standing_stats_batches` class-balanced batches of its batch statistics, recomputed
+  inside every sampling call from fixed noise, so they are a function of the weights alone;
+- "ema": an EMA of the training generator's running statistics, with the EMA params' warmed-up
+  decay, kept by every train step;
+- "running": the training generator's running statistics (momentum 0.99, ~100 steps).
+The last two describe the training generator, another network than the EMA's (its average spans
+~1,000 steps); standing statistics cost a few forward passes per sampling call, which a GAN can
+afford. The three, on one quickstart run at 600 steps: docs/results.md.
 """
 
 import jax
@@ -23,6 +28,7 @@ from ham_synth import state as state_lib
 from ham_synth.tasks import base, diffaugment
 
 LOSSES = ("hinge", "nonsaturating")
+BATCH_NORM = ("standing", "ema", "running")  # Sampling's BatchNorm statistics (module docstring).
 
 
 def d_loss_terms(d_real: jax.Array, d_fake: jax.Array, loss: str) -> jax.Array:
@@ -108,6 +114,11 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             f"train.batch_size={config.train.batch_size} must be a multiple of gan.n_disc="
             f"{gan.n_disc}: each D update takes its own 1/n_disc of the step's real batch."
         )
+    if gan.standing_stats_batches < 1:
+        raise ValueError(
+            f"gan.standing_stats_batches={gan.standing_stats_batches}; average over at least one "
+            "batch (sample.batch_norm='running' samples with the training statistics)."
+        )
     policy = diffaugment.parse_policy(gan.augment)
     optimizers = optim.make_optimizers(config.optim, config.train.total_steps, ("gen", "disc"))
     latent_dim = config.model.latent_dim
@@ -129,6 +140,7 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
                     "gen": g_vars.get("batch_stats", {}),
                     "disc": d_vars.get("batch_stats", {}),
                 },
+                "ema_batch_stats": {"gen": g_vars.get("batch_stats", {})},
                 "ada": {"p": jnp.asarray(gan.augment_p, jnp.float32)},
             },
         )
@@ -247,16 +259,20 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             adjust = real.shape[0] / (gan.ada_kimg * 1000.0)
             p = jnp.clip(p + jnp.sign(d_mean["rt"] - gan.ada_target) * adjust, 0.0, 1.0)
 
+        def ema(average, value):  # The EMA params' warmed-up decay at this update.
+            return state_lib.ema_update(average, value, optimizers["gen"].ema_decay, state.step + 1)
+
+        ema_stats = ema(state.model_state["ema_batch_stats"]["gen"], g_stats)
         new_state = state.replace(
             step=state.step + 1,
             params={"gen": g_params, "disc": d_params},
             opt_state={"gen": g_opt, "disc": d_opt},
-            ema_params={
-                "gen": state_lib.ema_update(
-                    state.ema_params["gen"], g_params, optimizers["gen"].ema_decay, state.step + 1
-                )
+            ema_params={"gen": ema(state.ema_params["gen"], g_params)},
+            model_state={
+                "batch_stats": {"gen": g_stats, "disc": d_stats},
+                "ema_batch_stats": {"gen": ema_stats},
+                "ada": {"p": p},
             },
-            model_state={"batch_stats": {"gen": g_stats, "disc": d_stats}, "ada": {"p": p}},
         )
         metrics = {
             "train/loss": g_loss,  # The generator's, so generic tools have one key.
@@ -282,11 +298,13 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
         rng,
         *,
         truncation: float = config.sample.truncation,
+        batch_norm: str = config.sample.batch_norm,
         compute_dtype: str = config.sample.compute_dtype,
     ):
         """The EMA generator on z ~ N(0, I), or a normal truncated to [-truncation, truncation]
-        when truncation > 0; BatchNorm uses its standing statistics (the training generator's
-        running ones when gan.standing_stats_batches is 0)."""
+        when truncation > 0, with the BatchNorm statistics `batch_norm` names (BATCH_NORM)."""
+        if batch_norm not in BATCH_NORM:
+            raise ValueError(f"sample.batch_norm={batch_norm!r}; choose one of {BATCH_NORM}.")
         shape = (labels.shape[0], latent_dim)
         if truncation > 0:
             z = jax.random.truncated_normal(rng, -truncation, truncation, shape)
@@ -295,7 +313,9 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
         dtype = config_lib.compute_dtype(compute_dtype, "sample.compute_dtype")
         sampler = generator.clone(dtype=dtype)
         g_vars = generator_variables(variables)
-        if gan.standing_stats_batches > 0 and g_vars["batch_stats"]:
+        if batch_norm == "ema":
+            g_vars["batch_stats"] = variables["ema_batch_stats"]["gen"]
+        elif batch_norm == "standing" and g_vars["batch_stats"]:
             g_vars["batch_stats"] = standing_stats(
                 sampler,
                 g_vars,

@@ -165,31 +165,56 @@ def test_standing_stats_are_the_generators_own_batch_statistics():
     )
 
 
-def _samples_with_and_without_skewed_running_stats(standing_stats_batches: int):
-    """A smoke GAN's samples from its EMA variables, and from the same variables with the
-    training G's running statistics moved far off (as early in training)."""
-    labels = jnp.arange(4, dtype=jnp.int32) % 3
-    config = load_config(
-        "gan.py:smoke",
-        **{"data.num_classes": 3, "gan.standing_stats_batches": standing_stats_batches},
-    )
+def _smoke_state(num_classes=3, batch=4):
+    config = load_config("gan.py:smoke", **{"data.num_classes": num_classes})
     task = gan.make_task(config)
     size = config.data.image_size
-    state = task.init(jax.random.key(0), {"image": jnp.zeros((4, size, size, 3)), "label": labels})
-    sample = jax.jit(task.predict_fns["sample"])
+    labels = jnp.arange(batch, dtype=jnp.int32) % num_classes
+    images = jnp.zeros((batch, size, size, 3))
+    return config, task, task.init(jax.random.key(0), {"image": images, "label": labels}), labels
+
+
+def _samples_with_skewed_statistics(batch_norm: str, collection: str):
+    """A smoke GAN's samples from its EMA variables, and from the same variables with the
+    generator's statistics in `collection` moved far off (as early in training)."""
+    _, task, state, labels = _smoke_state()
+    sample = jax.jit(task.predict_fns["sample"], static_argnames="batch_norm")
     variables = state_lib.eval_variables(state)
-    skewed = jax.tree.map(lambda x: x + 3.0, variables["batch_stats"]["gen"])
-    other = {**variables, "batch_stats": {**variables["batch_stats"], "gen": skewed}}
-    return [np.asarray(sample(v, labels, jax.random.key(1))) for v in (variables, other)]
+    skewed = jax.tree.map(lambda x: x + 3.0, variables[collection]["gen"])
+    other = {**variables, collection: {**variables[collection], "gen": skewed}}
+    return [np.asarray(sample(v, labels, jax.random.key(1), batch_norm=batch_norm))
+            for v in (variables, other)]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_sampling_ignores_the_training_generators_running_statistics():
-    # Standing statistics: the weights alone count.
-    np.testing.assert_array_equal(*_samples_with_and_without_skewed_running_stats(16))
-    # With the option off, the samples do read the running statistics.
-    plain, skewed = _samples_with_and_without_skewed_running_stats(0)
-    assert np.abs(plain - skewed).max() > 1e-2
+def test_each_batch_norm_option_samples_with_its_own_statistics():
+    # Standing statistics: the weights alone count, whatever the kept statistics hold.
+    for collection in ("batch_stats", "ema_batch_stats"):
+        np.testing.assert_array_equal(*_samples_with_skewed_statistics("standing", collection))
+    # The others read theirs, and only theirs.
+    for batch_norm, reads, ignores in [("running", "batch_stats", "ema_batch_stats"),
+                                       ("ema", "ema_batch_stats", "batch_stats")]:  # fmt: skip
+        plain, skewed = _samples_with_skewed_statistics(batch_norm, reads)
+        assert np.abs(plain - skewed).max() > 1e-2, batch_norm
+        np.testing.assert_array_equal(*_samples_with_skewed_statistics(batch_norm, ignores))
+    with pytest.raises(ValueError, match="sample.batch_norm='mean'; choose one of"):
+        _samples_with_skewed_statistics("mean", "batch_stats")
+
+
+def test_the_statistics_ema_follows_the_params_ema_warmed_up_decay():
+    config, task, state, labels = _smoke_state(batch=16)
+    size = config.data.image_size
+    batch = {"image": jax.random.uniform(jax.random.key(2), (16, size, size, 3), minval=-1),
+             "label": labels}  # fmt: skip
+    after, _ = jax.jit(task.train_step)(state, batch, jax.random.key(3))
+    decay = float(state_lib.ema_decay_at(config.optim.gen.ema_decay, 1))  # 2/11 at step 1.
+    for old, new, averaged in zip(
+        _leaves(state.model_state["ema_batch_stats"]["gen"]),
+        _leaves(after.model_state["batch_stats"]["gen"]),
+        _leaves(after.model_state["ema_batch_stats"]["gen"]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(averaged, decay * old + (1 - decay) * new, rtol=1e-6, atol=1e-7)
 
 
 class _MLPGen(nn.Module):

@@ -8,7 +8,6 @@ A verb's modules (and JAX with them) are imported only when that verb runs, so t
 flag error print at once.
 """
 
-import importlib
 import logging as std_logging
 import os
 import sys
@@ -17,7 +16,7 @@ from typing import NamedTuple
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ham_synth import xla_cpu
+from ham_synth import lazy, xla_cpu
 
 EXIT_USER_ERROR = 2
 # Training stopped early (SIGTERM, preemption) after checkpointing; rerunning resumes it.
@@ -233,12 +232,6 @@ VERBS = {
 }
 
 
-def _function(spec: str):
-    """ "module:function" -> the function, its module imported now."""
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _is_one_of(error: BaseException, kinds) -> bool:
     """isinstance over `kinds`: classes, or (module, name) of classes in modules already loaded."""
     classes = [
@@ -354,7 +347,7 @@ def _main(verb_name: str, argv, settings: dict[str, str]) -> None:
             raise ValueError(f"{given}: `{verb_name}` takes no sampler settings.")
         kwargs |= settings
         _quiet_library_logs(verb)
-        run = _function(verb.run)
+        run = lazy.resolve(verb.run)
         if verb.uses_devices:
             _initialize_distributed()
             _log_devices()

@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ham_synth"
 # module or a package (every module under it); the longest matching entry places a module.
 LAYERS = (
     # Infrastructure: configs, devices, state, files, logs.
-    ("xla_cpu", "fileio", "config_lib", "parallel", "state", "variables", "checkpoint",
+    ("xla_cpu", "lazy", "fileio", "config_lib", "parallel", "state", "variables", "checkpoint",
      "environment", "grids", "metric_writer", "run_config", "optim"),
     ("models", "diffusion"),  # Networks and noise schedules.
     ("data", "tasks"),  # Sources and pipelines; the model families and their sampling loop.

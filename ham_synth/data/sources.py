@@ -8,11 +8,11 @@ npz), mnist (an mnist.npz) or folder (root/<class_name>/*.png|jpg). `data.classe
 """
 
 import dataclasses
-import importlib
 
 import ml_collections
 import numpy as np
 
+from ham_synth import lazy
 from ham_synth.data import splits
 
 
@@ -41,11 +41,6 @@ _SOURCES = {
 }
 
 
-def _maker(name: str):
-    module, _, function = _SOURCES[name].partition(":")
-    return getattr(importlib.import_module(module), function)
-
-
 def get_source(data: ml_collections.ConfigDict):
     """The source named by `data.name`, checked against `data.num_classes` when that is set."""
     if data.name not in _SOURCES:
@@ -56,7 +51,7 @@ def get_source(data: ml_collections.ConfigDict):
             f"{data.name!r} has none. Leave it at 'lesion'."
         )
     splits.check_split_fractions(data)
-    source = _maker(data.name)(data)
+    source = lazy.resolve(_SOURCES[data.name])(data)
     if data.classes:
         source = splits.select_classes(source, data.classes, repr(data.name))
     if data.split == "train" and data.train_fraction < 1.0:

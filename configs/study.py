@@ -14,6 +14,9 @@ quickstart: imbalanced embedded digits at 16² (HAM10000's class shares in train
   quickstart at 600 steps over 3 seeds. It demonstrates the machinery, not a scientific result;
   its figures are in docs/results.md.
 smoke: 8x8, every family's smoke config, 2 classifier seeds, for tests.
+mini (with another variant, e.g. `derma28,mini`): that variant's DDPM and ViT alone, one seed of
+  each, real vs real + ddpm (no filtered, dose, pre-training or synthetic-only conditions); the
+  GPU check's mini-study (tools/gpu_check.sh).
 derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), every family at its derma28
   recipe and 2 generator seeds; 1,000 images of each minority class, a quarter of each one's
   draws synthetic (the DDPM's also at 0.1 and 0.5), the DDPM's set filtered, pre-trained on and
@@ -62,7 +65,9 @@ def use_recipes(config, variant: str, *, data, generator_steps, per_class, tstr_
 
 
 def get_config(arg: str | None = None):
-    arg = config_lib.parse_arg(arg, quickstart=False, smoke=False, derma28=False, ham64=False)
+    arg = config_lib.parse_arg(
+        arg, quickstart=False, smoke=False, derma28=False, ham64=False, mini=False
+    )
     config = ml_collections.ConfigDict()
     # The data every run trains and tests on (the `data.*` fields of each run's config).
     # train_fraction and split_by (ham10000: lesion | image) are there to sweep.
@@ -180,4 +185,11 @@ def get_config(arg: str | None = None):
                     per_class=2000, tstr_per_class=1000)  # fmt: skip
         config.seeds.classifiers = 5
         config.synthetic.filter.generators = "ddpm"
+    if arg.mini:
+        for name in ("vae", "gan"):
+            del config.generators[name]
+        config.seeds.update(classifiers=1, generators=1)
+        config.conditions.update(synthetic_only="", pretrain="")
+        config.conditions.dose = dict(generators="", ratios="")
+        config.synthetic.filter.min_confidence = 0.0
     return config

@@ -30,6 +30,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ham_synth_jax_cache_")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# One OpenMP thread for the PyTorch peers (and subprocesses): with both cores busy (two xdist
+# workers), two spinning threads each made a tiny diffusers step take 2.9 s instead of 17 ms.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 xla_cpu.apply()  # As the entry points do (ham-synth, tools/), before JAX's backend starts.
 
 import pytest  # noqa: E402
@@ -72,7 +75,7 @@ def first_train_step(config):
 
 # Fixtures that train a run for several tests: their tests share one xdist worker (the addopts'
 # --dist loadgroup), so each is trained once rather than once per worker.
-SHARED_RUNS = ("vit_run", "ddpm_workdir")
+SHARED_RUNS = ("vit_run", "ddpm_workdir", "gpu_check")
 
 
 def pytest_collection_modifyitems(items):

@@ -23,11 +23,11 @@ outputs + temporaries) for JAX; torch.cuda.max_memory_allocated on a
 GPU for PyTorch (not measured on CPU). Needs the test extra (torch, diffusers, pytorch-fid, timm).
 """
 
+import csv
 import dataclasses
 import datetime
 import functools
 import importlib.metadata
-import itertools
 import json
 import os
 import pathlib
@@ -48,7 +48,7 @@ from ml_collections import config_flags
 
 from ham_synth import config_lib, parallel, tasks, train, workdir, xla_cpu
 from ham_synth import state as state_lib
-from ham_synth.data import ham10000, pipeline, sources
+from ham_synth.data import ham10000, pipeline, prepare, sources
 from ham_synth.evaluators import convert_inception, fid, inception
 from ham_synth.tasks import base, sampling
 
@@ -60,39 +60,46 @@ torch = tr.torch
 CASES = ("ddpm", "vit", "inception", "sampler", "pipeline", "config")
 DEFAULT_CASES = CASES[:-1]
 
-# Shapes per preset. ddpm: the DDPM UNet (model fields of configs/ddpm.py); vit: the ViT (fields
-# of configs/vit.py); inception: batch and input sizes; sampler: (sampler, steps) pairs and batch;
-# pipeline: the folder source over generated 600x450 JPEGs.
+# Shapes per preset. ddpm: the DDPM UNet (model fields of configs/ddpm.py), its train step also
+# timed at `more_batches` and with k `steps_per_call` (a lax.scan over k batches); vit: the ViT
+# (fields of configs/vit.py); inception: batch and input sizes; sampler: (sampler, steps) pairs
+# and batch; pipeline: generated 600x450 JPEGs read at each size as the named recipe stores and
+# augments them.
 PRESETS = {
     "tiny": dict(
         ddpm=dict(image_size=8, channels=16, channel_mults=(1, 2), num_res_blocks=1,
-                  attention_resolutions=(), num_heads=1, batch=4),
+                  attention_resolutions=(), num_heads=1, batch=4, more_batches=(),
+                  steps_per_call=(2,)),
         vit=dict(image_size=16, patch_size=4, width=32, depth=2, num_heads=2, mlp_dim=64, batch=4),
         inception=dict(batch=2, sizes=(32,)),
         sampler=dict(batch=4, runs=(("ddim", 2), ("dpmpp_2m", 2))),
-        pipeline=dict(num_jpegs=8, batches=2),
+        pipeline=dict(num_jpegs=35, batch=4, batches=2, sizes={64: "ddpm.py:ham64"}),
         warmup=1, steps=2, matmul=256,
     ),
     "cpu": dict(
         # The issue's figure: 4.3M parameters, 32x32, batch 32.
         ddpm=dict(image_size=32, channels=64, channel_mults=(1, 2), num_res_blocks=2,
-                  attention_resolutions=(16,), num_heads=1, batch=32),
+                  attention_resolutions=(16,), num_heads=1, batch=32, more_batches=(64,),
+                  steps_per_call=(4,)),
         vit=dict(image_size=64, patch_size=8, width=192, depth=12, num_heads=3, mlp_dim=768,
                  batch=32),  # ViT-Ti/8 at 64x64: 64 patches.
         inception=dict(batch=16, sizes=(64, 299)),
         sampler=dict(batch=16, runs=(("ddim", 50), ("dpmpp_2m", 25))),
-        pipeline=dict(num_jpegs=200, batches=24),
+        pipeline=dict(num_jpegs=200, batch=32, batches=16,
+                      sizes={64: "ddpm.py:ham64", 224: "vit.py:ham_augreg"}),
         warmup=10, steps=3, matmul=2048,
     ),
     "gpu": dict(
         # configs/ddpm.py:ham64 (38M parameters) and ViT-S/16 at 224x224.
         ddpm=dict(image_size=64, channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
-                  attention_resolutions=(16,), num_heads=4, batch=64),
+                  attention_resolutions=(16,), num_heads=4, batch=64, more_batches=(128, 256),
+                  steps_per_call=(4,)),
         vit=dict(image_size=224, patch_size=16, width=384, depth=12, num_heads=6, mlp_dim=1536,
                  batch=128),
         inception=dict(batch=200, sizes=(64, 299)),
         sampler=dict(batch=256, runs=(("ddim", 50), ("dpmpp_2m", 25))),
-        pipeline=dict(num_jpegs=400, batches=40),
+        pipeline=dict(num_jpegs=400, batch=64, batches=24,
+                      sizes={64: "ddpm.py:ham64", 224: "vit.py:ham_augreg"}),
         warmup=5, steps=5, matmul=8192,
     ),
 }  # fmt: skip
@@ -149,6 +156,7 @@ class Row:
     note: str = ""
     mfu: float | None = None
     vs_peer: float | None = None
+    image_size: int | None = None
 
     @property
     def images_per_s(self) -> float | None:
@@ -289,13 +297,24 @@ def random_inception(device):
     return variables, torch_model
 
 
-def jax_train_runner(config, batch: dict, label: str) -> tuple[Runner, int]:
-    """The trainer's own jitted step (task, mesh, donation) on one device and a fixed batch."""
+def jax_train_runner(config, batch: dict, label: str, steps_per_call: int = 1):
+    """(runner, parameter count): the trainer's own jitted step (task, mesh, donation) on one
+    device and a fixed batch; with `steps_per_call` k > 1, k steps in one call, a lax.scan over
+    k copies of the batch (what a `train.steps_per_call` would do)."""
     task, state, mesh = one_device_task(config)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step = train.make_train_step(task, mesh)
-    args = (state, parallel.to_global_batch(batch, mesh), jax.random.key(1))
-    return jax_runner(label, step, args, carry_state=True), int(num_params)
+    if steps_per_call == 1:
+        args = (state, parallel.to_global_batch(batch, mesh), jax.random.key(1))
+        return jax_runner(label, step, args, carry_state=True), int(num_params)
+
+    def k_steps(state, batches, rng):
+        rngs = jax.random.split(rng, steps_per_call)
+        return jax.lax.scan(lambda s, xs: step(s, *xs), state, (batches, rngs))
+
+    stacked = jax.device_put({k: np.stack([v] * steps_per_call) for k, v in batch.items()})
+    jitted = jax.jit(k_steps, donate_argnums=0)
+    return jax_runner(label, jitted, (state, stacked, jax.random.key(1)), True), int(num_params)
 
 
 def random_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict:
@@ -311,7 +330,8 @@ def random_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict
 def bench_config(file: str, shape: dict, dtype: str, **fields):
     """configs/`file` on one device for 7 classes, with the preset `shape` (image_size, batch and
     model fields) and compute dtype, plus `fields`."""
-    values = {f"model.{k}": v for k, v in shape.items() if k not in ("image_size", "batch")}
+    not_model = ("image_size", "batch", "more_batches", "steps_per_call")
+    values = {f"model.{k}": v for k, v in shape.items() if k not in not_model}
     values.update(
         {
             "data.image_size": shape["image_size"],
@@ -406,12 +426,33 @@ def case_ddpm(preset: dict, dtype: str) -> list[Row]:
         "diffusers UNet2DModel", torch_train_step(model, loss_fn, (x0, labels), dtype)
     )
     torch_params = sum(p.numel() for p in model.parameters())
-    images = shape["batch"]
+    images, size = shape["batch"], shape["image_size"]
     rows = [
-        Row("ddpm train step", "JAX", images, jax_params, dtype=dtype),
-        Row("ddpm train step", "PyTorch (diffusers)", images, torch_params, dtype=dtype),
-    ]
+        Row("ddpm train step", "JAX", images, jax_params, dtype=dtype, image_size=size),
+        Row("ddpm train step", "PyTorch (diffusers)", images, torch_params, dtype=dtype,
+            image_size=size),
+    ]  # fmt: skip
     measure([jax_side, torch_side], rows, *_timing(preset))
+    return rows + ddpm_levers(shape, dtype, preset)
+
+
+def ddpm_levers(shape: dict, dtype: str, preset: dict) -> list[Row]:
+    """The JAX DDPM step at the larger `more_batches` and with `steps_per_call` steps per call
+    (at the preset's batch): its own rows, each with its own MFU."""
+    variants = [(b, 1) for b in shape["more_batches"]]
+    variants += [(shape["batch"], k) for k in shape["steps_per_call"]]
+    rows = []
+    for batch_size, k in variants:
+        config = ddpm_config({**shape, "batch": batch_size}, dtype)
+        batch = random_batch(batch_size, shape["image_size"], 7)
+        runner, params = jax_train_runner(config, batch, "JAX", steps_per_call=k)
+        case = f"ddpm train step, batch {batch_size}" + (f", {k} steps per call" if k > 1 else "")
+        row = Row(case, "JAX", batch_size * k, params, dtype=dtype)
+        warmup, steps, repeats = _timing(preset)
+        measure([runner], [row], max(1, warmup // k), max(1, steps // k), repeats)
+        # XLA's cost analysis counts a loop body once: the scan runs it k times.
+        row.flops = row.flops and row.flops * k
+        rows.append(row)
     return rows
 
 
@@ -446,9 +487,9 @@ def case_vit(preset: dict, dtype: str) -> list[Row]:
 
     torch_side = torch_runner("timm", torch_train_step(model, loss_fn, (images, labels), dtype))
     rows = [
-        Row("vit train step", "JAX", batch_size, jax_params, dtype=dtype),
+        Row("vit train step", "JAX", batch_size, jax_params, dtype=dtype, image_size=size),
         Row("vit train step", "PyTorch (timm)", batch_size,
-            sum(p.numel() for p in model.parameters()), dtype=dtype),
+            sum(p.numel() for p in model.parameters()), dtype=dtype, image_size=size),
     ]  # fmt: skip
     measure([jax_side, torch_side], rows, *_timing(preset))
     return rows
@@ -510,53 +551,104 @@ def case_sampler(preset: dict, dtype: str) -> list[Row]:
 
 
 def case_pipeline(preset: dict, step_rows: list[Row]) -> list[Row]:
-    """The grain training pipeline (folder source over 600x450 JPEGs, decoded and resized on
-    every access, with and without augmentation) against the DDPM step's consumption."""
-    shape, spec = preset["ddpm"], preset["pipeline"]
+    """The grain training pipeline over a HAM10000-like download of 600x450 JPEGs, read two ways:
+    the folder source (decoded and resized on every access) and the prepared source (`ham-synth
+    prepare`'s ArrayRecord), at each size with its recipe's augmentation, with 0, 1 and all spare
+    cores' worker processes; against the consumption of the JAX train step at that size."""
+    spec = preset["pipeline"]
+    workers = sorted({0, 1, max(1, (os.cpu_count() or 2) - 1)})
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
-        write_jpegs(pathlib.Path(tmp), spec["num_jpegs"])
-        data = config_lib.get_base_config().data
-        data.update(dict(name="folder", image_size=shape["image_size"], split="all", path=tmp,
-                         num_classes=7))  # fmt: skip
-        source = sources.get_source(data)
-        for augment in ("", "flip_lr|rotate(15)|zoom(0.9,1.1)"):
-            dataset = pipeline.make_dataset(
-                source, batch_size=shape["batch"], seed=0, shard_index=0, shard_count=1,
-                augment=augment,
-            )  # fmt: skip
-            start = time.perf_counter()
-            for _ in itertools.islice(iter(dataset), spec["batches"]):
-                pass
-            seconds = (time.perf_counter() - start) / spec["batches"]
-            row = Row(
-                f"input pipeline {shape['image_size']}px",
-                "grain (folder JPEGs)",
-                shape["batch"],
-                step_ms=seconds * 1e3,
-                note=augment or "no augmentation",
-            )
-            consumers = [r for r in step_rows if r.case == "ddpm train step" and r.side == "JAX"]
-            if consumers:
-                row.vs_peer = row.images_per_s / max(r.images_per_s for r in consumers)
-                row.note += " (ratio: vs the fastest JAX ddpm step)"
-            rows.append(row)
+        download = pathlib.Path(tmp) / "download"
+        write_download(download, spec["num_jpegs"])
+        for size, recipe in spec["sizes"].items():
+            data = config_lib.load_config(str(CONFIGS / recipe)).data
+            consumers = [r.images_per_s for r in step_rows if r.side == "JAX"
+                         and r.image_size == size and r.case.endswith("train step")]  # fmt: skip
+            for name in ("folder", "ham10000"):
+                source = sources.get_source(pipeline_data(data, name, download, pathlib.Path(tmp)))
+                for worker_count in workers:
+                    seconds = batch_seconds(source, data.augment, spec, worker_count)
+                    row = Row(
+                        f"input pipeline {size}px",
+                        f"grain ({SOURCE_LABELS[name]}), {worker_count} workers",
+                        spec["batch"],
+                        step_ms=seconds * 1e3,
+                        note=f"{recipe}: stored at {data.image_size}px, "
+                        f"{data.augment or 'no augmentation'}",
+                    )
+                    if consumers:
+                        row.vs_peer = row.images_per_s / max(consumers)
+                        row.note += f"; {feeding_note(max(consumers), size)}"
+                    rows.append(row)
     return rows
 
 
-def write_jpegs(root: pathlib.Path, count: int, seed: int = 0) -> None:
-    """`count` 600x450 JPEGs (HAM10000's size) of smooth random colour plus grain noise, spread
-    over HAM10000's class folders; smooth like skin, so they decode at a realistic speed."""
+def feeding_note(consumed: float, size: int) -> str:
+    """What the ratio is against, and the rate a GPU host would need (3x the step's)."""
+    need = 3 * consumed
+    return (
+        f"ratio vs the fastest JAX train step at {size}px; 3x it is {need:,.0f} images/s, "
+        f"{need / 15:,.0f} per worker on a 16-core host"
+    )
+
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+SOURCE_LABELS = {"folder": "folder JPEGs", "ham10000": "prepared ArrayRecord"}
+
+
+def pipeline_data(recipe_data, name: str, download: pathlib.Path, tmp: pathlib.Path):
+    """`recipe_data` (a config's data block) read from the `folder` source over `download`'s class
+    folders, or from the `ham10000` source prepared from it here, all splits."""
+    data = config_lib.get_base_config().data
+    data.update(dict(name=name, image_size=recipe_data.image_size, split="all", num_classes=7))
+    if name == "folder":
+        data.path = str(download)
+    else:
+        data.data_dir = str(tmp / "prepared")
+        prepare.prepare_ham10000(
+            manual_dir=str(download), data_dir=data.data_dir, image_size=data.image_size
+        )
+    return data
+
+
+def batch_seconds(source, augment: str, spec: dict, worker_count: int) -> float:
+    """Seconds per batch of the training stream over `source`, after a warm-up of as many batches
+    as the workers hold ahead (their start-up is not the steady rate)."""
+    dataset = pipeline.make_dataset(
+        source, batch_size=spec["batch"], seed=0, shard_index=0, shard_count=1, augment=augment,
+        worker_count=worker_count,
+    )  # fmt: skip
+    batches = iter(dataset)
+    for _ in range(1 + 2 * worker_count):
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(spec["batches"]):
+        next(batches)
+    return (time.perf_counter() - start) / spec["batches"]
+
+
+def write_download(root: pathlib.Path, count: int, seed: int = 0) -> None:
+    """A HAM10000-like download: `count` 600x450 JPEGs of smooth random colour plus grain noise
+    (smooth like skin, so they decode at a realistic speed) in class folders, which the folder
+    source reads, and a metadata CSV naming each as its own lesion, which `prepare` reads."""
     from PIL import Image  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
+    rows = []
     for i in range(count):
-        folder = root / ham10000.CLASS_NAMES[i % len(ham10000.CLASS_NAMES)]
-        folder.mkdir(parents=True, exist_ok=True)
+        dx = ham10000.CLASS_NAMES[i % len(ham10000.CLASS_NAMES)]
+        (root / dx).mkdir(parents=True, exist_ok=True)
         coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
         smooth = np.asarray(coarse.resize((600, 450), Image.BICUBIC), np.int16)
         noisy = np.clip(smooth + rng.integers(-8, 9, smooth.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(folder / f"img_{i:04d}.jpg", quality=90)
+        Image.fromarray(noisy).save(root / dx / f"ISIC_{i:07d}.jpg", quality=90)
+        rows.append(dict(lesion_id=f"HAM_{i:07d}", image_id=f"ISIC_{i:07d}", dx=dx,
+                         dx_type="histo", age="50.0", sex="male", localization="back"))  # fmt: skip
+    with (root / ham10000.METADATA_FILE).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ham10000.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def case_config(preset: dict) -> list[Row]:

@@ -100,7 +100,7 @@ def execute(run: plan_lib.Run, root: pathlib.Path, study: ml_collections.ConfigD
     if run.verb == "train":  # A stop (SIGTERM) raises train.TrainingStopped: not done.
         train.run(run.resolved_config(root), flags["workdir"])
     elif run.verb == "sample":
-        synthesize.run(**flags)
+        synthesize.run(**{k.removeprefix(plan_lib.SAMPLE_SETTING): v for k, v in flags.items()})
     elif run.verb == "evaluate":
         evaluate.evaluate(config=run.resolved_config(root), **flags)
     elif run.verb == "classify":

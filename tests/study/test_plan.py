@@ -10,7 +10,7 @@ from absl import flags
 from conftest import REPO
 from ml_collections import config_flags
 
-from ham_synth import config_lib, fileio
+from ham_synth import config_lib, fileio, main
 from ham_synth.study import plan as plan_lib
 from ham_synth.study import runner
 
@@ -254,6 +254,25 @@ def test_commands_parse_back_to_the_configs_the_study_runs(tmp_path):
         values(argv)
         assert values.config.to_dict() == run.resolved_config(tmp_path).to_dict(), run.name
         assert values.workdir == str(tmp_path / run.name)
+
+
+def test_sample_commands_use_the_sample_verbs_flags_and_settings(tmp_path):
+    """A `sample` run's command, as printed by --dry_run, is one the CLI takes: its flags are the
+    verb's, and its sampler settings (`--sample.KEY=VALUE`) are the study's generator block."""
+    study = smoke()
+    verb = main.VERBS["sample"]
+    given = {}
+    for run in plan_lib.make_plan(study, tmp_path):
+        if run.verb != "sample":
+            continue
+        settings, rest = main.split_sample_settings(run.command(tmp_path)[2:])
+        generator = run.flags["workdir"].split("/")[-1].split("@")[0]
+        given[generator] = settings
+        names = {arg.removeprefix("--").partition("=")[0] for arg in rest}
+        assert names <= {*verb.required, *verb.optional}, run.name
+    assert given == {
+        "ddpm": {"guidance": "2.0", "steps": "3"}, "gan": {"truncation": "0.0"}, "vae": {}
+    }  # fmt: skip
 
 
 def test_a_training_run_stopped_early_is_not_done(tmp_path, monkeypatch):

@@ -73,16 +73,13 @@ def first_train_step(config):
     return logits, batch, float(metrics["train/loss"]), built.config
 
 
-# Fixtures that train a run for several tests: their tests share one xdist worker (the addopts'
-# --dist loadgroup), so each is trained once rather than once per worker.
-SHARED_RUNS = ("vit_run", "ddpm_workdir", "gpu_check")
+# The modules that run a whole study or the benchmark go first: xdist hands out files in
+# collection order, so the two workers then finish together.
+FIRST = ("tests/test_gpu_check.py", "tests/study/test_report.py")
 
 
 def pytest_collection_modifyitems(items):
-    for item in items:
-        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in FIRST)  # Stable: order kept.
 
 
 @pytest.fixture

@@ -61,7 +61,8 @@ CASES = ("ddpm", "vit", "inception", "sampler", "pipeline", "config")
 DEFAULT_CASES = CASES[:-1]
 
 # Shapes per preset. ddpm: the DDPM UNet (model fields of configs/ddpm.py), its train step also
-# timed at `more_batches` and with k `steps_per_call` (a lax.scan over k batches); vit: the ViT
+# timed, in the first of --dtypes, at `more_batches` and with k `steps_per_call` (a lax.scan over
+# k batches); vit: the ViT
 # (fields of configs/vit.py); inception: batch and input sizes; sampler: (sampler, steps) pairs
 # and batch; pipeline: generated 600x450 JPEGs read at each size as the named recipe stores and
 # augments them.
@@ -80,7 +81,7 @@ PRESETS = {
         # The figure: 4.3M parameters, 32x32, batch 32.
         ddpm=dict(image_size=32, channels=64, channel_mults=(1, 2), num_res_blocks=2,
                   attention_resolutions=(16,), num_heads=1, batch=32, more_batches=(64,),
-                  steps_per_call=(4,)),
+                  steps_per_call=()),  # A scan of 4 steps ran > 10 min here: XLA:CPU loops.
         vit=dict(image_size=64, patch_size=8, width=192, depth=12, num_heads=3, mlp_dim=768,
                  batch=32),  # ViT-Ti/8 at 64x64: 64 patches.
         inception=dict(batch=16, sizes=(64, 299)),
@@ -433,7 +434,8 @@ def case_ddpm(preset: dict, dtype: str) -> list[Row]:
             image_size=size),
     ]  # fmt: skip
     measure([jax_side, torch_side], rows, *_timing(preset))
-    return rows + ddpm_levers(shape, dtype, preset)
+    # The levers in the first of --dtypes only: each is a compile of its own (tens of s on a GPU).
+    return rows + (ddpm_levers(shape, dtype, preset) if dtype == _DTYPES.value[0] else [])
 
 
 def ddpm_levers(shape: dict, dtype: str, preset: dict) -> list[Row]:

@@ -22,6 +22,7 @@ _OUT = flags.DEFINE_string("out", "", "Where gpu_check.json and gpu_check.md go.
 _RESULTS = flags.DEFINE_string("results", "", "A gpu_check.json to print the tables of.")
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro")
+NO_RESULTS = "(no results: not run, or stopped before it wrote any)"
 
 
 def read_json(path: pathlib.Path) -> dict | None:
@@ -113,8 +114,8 @@ def study_tables(study: dict) -> str:
 
 def render(results: dict) -> str:
     bench, study = results["benchmark"], results["study"]
-    parts = ["## Benchmark", "", benchmark_table(bench) if bench else "(did not finish)"]
-    parts += ["", "## Mini-study", "", study_tables(study) if study else "(did not finish)"]
+    parts = ["## Benchmark", "", benchmark_table(bench) if bench else NO_RESULTS]
+    parts += ["", "## Mini-study", "", study_tables(study) if study else NO_RESULTS]
     return "\n".join(parts) + "\n"
 
 

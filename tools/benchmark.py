@@ -60,17 +60,16 @@ torch = tr.torch
 CASES = ("ddpm", "vit", "inception", "sampler", "pipeline", "config")
 DEFAULT_CASES = CASES[:-1]
 
-# Shapes per preset. ddpm: the DDPM UNet (model fields of configs/ddpm.py), its train step also
-# timed, in the first of --dtypes, at `more_batches` and with k `steps_per_call` (a lax.scan over
-# k batches); vit: the ViT
-# (fields of configs/vit.py); inception: batch and input sizes; sampler: (sampler, steps) pairs
-# and batch; pipeline: generated 600x450 JPEGs read at each size as the named recipe stores and
-# augments them.
+# Shapes per preset. ddpm: the DDPM UNet (model fields of configs/ddpm.py); ddpm_levers: its
+# train step also timed, in the first of --dtypes, at `more_batches` and with k `steps_per_call`
+# (a lax.scan over k batches); vit: the ViT (fields of configs/vit.py); inception: batch and input
+# sizes; sampler: (sampler, steps) pairs and batch; pipeline: generated 600x450 JPEGs read at each
+# size as the named recipe stores and augments them.
 PRESETS = {
     "tiny": dict(
         ddpm=dict(image_size=8, channels=16, channel_mults=(1, 2), num_res_blocks=1,
-                  attention_resolutions=(), num_heads=1, batch=4, more_batches=(),
-                  steps_per_call=(2,)),
+                  attention_resolutions=(), num_heads=1, batch=4),
+        ddpm_levers=dict(more_batches=(), steps_per_call=(2,)),
         vit=dict(image_size=16, patch_size=4, width=32, depth=2, num_heads=2, mlp_dim=64, batch=4),
         inception=dict(batch=2, sizes=(32,)),
         sampler=dict(batch=4, runs=(("ddim", 2), ("dpmpp_2m", 2))),
@@ -80,8 +79,9 @@ PRESETS = {
     "cpu": dict(
         # The issue's figure: 4.3M parameters, 32x32, batch 32.
         ddpm=dict(image_size=32, channels=64, channel_mults=(1, 2), num_res_blocks=2,
-                  attention_resolutions=(16,), num_heads=1, batch=32, more_batches=(64,),
-                  steps_per_call=()),  # A scan of 4 steps ran > 10 min here: XLA:CPU loops.
+                  attention_resolutions=(16,), num_heads=1, batch=32),
+        # A scan of 4 steps ran > 10 min here: XLA:CPU runs the step far slower in a loop.
+        ddpm_levers=dict(more_batches=(64,), steps_per_call=()),
         vit=dict(image_size=64, patch_size=8, width=192, depth=12, num_heads=3, mlp_dim=768,
                  batch=32),  # ViT-Ti/8 at 64x64: 64 patches.
         inception=dict(batch=16, sizes=(64, 299)),
@@ -93,8 +93,8 @@ PRESETS = {
     "gpu": dict(
         # configs/ddpm.py:ham64 (38M parameters) and ViT-S/16 at 224x224.
         ddpm=dict(image_size=64, channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
-                  attention_resolutions=(16,), num_heads=4, batch=64, more_batches=(128, 256),
-                  steps_per_call=(4,)),
+                  attention_resolutions=(16,), num_heads=4, batch=64),
+        ddpm_levers=dict(more_batches=(128, 256), steps_per_call=(4,)),
         vit=dict(image_size=224, patch_size=16, width=384, depth=12, num_heads=6, mlp_dim=1536,
                  batch=128),
         inception=dict(batch=200, sizes=(64, 299)),
@@ -331,8 +331,7 @@ def random_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict
 def bench_config(file: str, shape: dict, dtype: str, **fields):
     """configs/`file` on one device for 7 classes, with the preset `shape` (image_size, batch and
     model fields) and compute dtype, plus `fields`."""
-    not_model = ("image_size", "batch", "more_batches", "steps_per_call")
-    values = {f"model.{k}": v for k, v in shape.items() if k not in not_model}
+    values = {f"model.{k}": v for k, v in shape.items() if k not in ("image_size", "batch")}
     values.update(
         {
             "data.image_size": shape["image_size"],
@@ -435,14 +434,15 @@ def case_ddpm(preset: dict, dtype: str) -> list[Row]:
     ]  # fmt: skip
     measure([jax_side, torch_side], rows, *_timing(preset))
     # The levers in the first of --dtypes only: each is a compile of its own (tens of s on a GPU).
-    return rows + (ddpm_levers(shape, dtype, preset) if dtype == _DTYPES.value[0] else [])
+    return rows + (ddpm_levers(preset, dtype) if dtype == _DTYPES.value[0] else [])
 
 
-def ddpm_levers(shape: dict, dtype: str, preset: dict) -> list[Row]:
+def ddpm_levers(preset: dict, dtype: str) -> list[Row]:
     """The JAX DDPM step at the larger `more_batches` and with `steps_per_call` steps per call
     (at the preset's batch): its own rows, each with its own MFU."""
-    variants = [(b, 1) for b in shape["more_batches"]]
-    variants += [(shape["batch"], k) for k in shape["steps_per_call"]]
+    shape, levers = preset["ddpm"], preset["ddpm_levers"]
+    variants = [(b, 1) for b in levers["more_batches"]]
+    variants += [(shape["batch"], k) for k in levers["steps_per_call"]]
     rows = []
     for batch_size, k in variants:
         config = ddpm_config({**shape, "batch": batch_size}, dtype)

@@ -87,6 +87,18 @@ def benchmark_table(bench: dict) -> str:
     return "\n".join(lines)
 
 
+def change_text(change: dict | None) -> str:
+    """A condition's paired change from its control, with its interval where seeds give one."""
+    if change is None:
+        return ""
+    if math.isnan(change["low"]):
+        return f"{change['mean']:+.3f} vs {change['control']} (one seed: no interval)"
+    return (
+        f"{change['mean']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}] vs "
+        f"{change['control']}"
+    )
+
+
 def study_tables(study: dict) -> str:
     primary, chance = study["primary_metric"], 1 / study["num_classes"]
     lines = [
@@ -95,17 +107,10 @@ def study_tables(study: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for condition, m in study["conditions"].items():
-        change = study["changes"].get(condition)
-        change_text = (
-            f"{change['mean']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}] vs "
-            f"{change['control']}"
-            if change and not math.isnan(change["low"])
-            else (f"{change['mean']:+.3f} vs {change['control']} (one seed: no interval)"
-                  if change else "")
-        )  # fmt: skip
         lines.append(
             f"| {condition} | {m['seeds']} | {m['accuracy']:.3f} | "
-            f"{m['balanced_accuracy']:.3f} | {m['f1_macro']:.3f} | {change_text} |"
+            f"{m['balanced_accuracy']:.3f} | {m['f1_macro']:.3f} | "
+            f"{change_text(study['changes'].get(condition))} |"
         )
     lines += ["", "| run | minutes |", "|---|---|"]
     lines += [f"| {run} | {minutes:.1f} |" for run, minutes in study["minutes"].items()]

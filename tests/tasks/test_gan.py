@@ -238,7 +238,7 @@ class _MLPDisc(nn.Module):
 
 @pytest.mark.slow
 def test_mlp_gan_covers_the_modes_of_eight_gaussians():
-    std, steps, batch_size = 0.05, 3000, 256
+    std, steps, batch_size = 0.05, 1500, 256  # Passes at 4 of 4 data seeds; 1,000 at 2.
     angles = np.arange(8) * 2 * np.pi / 8
     modes = 2.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
     overrides = {
@@ -257,16 +257,20 @@ def test_mlp_gan_covers_the_modes_of_eight_gaussians():
         )
     overrides["optim.gen.ema_decay"] = 0.99
     task = gan.make_gan_task(load_config("gan.py:smoke", **overrides), _MLPGen(), _MLPDisc())
-    rng = np.random.default_rng(0)
+    modes_j = jnp.asarray(modes, jnp.float32)
 
-    def batch():
-        points = modes[rng.integers(0, 8, batch_size)] + std * rng.normal(size=(batch_size, 2))
-        return {"image": jnp.asarray(points, jnp.float32), "label": jnp.zeros(batch_size, int)}
+    def batch(key):
+        k_mode, k_noise = jax.random.split(key)
+        points = modes_j[jax.random.randint(k_mode, (batch_size,), 0, 8)]
+        points += std * jax.random.normal(k_noise, (batch_size, 2))
+        return {"image": points, "label": jnp.zeros(batch_size, jnp.int32)}
 
-    state = jax.jit(task.init)(jax.random.key(0), batch())
-    step = jax.jit(task.train_step)
-    for i in range(steps):
-        state, _ = step(state, batch(), jax.random.key(i))
+    def step(i, state):  # One compiled loop rather than 1,500 dispatches.
+        k_data, k_step = jax.random.split(jax.random.fold_in(jax.random.key(1), i))
+        return task.train_step(state, batch(k_data), k_step)[0]
+
+    state = jax.jit(task.init)(jax.random.key(0), batch(jax.random.key(2)))
+    state = jax.jit(lambda s: jax.lax.fori_loop(0, steps, step, s))(state)
     labels = jnp.zeros(2000, jnp.int32)
     samples = task.predict_fns["sample"](state_lib.eval_variables(state), labels, jax.random.key(1))
     distances = np.linalg.norm(np.asarray(samples)[:, None] - modes[None], axis=-1)

@@ -16,8 +16,24 @@ matplotlib.use("Agg")  # Files only; never a window.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
-from tensorboardX import SummaryWriter  # noqa: E402
 
+
+def _import_summary_writer():
+    """tensorboardX's SummaryWriter, imported with PyTorch hidden from it: where torch is
+    installed, tensorboardX imports it (1.2 s a process on 2 cores) only to accept torch tensors,
+    which ham_synth never passes. A process that imported torch already keeps it."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` now raises ImportError.
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
+SummaryWriter = _import_summary_writer()
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 

@@ -67,7 +67,7 @@ DEFAULT_CASES = CASES[:-1]
 # size as the named recipe stores and augments them.
 PRESETS = {
     "tiny": dict(
-        ddpm=dict(image_size=8, channels=16, channel_mults=(1,), num_res_blocks=1,
+        ddpm=dict(image_size=8, channels=16, channel_mults=(1, 2), num_res_blocks=1,
                   attention_resolutions=(), num_heads=1, batch=4),
         ddpm_levers=dict(more_batches=(), steps_per_call=(2,)),
         vit=dict(image_size=16, patch_size=4, width=32, depth=2, num_heads=2, mlp_dim=64, batch=4),

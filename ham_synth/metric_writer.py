@@ -19,9 +19,8 @@ import tqdm  # noqa: E402
 
 
 def _import_summary_writer():
-    """tensorboardX's SummaryWriter, imported with PyTorch hidden from it: where torch is
-    installed, tensorboardX imports it (1.2 s a process on 2 cores) only to accept torch tensors,
-    which ham_synth never passes. A process that imported torch already keeps it."""
+    """tensorboardX's SummaryWriter, imported with torch hidden: tensorboardX imports torch, where
+    installed, only for a type annotation, which made every run load all of PyTorch."""
     hide = "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # `import torch` now raises ImportError.

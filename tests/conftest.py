@@ -73,18 +73,18 @@ def first_train_step(config):
     return logits, batch, float(metrics["train/loss"]), built.config
 
 
-# The heaviest modules first, as measured on the 2-core machine (seconds, 2026-12-06): two workers
-# then finish together, with the light modules filling in at the end. The rest keep collection
+# The heaviest modules first (by `--durations` on the 2-core machine): the two workers then
+# finish together, with the light modules filling in at the end. The rest keep collection
 # order; a module missing from this list only runs later.
 HEAVIEST = (
-    "tests/test_synthesize.py",  # 104
-    "tests/test_reliability.py",  # 97
-    "tests/test_gpu_check.py",  # 67-93
-    "tests/test_mixed_precision.py",  # 79
-    "tests/tasks/test_gan.py",  # 77
-    "tests/study/test_report.py",  # 55-74
-    "tests/test_evaluate.py",  # 52
-    "tests/tasks/test_classify.py",  # 47
+    "tests/test_synthesize.py",
+    "tests/test_reliability.py",
+    "tests/test_gpu_check.py",
+    "tests/test_mixed_precision.py",
+    "tests/tasks/test_gan.py",
+    "tests/study/test_report.py",
+    "tests/test_evaluate.py",
+    "tests/tasks/test_classify.py",
 )
 
 

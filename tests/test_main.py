@@ -102,6 +102,7 @@ def test_sigterm_and_one_ctrl_c_ask_to_stop_a_second_ctrl_c_interrupts_and_handl
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     for signum in before:
         with train._StopRequest() as stop:
+            assert signal.getsignal(signum) == stop._handle  # Else the kill below is fatal.
             assert not stop.should_stop(1)
             os.kill(os.getpid(), signum)
             assert stop.should_stop(1)
@@ -114,7 +115,6 @@ def test_sigterm_and_one_ctrl_c_ask_to_stop_a_second_ctrl_c_interrupts_and_handl
 @pytest.mark.slow
 def test_a_stop_signal_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, repo):
     # SIGTERM end to end; SIGINT takes the same handler (the test above).
-    signum = signal.SIGTERM
     overrides = {
         "train.total_steps": 100_000,
         "train.log_every_steps": 1,
@@ -132,7 +132,7 @@ def test_a_stop_signal_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, r
     while len(metric_writer.read_metrics(tmp_path)) < 3:
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.2)
-    os.kill(proc.pid, signum)
+    os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
 
     assert proc.returncode == main.EXIT_STOPPED, out  # Not 0: the run is not finished.

@@ -257,17 +257,17 @@ def test_mlp_gan_covers_the_modes_of_eight_gaussians():
         )
     overrides["optim.gen.ema_decay"] = 0.99
     task = gan.make_gan_task(load_config("gan.py:smoke", **overrides), _MLPGen(), _MLPDisc())
-    modes_j = jnp.asarray(modes, jnp.float32)
+    centres = jnp.asarray(modes, jnp.float32)
 
     def batch(key):
-        k_mode, k_noise = jax.random.split(key)
-        points = modes_j[jax.random.randint(k_mode, (batch_size,), 0, 8)]
-        points += std * jax.random.normal(k_noise, (batch_size, 2))
+        mode_key, noise_key = jax.random.split(key)
+        points = centres[jax.random.randint(mode_key, (batch_size,), 0, 8)]
+        points += std * jax.random.normal(noise_key, (batch_size, 2))
         return {"image": points, "label": jnp.zeros(batch_size, jnp.int32)}
 
     def step(i, state):  # One compiled loop rather than 1,500 dispatches.
-        k_data, k_step = jax.random.split(jax.random.fold_in(jax.random.key(1), i))
-        return task.train_step(state, batch(k_data), k_step)[0]
+        data_key, step_key = jax.random.split(jax.random.fold_in(jax.random.key(3), i))
+        return task.train_step(state, batch(data_key), step_key)[0]
 
     state = jax.jit(task.init)(jax.random.key(0), batch(jax.random.key(2)))
     state = jax.jit(lambda s: jax.lax.fori_loop(0, steps, step, s))(state)

@@ -37,6 +37,10 @@ def parse_arg(arg: str | None, **defaults):
 SOURCE_SPLIT = -1.0
 DEFAULT_FRACTION = 0.1
 
+# A `sample` command's sampler settings (`--sample.KEY=VALUE`, e.g. steps, guidance, truncation)
+# are its flags with this prefix; the study writes them and `ham-synth sample` reads them.
+SAMPLE_SETTING = "sample."
+
 # train.compute_dtype, sample.compute_dtype and evals.fid.compute_dtype: the dtype of
 # activations and matmuls. Params and optimizer state are always float32.
 COMPUTE_DTYPES = ("float32", "bfloat16")

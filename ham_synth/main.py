@@ -16,7 +16,7 @@ from typing import NamedTuple
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ham_synth import lazy, xla_cpu
+from ham_synth import config_lib, lazy, xla_cpu
 
 EXIT_USER_ERROR = 2
 # Training stopped early (SIGTERM, preemption) after checkpointing; rerunning resumes it.
@@ -117,7 +117,7 @@ for _name, (_type, _help) in _FLAG_SPECS.items():
 _SAMPLE_FLAGS = ("seed", "sample_batch_size")
 # `--sample.KEY=VALUE`: a setting of the generator family's sample function (e.g. steps, guidance,
 # truncation), passed to the verb as a keyword argument, which checks it against the family.
-SAMPLE_SETTING = "--sample."
+SAMPLE_SETTING = f"--{config_lib.SAMPLE_SETTING}"
 
 
 class Verb(NamedTuple):

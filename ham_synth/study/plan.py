@@ -336,13 +336,10 @@ def _screening(study) -> dict:
     return {"exclude_near_copies": True, "quantile": study.memorization.quantile}
 
 
-# A `sample` run's flags that are sampler settings: `--sample.KEY=VALUE` on its command line.
-SAMPLE_SETTING = "sample."
-
-
 def _sample_run(study, name, seed, counts, stage, suffix="", flags=None, deps=()) -> Run:
     """`sample` of generator `name` at generator seed `seed` -> synthetic/<instance><suffix>."""
     made = instance(name, seed)
+    sampler_settings = flatten(study.generators[name].sample)
     return Run(
         f"synthetic/{made}{suffix}",
         stage,
@@ -351,7 +348,7 @@ def _sample_run(study, name, seed, counts, stage, suffix="", flags=None, deps=()
             "workdir": f"$W/generators/{made}",
             "num_per_class": ",".join(f"{c}={n}" for c, n in counts.items()),
             "out_dir": f"$W/synthetic/{made}{suffix}",
-            **{SAMPLE_SETTING + k: v for k, v in flatten(study.generators[name].sample).items()},
+            **{config_lib.SAMPLE_SETTING + k: v for k, v in sampler_settings.items()},
             **({"seed": seed} if seed else {}),
             **_screening(study),
             **(flags or {}),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from ham_synth import evaluate, fileio, memorization, predict, synthesize, train
+from ham_synth import config_lib, evaluate, fileio, memorization, predict, synthesize, train
 from ham_synth.evaluators import inception
 from ham_synth.study import plan as plan_lib
 from ham_synth.study import report, scheduler
@@ -100,7 +100,7 @@ def execute(run: plan_lib.Run, root: pathlib.Path, study: ml_collections.ConfigD
     if run.verb == "train":  # A stop (SIGTERM) raises train.TrainingStopped: not done.
         train.run(run.resolved_config(root), flags["workdir"])
     elif run.verb == "sample":
-        synthesize.run(**{k.removeprefix(plan_lib.SAMPLE_SETTING): v for k, v in flags.items()})
+        synthesize.run(**{k.removeprefix(config_lib.SAMPLE_SETTING): v for k, v in flags.items()})
     elif run.verb == "evaluate":
         evaluate.evaluate(config=run.resolved_config(root), **flags)
     elif run.verb == "classify":

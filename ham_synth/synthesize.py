@@ -331,6 +331,13 @@ def write_samples(
         if screen is not None:
             summary = screening_summary(rows, counts, writer.drawn, class_names)
             fileio.write_json(out_dir / SCREENING, summary)
+            if empty := [name for name, s in summary.items() if s["wanted"] and not s["kept"]]:
+                logging.warning(
+                    "The screens kept no image of %s in %d draws: data built from %s has no "
+                    "synthetic image of these classes. A filtering classifier that never "
+                    "predicts a class (its per-class recall says) rejects all of it: train it "
+                    "longer or lower --min_confidence.",
+                    ", ".join(empty), max_draws, out_dir)  # fmt: skip
         shared = {"family": config.task, "checkpoint_step": restored.step, "seed": seed,
                   "synthetic": "true", **settings}  # fmt: skip
         write_manifest(out_dir, rows, shared, settings)

@@ -310,6 +310,20 @@ def test_screened_out_images_are_drawn_again_or_left_out(ddpm_workdir, tmp_path)
                        "7": {"wanted": 1, "drawn": 1, "kept": 1, "acceptance": 1.0}}  # fmt: skip
 
 
+def test_a_screen_that_keeps_no_image_of_a_class_is_named_in_a_warning(ddpm_workdir, tmp_path,
+                                                                        caplog):  # fmt: skip
+    restored = workdir.load(ddpm_workdir)
+
+    def no_sevens(images, labels):
+        return labels != 7, {}
+
+    out = synthesize.write_samples(restored, "3=1,7=2", tmp_path / "s", settings={"steps": 2},
+                                   screen=no_sevens, max_draws=2)  # fmt: skip
+    assert json.loads((out / synthesize.SCREENING).read_text())["7"]["kept"] == 0
+    [warning] = [r.getMessage() for r in caplog.records if "kept no image" in r.getMessage()]
+    assert warning.startswith("The screens kept no image of 7 in 2 draws")
+
+
 @pytest.mark.slow
 def test_a_classifier_filter_keeps_confident_images_and_records_their_confidence(vit_run, tmp_path):
     # A generator of the classifier's data (vit.py:smoke: imbalanced digits, HAM's class names);

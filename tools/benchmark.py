@@ -401,7 +401,9 @@ def torch_train_step(model, loss_fn, inputs, dtype: str) -> Callable[[], None]:
     return step
 
 
-def case_ddpm(preset: dict, dtype: str) -> list[Row]:
+def case_ddpm(preset: dict, dtype: str, *, levers: bool) -> list[Row]:
+    """The ham64 DDPM's train step against diffusers' UNet2DModel, and with `levers` the
+    batch sizes and steps per call of `ddpm_levers`."""
     shape = preset["ddpm"]
     config = ddpm_config(shape, dtype)
     batch = random_batch(shape["batch"], shape["image_size"], 7)
@@ -433,8 +435,7 @@ def case_ddpm(preset: dict, dtype: str) -> list[Row]:
             image_size=size),
     ]  # fmt: skip
     measure([jax_side, torch_side], rows, *_timing(preset))
-    # The levers in the first of --dtypes only: each is a compile of its own (tens of s on a GPU).
-    return rows + (ddpm_levers(preset, dtype) if dtype == _DTYPES.value[0] else [])
+    return rows + (ddpm_levers(preset, dtype) if levers else [])
 
 
 def ddpm_levers(preset: dict, dtype: str) -> list[Row]:
@@ -836,8 +837,11 @@ def main(argv) -> None:
     peaks = {d: peak_matmul_flops(d, preset["matmul"]) for d in _DTYPES.value}
     print(f"{env['device']} ({env['backend']}); matmul peak " + ", ".join(
         f"{d} {p / 1e12:.2f} TFLOP/s" for d, p in peaks.items()), flush=True)  # fmt: skip
-    cases = {"ddpm": case_ddpm, "vit": case_vit, "inception": case_inception,
-             "sampler": case_sampler}  # fmt: skip
+    # The DDPM's levers in the first of --dtypes only: each is a compile of its own (tens of s
+    # on a GPU).
+    levers_dtype = _DTYPES.value[0]
+    cases = {"ddpm": lambda preset, dtype: case_ddpm(preset, dtype, levers=dtype == levers_dtype),
+             "vit": case_vit, "inception": case_inception, "sampler": case_sampler}  # fmt: skip
     rows, extra = [], {}
     for dtype in _DTYPES.value:
         for case in [c for c in _CASES.value if c in cases]:

@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from ham_synth.study import markers
+
 _BENCH = flags.DEFINE_string("bench", "", "tools/benchmark.py's results.json.")
 _STUDY = flags.DEFINE_string("study", "", "The mini-study's workdir.")
 _OUT = flags.DEFINE_string("out", "", "Where gpu_check.json and gpu_check.md go.")
@@ -41,13 +43,9 @@ def study_summary(workdir: pathlib.Path) -> dict | None:
         | {"seeds": len(runs)}
         for condition, runs in report["results"].items()
     }
-    minutes = {}
-    for marker in sorted((workdir / "markers").rglob("*.json")):
-        done = json.loads(marker.read_text())
-        if done.get("done") and done.get("stage") != "report":
-            minutes[marker.relative_to(workdir / "markers").with_suffix("").as_posix()] = (
-                done["seconds"] / 60
-            )
+    minutes = {name: marker["seconds"] / 60
+               for name, marker in markers.finished(workdir).items()
+               if marker["stage"] != "report"}  # fmt: skip
     return {
         "primary_metric": primary,
         "num_classes": len(next(iter(report["stream"].values()))),

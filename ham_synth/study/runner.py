@@ -7,7 +7,6 @@ from the images it wrote); one whose key changed is deleted and run afresh. W/st
 keeps a second study from writing the same workdir.
 """
 
-import json
 import pathlib
 import shutil
 import time
@@ -18,8 +17,8 @@ import ml_collections
 
 from ham_synth import config_lib, evaluate, fileio, memorization, predict, synthesize, train
 from ham_synth.evaluators import inception
+from ham_synth.study import markers, report, scheduler
 from ham_synth.study import plan as plan_lib
-from ham_synth.study import report, scheduler
 
 DONE, RESUME, CHANGED, NEW = "done", "resume", "changed", "new"
 
@@ -32,29 +31,17 @@ class RunFailed(StudyError):
     """Runs launched side by side exited with an error."""
 
 
-MARKERS = "markers"
 LOCK = "study.lock"
 
 
-def marker_path(root: pathlib.Path, run: plan_lib.Run) -> pathlib.Path:
-    return root / MARKERS / f"{run.name}.json"
-
-
-def read_marker(root: pathlib.Path, run: plan_lib.Run) -> dict | None:
-    path = marker_path(root, run)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def write_marker(root: pathlib.Path, run: plan_lib.Run, **fields) -> None:
-    path = marker_path(root, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"key": run.key, "command": plan_lib.shell_command(run, root), **fields}
-    fileio.write_json(path, record)
+    command = plan_lib.shell_command(run, root)
+    markers.write(root, run.name, key=run.key, command=command, **fields)
 
 
 def status(root: pathlib.Path, run: plan_lib.Run) -> str:
     """done | resume (started, same key) | changed (its inputs changed) | new."""
-    marker = read_marker(root, run)
+    marker = markers.read(root, run.name)
     if marker is None:
         return NEW
     if marker["key"] != run.key:
@@ -165,7 +152,7 @@ class _Book:
         self.root, self.todo = root, todo
         self.made: list[plan_lib.Run] = []
         self.durations: dict[str, list[float]] = {}
-        for marker in (read_marker(root, r) for r in plan):
+        for marker in (markers.read(root, r.name) for r in plan):
             if marker and marker.get("done"):
                 self.durations.setdefault(marker["stage"], []).append(marker["seconds"])
         self.start = time.perf_counter()
@@ -216,7 +203,7 @@ def run_study(
     if dry_run:
         return []
     # One run (a SLURM array task) locks only itself, so the stage's runs go side by side.
-    lock = f"{MARKERS}/{run_name}.lock" if run_name else LOCK
+    lock = f"{markers.FOLDER}/{run_name}.lock" if run_name else LOCK
     with fileio.exclusive_lock(root / lock, "study"):
         names = {r.name for r in selected}
         done = {r.name for r in plan if status(root, r) == DONE}

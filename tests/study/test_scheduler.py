@@ -5,8 +5,8 @@ import pytest
 from conftest import REPO
 
 from ham_synth import config_lib
+from ham_synth.study import markers, runner, scheduler
 from ham_synth.study import plan as plan_lib
-from ham_synth.study import runner, scheduler
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +80,11 @@ def test_a_failure_stops_its_dependents_only_and_a_rerun_finishes(tmp_path):
         runner.run_study(study(), tmp_path, launcher=launcher, poll_seconds=0,
                          executor=lambda *_: None)  # fmt: skip
     plan = plan_lib.make_plan(study(), tmp_path)
+    runs = {r.name: r for r in plan}
     states = {r.name: runner.status(tmp_path, r) for r in plan}
+    finished = markers.finished(tmp_path)  # What reports read: finished runs only, timed.
+    assert sorted(finished) == sorted(n for n, s in states.items() if s == runner.DONE)
+    assert all(m["seconds"] >= 0 and m["key"] == runs[n].key for n, m in finished.items())
     assert states["generators/gan"] == runner.RESUME
     assert states["synthetic/gan"] == states["classifiers/real+gan/seed_0"] == runner.NEW
     assert states["classifiers/real+vae/seed_1"] == states["memorization/ddpm"] == runner.DONE

@@ -1,10 +1,13 @@
 """`ham-synth classify`: a folder of images -> a CSV whose probabilities are the evaluator's."""
 
 import csv
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import REPO, load_config
 from PIL import Image
 
 from ham_synth import parallel, predict, workdir
@@ -60,3 +63,24 @@ def test_classify_refuses_a_generator_run_and_an_empty_folder(tmp_path):
         predict.run(str(run_dir), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="No .png or .jpg images under"):
         predict.find_images(tmp_path / "vae")
+
+
+def test_operating_points_at_tau_0_are_the_evaluators_and_an_ensemble_of_copies_is_the_run(
+    vit_run, tmp_path
+):
+    """tools/operating_points.py on the run twice over (an ensemble of two equal members, whose
+    mean softmax is the run's own): at tau 0 it scores the best checkpoint as evals.test did."""
+    out = tmp_path / "points.json"
+    tool = REPO / "tools" / "operating_points.py"
+    command = [sys.executable, str(tool), f"--workdir={vit_run},{vit_run}", f"--out={out}",
+               "--taus=0,1", "--splits=test"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    points = json.loads(out.read_text())
+    metrics = [json.loads(line) for line in (vit_run / "metrics.jsonl").read_text().splitlines()]
+    logged = next(m for m in metrics if "test/balanced_accuracy" in m)
+    assert points["steps"] == [logged["test/checkpoint_step"]] * 2
+    at_zero = points["rows"][0]
+    assert at_zero["tau"] == 0
+    for key in ("test/balanced_accuracy", "test/accuracy"):
+        assert at_zero[key] == pytest.approx(logged[key], abs=1e-6)
+    assert points["test/roc_auc_macro"] == pytest.approx(logged["test/roc_auc_macro"], abs=1e-4)

@@ -1,12 +1,16 @@
-"""The balanced-accuracy / accuracy trade-off of one trained classifier: post-hoc logit
-adjustment (Menon et al. 2021) over a range of tau, on val and test.
+"""The balanced-accuracy / accuracy trade-off of one trained classifier, or of an ensemble of
+runs: post-hoc logit adjustment (Menon et al. 2021) over a range of tau, on val and test.
 
     python tools/operating_points.py --workdir=runs/vit_derma28 [--step=best] [--tta=d4]
+    python tools/operating_points.py --workdir=runs/s0,runs/s1,runs/s2 --out=ensemble.json
 
 Each tau gives a classifier, argmax of log p(y|x) - tau * log(prior), the prior being the
 training split's class shares (data.class_counts): tau > 0 favours the rare classes, tau < 0
-the common ones, tau = 0 is the model as evaluated. Prints one row per tau and writes
-`<workdir>/operating_points.json`. It reads the run alone (config.json and a checkpoint).
+the common ones, tau = 0 is the model as evaluated. Several runs (of one data config, e.g. one
+recipe over seeds) are scored as one classifier whose p(y|x) is the mean of their softmax.
+Prints each split's macro ROC AUC (the ranking, which no tau changes), then one row per tau, and
+writes the JSON (`<workdir>/operating_points.json` for one run). It reads the runs alone
+(config.json and a checkpoint).
 """
 
 import json
@@ -21,7 +25,12 @@ from ham_synth import workdir as workdir_lib
 from ham_synth.evaluators import classification
 from ham_synth.tasks import classify
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A classifier run.", required=True)
+_WORKDIRS = flags.DEFINE_list(
+    "workdir", None, "A classifier run, or several (comma-separated): an ensemble.", required=True
+)
+_OUT = flags.DEFINE_string(
+    "out", "", "The JSON written; default <workdir>/operating_points.json (one run only)."
+)
 _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
 _TTA = flags.DEFINE_string("tta", "none", "Test-time augmentation: none, flips, d4, ...")
 _TAUS = flags.DEFINE_list("taus", "-1,-0.75,-0.5,-0.25,0,0.25,0.5,0.75,1", "The tau values.")
@@ -44,34 +53,64 @@ def log_class_shares(config) -> np.ndarray:
     return np.log(counts / counts.sum())
 
 
+def run_probs(workdir: pathlib.Path, step: str, tta: str, splits, mesh) -> tuple:
+    """(the checkpoint's step, {split: (float[N, K] softmax, int[N] labels)}) for one run."""
+    config = config_lib.load_workdir_config(workdir)
+    restored = workdir_lib.load(workdir, workdir_lib.parse_step(step))
+    probs = {}
+    for split in splits:
+        classifier = classification.SplitClassifier(
+            "operating_points", config, restored.task, mesh, split, 256, tta
+        )
+        logits = classifier.logits(restored.state)
+        probs[split] = (np.asarray(jax.nn.softmax(logits, axis=-1)), classifier.labels)
+    return restored.step, probs
+
+
+def operating_points(workdirs, step: str, tta: str, taus, splits) -> dict:
+    """Each split's macro ROC AUC and, per tau, its accuracy and balanced accuracy, for the
+    classifier whose p(y|x) is the runs' mean softmax (the run's own for one run)."""
+    mesh = parallel.make_mesh()
+    log_prior = log_class_shares(config_lib.load_workdir_config(workdirs[0]))
+    steps, members = zip(*(run_probs(w, step, tta, splits, mesh) for w in workdirs), strict=True)
+    result = {"workdirs": [str(w) for w in workdirs], "steps": list(steps), "tta": tta}
+    scored = {}
+    for split in splits:
+        labels = members[0][split][1]
+        for workdir, member in zip(workdirs, members, strict=True):
+            if not np.array_equal(member[split][1], labels):
+                raise ValueError(
+                    f"{workdir} reads other {split!r} images or labels than {workdirs[0]}: an "
+                    "ensemble needs runs of one data config (e.g. one recipe over seeds)."
+                )
+        probs = np.mean([member[split][0] for member in members], axis=0)
+        present = sorted(int(c) for c in np.unique(labels))
+        result[f"{split}/roc_auc_macro"] = classification.macro_roc_auc(labels, probs, present)
+        scored[split] = (np.log(np.maximum(probs, np.finfo(np.float32).tiny)), labels)
+    result["rows"] = []
+    for tau in map(float, taus):
+        row = {"tau": tau}
+        for split, (log_probs, labels) in scored.items():
+            predicted = classification.adjusted_predictions(log_probs, log_prior, tau)
+            row |= {f"{split}/{k}": v for k, v in scores(labels, predicted).items()}
+        result["rows"].append(row)
+    return result
+
+
 def main(argv) -> None:
     del argv
     xla_cpu.apply()  # Before the first computation starts JAX's backend.
-    workdir = pathlib.Path(_WORKDIR.value)
-    config = config_lib.load_workdir_config(workdir)
-    restored = workdir_lib.load(workdir, workdir_lib.parse_step(_STEP.value))
-    mesh = parallel.make_mesh()
-    log_prior = log_class_shares(config)
-    splits = {}
-    for split in _SPLITS.value:
-        classifier = classification.SplitClassifier(
-            "operating_points", config, restored.task, mesh, split, 256, _TTA.value
-        )
-        log_probs = np.asarray(jax.nn.log_softmax(classifier.logits(restored.state), axis=-1))
-        splits[split] = (log_probs, classifier.labels)
-    rows = []
-    for tau in map(float, _TAUS.value):
-        row = {"tau": tau}
-        for split, (log_probs, labels) in splits.items():
-            predicted = classification.adjusted_predictions(log_probs, log_prior, tau)
-            row |= {f"{split}/{k}": v for k, v in scores(labels, predicted).items()}
-        rows.append(row)
+    workdirs = [pathlib.Path(w) for w in _WORKDIRS.value]
+    if not _OUT.value and len(workdirs) > 1:
+        raise app.UsageError("Several runs: name the JSON to write with --out=FILE.json.")
+    out = pathlib.Path(_OUT.value or workdirs[0] / "operating_points.json")
+    result = operating_points(workdirs, _STEP.value, _TTA.value, _TAUS.value, _SPLITS.value)
+    splits = _SPLITS.value
+    print(" | ".join(f"{s} macro ROC AUC {result[f'{s}/roc_auc_macro']:.3f}" for s in splits))
     header = ["tau"] + [f"{s}/{k}" for s in splits for k in ("balanced_accuracy", "accuracy")]
     print(" | ".join(header))
-    for row in rows:
+    for row in result["rows"]:
         print(" | ".join(f"{row[k]:+.2f}" if k == "tau" else f"{row[k]:.3f}" for k in header))
-    out = workdir / "operating_points.json"
-    result = {"step": restored.step, "tta": _TTA.value, "rows": rows}
     with fileio.atomic_write(out) as f:
         f.write(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")

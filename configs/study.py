@@ -21,7 +21,7 @@ derma28: DermaMNIST at 28² (`--config.data.path=dermamnist.npz`), every family 
   recipe and 2 generator seeds; 1,000 images of each minority class, a quarter of each one's
   draws synthetic (the DDPM's also at 0.1 and 0.5), the DDPM's set filtered, pre-trained on and
   trained on alone (the whole set: 1,000 of each minority class, 500 of nv); the classifier is
-  vit.py:derma28_study (9.8 min a run on 2 CPU cores, 30 runs). At full length it is many CPU
+  vit.py:derma28_study (9.5 min a run on 2 CPU cores, 30 runs). At full length it is many CPU
   hours; lower the step counts through flags, e.g.
   `--config.classifier.overrides.train.total_steps=N` with `...overrides.optim.warmup_steps=M`.
   The lowered runs on dermamnist_dev, their times and their results are in docs/results.md.

@@ -84,7 +84,7 @@ def operating_points(workdirs, step: str, tta: str, taus, splits) -> dict:
                     "ensemble needs runs of one data config (e.g. one recipe over seeds)."
                 )
         probs = np.mean([member[split][0] for member in members], axis=0)
-        present = sorted(int(c) for c in np.unique(labels))
+        present = classification.present_classes(labels)
         result[f"{split}/roc_auc_macro"] = classification.macro_roc_auc(labels, probs, present)
         scored[split] = (np.log(np.maximum(probs, np.finfo(np.float32).tiny)), labels)
     result["rows"] = []

@@ -48,6 +48,11 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int)
     return ece, rows
 
 
+def present_classes(labels: np.ndarray) -> list[int]:
+    """The classes that occur in `labels`, ascending: the ones a split's scores average over."""
+    return sorted(int(c) for c in np.unique(labels))
+
+
 def macro_roc_auc(labels: np.ndarray, probs: np.ndarray, present: list[int]) -> float:
     """One-vs-rest ROC-AUC averaged over the classes present, on probabilities renormalized over
     them; nan with fewer than two classes."""
@@ -64,7 +69,7 @@ def macro_roc_auc(labels: np.ndarray, probs: np.ndarray, present: list[int]) -> 
 def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Mean recall over the classes present in `labels` (predicting an absent class is simply
     wrong)."""
-    present = sorted(int(c) for c in np.unique(labels))
+    present = present_classes(labels)
     recalls = sk_metrics.recall_score(labels, predictions, labels=present, average=None,
                                       zero_division=0)  # fmt: skip
     return float(np.mean(recalls))
@@ -82,7 +87,7 @@ def classification_metrics(
     """(scalars, details) for true labels int[N] and class probabilities float[N, K]."""
     predictions = probs.argmax(axis=1)
     everyone = list(range(len(class_names)))
-    present = sorted(int(c) for c in np.unique(labels))
+    present = present_classes(labels)
     scalars = {
         "accuracy": sk_metrics.accuracy_score(labels, predictions),
         "balanced_accuracy": balanced_accuracy(labels, predictions),

@@ -5,6 +5,8 @@ import re
 import pytest
 from conftest import REPO, load_config
 
+from ham_synth.data import transforms
+
 
 def _variants(file: str) -> list[str]:
     """The variant words a config accepts, as its parse_arg error lists them."""
@@ -21,7 +23,14 @@ def test_every_variant_loads(file):
     variants = _variants(file)
     assert "smoke" in variants
     for variant in variants:
-        load_config(f"{file}:{variant}")
+        config = load_config(f"{file}:{variant}")
+        # A recipe's augmentation and evaluation preprocessing parse here, one op per token (a
+        # typo raises), not after its data is read.
+        data = config.get("data", {})
+        for field, deterministic in (("augment", False), ("eval_preprocess", True)):
+            spec = data.get(field, "")
+            ops = transforms.parse_ops(spec, deterministic=deterministic)
+            assert len(ops) == len([token for token in spec.split("|") if token.strip()])
 
 
 def test_the_derma28_study_trains_the_study_recipe_at_its_own_length():

@@ -66,6 +66,9 @@ def optim_group(**overrides) -> ml_collections.ConfigDict:
     group.b1 = 0.9
     group.b2 = 0.999
     group.weight_decay = 1e-4
+    # Which parameters decay: "all", or "kernels" (Dense and Conv weights only, as big_vision and
+    # timm do; biases, norm scales, embeddings and tokens are left undecayed).
+    group.decay = "all"
     group.grad_clip = 1.0  # Global-norm clipping; 0 disables it.
     # EMA of this network's params (samples and evaluators use it), warmed up: the decay at step
     # t is min(ema_decay, (1 + t) / (10 + t)) (state.ema_decay_at). 0: the EMA is the params.

@@ -63,6 +63,21 @@ def scale_by_name(lr_scale: LrScale) -> optax.GradientTransformation:
     return optax.stateless(scale)
 
 
+DECAY = ("all", "kernels")
+
+
+def decay_mask(decay: str):
+    """optax.adamw's weight-decay mask for `optim.decay`: None (every parameter) for "all", a
+    function marking each params leaf named `kernel` for "kernels"."""
+    if decay not in DECAY:
+        raise ValueError(f"optim.decay={decay!r}; choose one of {DECAY}.")
+    if decay == "all":
+        return None
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: param_name(path).rsplit("/", 1)[-1] == "kernel", params
+    )
+
+
 def make_optimizer(
     optim: ml_collections.ConfigDict, total_steps: int, lr_scale: LrScale | None = None
 ) -> Optimizer:
@@ -79,7 +94,13 @@ def make_optimizer(
             f"The optimizer config lacks {missing}; build it with config_lib.optim_group()."
         )
     schedule = make_schedule(optim, total_steps)
-    tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+    tx = optax.adamw(
+        schedule,
+        b1=optim.b1,
+        b2=optim.b2,
+        weight_decay=optim.weight_decay,
+        mask=decay_mask(optim.decay),
+    )
     if lr_scale is not None:
         tx = optax.chain(tx, scale_by_name(lr_scale))
     if optim.grad_clip > 0:

@@ -69,3 +69,23 @@ def test_frozen_gradients_are_left_out_of_the_clipping_norm():
     # b2 = 0: nu holds the squared clipped gradient, which the frozen 1e6 did not shrink.
     nus = [x for x in jax.tree.leaves(state) if getattr(x, "shape", ()) == (1,)]
     np.testing.assert_allclose(nus[-1], 0.25, rtol=1e-6)
+
+
+@pytest.mark.parametrize("decay, bias_decays", [("all", True), ("kernels", False)])
+def test_decay_kernels_leaves_biases_and_norms_undecayed(decay, bias_decays):
+    config = _optim(lr=0.1, warmup_steps=0, weight_decay=0.5, grad_clip=0.0, decay=decay)
+    params = {
+        "Dense_0": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)},
+        "LayerNorm_0": {"scale": np.ones(2, np.float32)},
+    }
+    zero_grads = jax.tree.map(np.zeros_like, params)
+    updates, _ = _one_update(optim.make_optimizer(config, 10).tx, params, zero_grads)
+    # With a zero gradient AdamW's update is the decoupled decay alone: -lr * wd * param.
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.05, rtol=1e-6)
+    for update in (updates["Dense_0"]["bias"], updates["LayerNorm_0"]["scale"]):
+        np.testing.assert_allclose(update, -0.05 if bias_decays else 0.0, rtol=1e-6)
+
+
+def test_unknown_decay_is_refused():
+    with pytest.raises(ValueError, match="optim.decay='kernel'"):
+        optim.make_optimizer(_optim(decay="kernel"), 10)

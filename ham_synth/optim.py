@@ -63,6 +63,14 @@ def scale_by_name(lr_scale: LrScale) -> optax.GradientTransformation:
     return optax.stateless(scale)
 
 
+def label_by_name(label: Callable[[str], object]) -> Callable:
+    """params -> the tree of `label(name)` for each leaf's parameter name: the form optax takes
+    for a weight-decay mask and for multi_transform's labels."""
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: label(param_name(path)), params
+    )
+
+
 DECAY = ("all", "kernels")
 
 
@@ -73,9 +81,7 @@ def decay_mask(decay: str):
         raise ValueError(f"optim.decay={decay!r}; choose one of {DECAY}.")
     if decay == "all":
         return None
-    return lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: param_name(path).rsplit("/", 1)[-1] == "kernel", params
-    )
+    return label_by_name(lambda name: name.rsplit("/", 1)[-1] == "kernel")
 
 
 def make_optimizer(
@@ -106,12 +112,7 @@ def make_optimizer(
     if optim.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
     if lr_scale is not None:
-
-        def labels(params):
-            return jax.tree_util.tree_map_with_path(
-                lambda path, _: "frozen" if lr_scale(param_name(path)) == 0 else "trained", params
-            )
-
+        labels = label_by_name(lambda name: "frozen" if lr_scale(name) == 0 else "trained")
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return Optimizer(tx, schedule, optim.ema_decay)
 

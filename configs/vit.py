@@ -129,8 +129,13 @@ def get_config(arg: str | None = None):
     config.model.patch_size = 4
     config.model.pool = "token"  # token (class token) | gap (mean of the patch tokens)
     # patch (one patch_size-strided convolution, as AugReg) | conv (3x3 stride-2 convolutions
-    # down to the same grid: Xiao et al. 2021's early convolutions; patch_size a power of 2).
+    # down to the same grid: Xiao et al. 2021's early convolutions; patch_size a power of 2) |
+    # shifted_patch (the image and its 4 diagonal half-patch shifts, patched, LayerNormed and
+    # embedded: Lee et al. 2021's shifted patch tokenization).
     config.model.stem = "patch"
+    # Locality self-attention (Lee et al. 2021): no token attends to itself, and each block
+    # learns its softmax temperature.
+    config.model.locality_attention = False
     config.model.dropout = 0.0
     config.model.attention_dropout = 0.0
     config.model.stochastic_depth = 0.0  # Drop-path rate of the last block (linear from 0).

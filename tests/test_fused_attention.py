@@ -63,3 +63,43 @@ def test_attention_dropout_in_training_is_flaxs_own():
     np.testing.assert_array_equal(
         fused.apply(variables, x, rngs=rngs), plain.apply(variables, x, rngs=rngs)
     )
+
+
+def _reference(query, key, value, scale, mask):
+    """softmax(scale q.k, masked) v in float64 numpy: [B, T, H, D] in and out."""
+    q, k, v = (np.asarray(x, np.float64) for x in (query, key, value))
+    logits = scale * np.einsum("bqhd,bkhd->bhqk", q, k)
+    logits = np.where(mask, logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class _Sower(nn.Module):
+    """fused_attention asked for its weights, as MultiHeadDotProductAttention asks with
+    sow_weights: flax's path, which materialises them."""
+
+    @nn.compact
+    def __call__(self, *args, **kwargs):
+        return layers.fused_attention(*args, module=self, **kwargs)
+
+
+@pytest.mark.parametrize("sow", [False, True])  # The fused path, and flax's (weights sown).
+def test_a_scale_and_a_mask_give_the_masked_softmax_at_that_temperature(sow):
+    query, key, value = jax.random.normal(jax.random.key(0), (3, 2, 9, 4, 8))
+    mask = ~np.eye(9, dtype=bool)  # No token attends to itself: locality self-attention.
+
+    def call(**kwargs):
+        if not sow:
+            return layers.fused_attention(query, key, value, mask=mask, **kwargs)
+        out, _ = _Sower().apply({}, query, key, value, mask=mask, mutable=["intermediates"],
+                                **kwargs)  # fmt: skip
+        return out
+
+    for scale in (0.7, jnp.float32(2.5)):
+        np.testing.assert_allclose(
+            call(scale=scale), _reference(query, key, value, float(scale), mask), rtol=1e-5,
+            atol=1e-6,
+        )  # fmt: skip
+    # 1 / sqrt(head width) is the default temperature.
+    np.testing.assert_allclose(call(scale=8**-0.5), call(), rtol=1e-6, atol=1e-7)

@@ -94,12 +94,17 @@ def fused_attention(
     precision: Any = None,
     module: nn.Module | None = None,
     force_fp32_for_softmax: bool = False,
+    scale=None,
 ):
     """nn.MultiHeadDotProductAttention's `attention_fn`, through jax.nn.dot_product_attention:
     cuDNN's fused kernel on a GPU when the shapes allow it, XLA's elsewhere (a float32 softmax
     either way), so the probabilities are never written out. When they are wanted (`module` is
     given: `sow_weights`, for attention maps) or attention dropout is on, flax's
-    dot_product_attention, which materialises them, runs instead."""
+    dot_product_attention, which materialises them, runs instead. `scale` multiplies the
+    query-key products in place of 1 / sqrt(head width) (a learned temperature, for one); it
+    rescales the query, so it may be traced and the fused kernel still applies."""
+    if scale is not None:  # Both paths divide by sqrt(head width) themselves.
+        query = query * jnp.asarray(scale * query.shape[-1] ** 0.5, query.dtype)
     if module is not None or (dropout_rate > 0.0 and not deterministic):
         return nn.dot_product_attention(
             query, key, value, mask=mask, dropout_rng=dropout_rng, dropout_rate=dropout_rate,

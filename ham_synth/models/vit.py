@@ -5,6 +5,7 @@ key for key: `embedding`, `cls`, `Transformer/posembed_input/pos_embedding`,
 MlpBlock_3}`, `Transformer/encoder_norm`, `head`.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -21,7 +22,7 @@ SIZES = {
     "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
 }
 POOLS = ("token", "gap")
-STEMS = ("patch", "conv")
+STEMS = ("patch", "conv", "shifted_patch")
 
 
 def size_fields(variant: str, **explicit) -> dict[str, int]:
@@ -109,19 +110,62 @@ class ConvStem(nn.Module):
         return nn.Conv(self.width, (1, 1), dtype=self.dtype, name="embedding")(x)
 
 
+def shift(images, dy: int, dx: int):
+    """images [B, H, W, C] moved dy rows down and dx columns right (negative: up, left), the
+    uncovered border zero (mid-grey in [-1, 1])."""
+    h, w = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (abs(dy),) * 2, (abs(dx),) * 2, (0, 0)))
+    return padded[:, abs(dy) - dy : abs(dy) - dy + h, abs(dx) - dx : abs(dx) - dx + w]
+
+
+class ShiftedPatchStem(nn.Module):
+    """Shifted patch tokenization (Lee et al. 2021, "Vision Transformer for Small-Size
+    Datasets"): the image and its four diagonal shifts by half a patch, stacked on channels, cut
+    into patch_size x patch_size patches, each flattened, LayerNormed and embedded by a Dense.
+    A token then sees its neighbours' pixels, which small-data ViTs lack."""
+
+    width: int
+    patch_size: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, images):
+        p, s = self.patch_size, self.patch_size // 2
+        x = jnp.concatenate(
+            [images] + [shift(images, dy, dx) for dy in (-s, s) for dx in (-s, s)], axis=-1
+        )
+        b, h, w, c = x.shape
+        x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        x = nn.LayerNorm(dtype=self.dtype, name="norm")(x.reshape(b, h // p, w // p, p * p * c))
+        return nn.Dense(self.width, dtype=self.dtype, name="embedding")(x)
+
+
 class Encoder1DBlock(nn.Module):
     """Pre-LN block: x + MHSA(LN(x)), then x + MLP(LN(x)). Attention probabilities are sown in
-    `intermediates` (`sow_weights`) when applied with mutable=["intermediates"]."""
+    `intermediates` (`sow_weights`) when applied with mutable=["intermediates"].
+
+    `locality_attention`: locality self-attention (Lee et al. 2021): no token attends to itself,
+    and the softmax's temperature is learned (`attention_log_scale`, from 1 / sqrt(head
+    width)), so attention can sharpen onto other tokens on small data."""
 
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
     attention_dropout: float = 0.0
     drop_path: float = 0.0
+    locality_attention: bool = False
     dtype: Any = None
 
     @nn.compact
     def __call__(self, x, *, train: bool, sow_weights: bool = False):
+        attention_fn, mask = layers.fused_attention, None
+        if self.locality_attention:
+            head_width = x.shape[-1] // self.num_heads
+            log_scale = self.param(
+                "attention_log_scale", nn.initializers.constant(-0.5 * jnp.log(head_width)), ()
+            )
+            attention_fn = functools.partial(attention_fn, scale=jnp.exp(log_scale))
+            mask = ~jnp.eye(x.shape[1], dtype=bool)
         y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
@@ -130,9 +174,9 @@ class Encoder1DBlock(nn.Module):
             dropout_rate=self.attention_dropout,
             deterministic=not train,
             force_fp32_for_softmax=True,
-            attention_fn=layers.fused_attention,
+            attention_fn=attention_fn,
             name="MultiHeadDotProductAttention_1",
-        )(y, y, sow_weights=sow_weights)
+        )(y, y, mask=mask, sow_weights=sow_weights)
         y = nn.Dropout(self.dropout, deterministic=not train)(y)
         x = x + drop_path(self, y, self.drop_path, train)
         y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_2")(x)
@@ -146,9 +190,10 @@ class ViT(nn.Module):
     """images float32[B, H, W, 3] in [-1, 1] -> logits float32[B, num_classes].
 
     `stem="patch"` embeds patch_size x patch_size patches with one strided convolution (the
-    AugReg layout); `"conv"` with a ConvStem of the same stride. `pool="token"` reads the class
-    token, `"gap"` averages the patch tokens. Stochastic depth rises linearly from 0 at the first
-    block to `stochastic_depth` at the last.
+    AugReg layout); `"conv"` with a ConvStem of the same stride; `"shifted_patch"` with a
+    ShiftedPatchStem. `pool="token"` reads the class token, `"gap"` averages the patch tokens.
+    Stochastic depth rises linearly from 0 at the first block to `stochastic_depth` at the last.
+    `locality_attention` makes every block's attention local (Encoder1DBlock).
     """
 
     num_classes: int
@@ -162,6 +207,7 @@ class ViT(nn.Module):
     dropout: float = 0.0
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
+    locality_attention: bool = False
     # Activations and matmuls (e.g. bfloat16); None: float32. Params, LayerNorm statistics, the
     # softmax and the logits are float32 whatever it is.
     dtype: Any = None
@@ -186,6 +232,8 @@ class ViT(nn.Module):
             )
         if self.stem == "conv":
             x = ConvStem(self.width, p, dtype=self.dtype, name="stem")(images)
+        elif self.stem == "shifted_patch":
+            x = ShiftedPatchStem(self.width, p, dtype=self.dtype, name="stem")(images)
         else:
             x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                         name="embedding")(images)  # fmt: skip
@@ -200,6 +248,7 @@ class ViT(nn.Module):
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             stochastic_depth=self.stochastic_depth,
+            locality_attention=self.locality_attention,
             dtype=self.dtype,
             name="Transformer",
         )(x, train=train, sow_weights=sow_weights)
@@ -230,6 +279,7 @@ class Encoder(nn.Module):
     dropout: float = 0.0
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
+    locality_attention: bool = False
     dtype: Any = None
 
     @nn.compact
@@ -244,6 +294,7 @@ class Encoder(nn.Module):
                 self.dropout,
                 self.attention_dropout,
                 rate,
+                self.locality_attention,
                 dtype=self.dtype,
                 name=f"encoderblock_{i}",
             )(x, train=train, sow_weights=sow_weights)

@@ -29,6 +29,7 @@ def make_model(config: ml_collections.ConfigDict, dtype=None) -> vit.ViT:
         dropout=m.dropout,
         attention_dropout=m.attention_dropout,
         stochastic_depth=m.stochastic_depth,
+        locality_attention=m.locality_attention,
         dtype=dtype,
         **sizes,
     )

@@ -1,6 +1,6 @@
 """The ViT and the classify task: AugReg's parameter layout and timm's parameter count, 1 vs 8
 devices, overfitting one batch, gradient accumulation equal to the full batch, AugReg .npz
-loading, the conv stem and fine-tuning knobs."""
+loading, the conv and shifted-patch stems, locality attention and fine-tuning knobs."""
 
 import jax
 import jax.numpy as jnp
@@ -59,13 +59,14 @@ def _train(accum_steps: int, steps: int = 3, num_devices: int = -1, **overrides)
 
 
 @pytest.mark.slow
-def test_eight_devices_match_one_with_dropout_drop_path_mixup_cutmix_and_a_conv_stem():
+def test_eight_devices_match_one_with_dropout_drop_path_mixup_cutmix_a_conv_stem_and_lsa():
     noisy = {
         "model.dropout": 0.1,
         "model.stochastic_depth": 0.2,
         "loss.mixup_alpha": 0.4,
         "loss.cutmix_alpha": 1.0,
         "model.stem": "conv",
+        "model.locality_attention": True,
         "loss.logit_adjustment": 1.0,
     }
     one_params, one_metrics = _train(1, num_devices=1, **noisy)
@@ -89,6 +90,68 @@ def test_the_conv_stem_halves_the_grid_per_3x3_convolution_up_to_the_patch_grid(
     with pytest.raises(ValueError, match="power of two"):
         vit.ViT(num_classes=7, patch_size=6, stem="conv", width=32, depth=1, num_heads=2,
                 mlp_dim=64).init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))  # fmt: skip
+
+
+def _shift_reference(x, dy, dx):
+    """x moved dy rows down and dx columns right, zeros where nothing moved in (numpy)."""
+    out = np.roll(x, (dy, dx), axis=(1, 2))
+    out[:, : max(dy, 0)] = out[:, x.shape[1] + min(dy, 0) :] = 0
+    out[:, :, : max(dx, 0)] = out[:, :, x.shape[2] + min(dx, 0) :] = 0
+    return out
+
+
+@pytest.mark.parametrize("dy, dx", [(1, -1), (-2, 2), (2, 0), (-1, -2)])
+def test_shift_moves_the_image_and_fills_the_border_with_zeros(dy, dx):
+    x = np.random.default_rng(0).normal(size=(2, 5, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(vit.shift(x, dy, dx), _shift_reference(x, dy, dx))
+
+
+def test_the_shifted_patch_stem_embeds_layernormed_patches_of_the_image_and_its_shifts():
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 8, 8, 3)).astype(np.float32)
+    stem = vit.ShiftedPatchStem(width=16, patch_size=4)
+    params = stem.init(jax.random.key(0), x)["params"]
+    params["norm"] = {k: jax.random.normal(jax.random.key(i), v.shape)
+                      for i, (k, v) in enumerate(params["norm"].items())}  # fmt: skip
+    stacked = np.concatenate(
+        [x] + [_shift_reference(x, dy, dx) for dy in (-2, 2) for dx in (-2, 2)], axis=-1
+    )
+    patches = np.stack([
+        np.stack([stacked[:, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].reshape(2, -1)
+                  for j in range(2)], axis=1)
+        for i in range(2)
+    ], axis=1).astype(np.float64)  # fmt: skip
+    assert patches.shape == (2, 2, 2, 4 * 4 * 15)
+    mean, var = patches.mean(-1, keepdims=True), patches.var(-1, keepdims=True)
+    normed = (patches - mean) / np.sqrt(var + 1e-6) * params["norm"]["scale"] + params["norm"][
+        "bias"
+    ]
+    expected = normed @ params["embedding"]["kernel"] + params["embedding"]["bias"]
+    np.testing.assert_allclose(stem.apply({"params": params}, x), expected, rtol=1e-4, atol=1e-4)
+    assert vit.layer_index("stem/norm/scale", depth=1) == 0
+
+
+def test_locality_attention_keeps_tokens_off_themselves_and_learns_its_temperature():
+    model = vit.ViT(num_classes=7, patch_size=4, stem="shifted_patch", locality_attention=True,
+                    **vit.size_fields("", width=32, depth=2, num_heads=2, mlp_dim=64))  # fmt: skip
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+    params = model.init(jax.random.key(0), images)["params"]
+    log_scale = params["Transformer"]["encoderblock_1"]["attention_log_scale"]
+    np.testing.assert_allclose(log_scale, -0.5 * np.log(16), rtol=1e-6)  # 1 / sqrt(head width)
+    _, state = model.apply({"params": params}, images, sow_weights=True,
+                           mutable=["intermediates"])  # fmt: skip
+    for block in range(2):
+        (weights,) = state["intermediates"]["Transformer"][f"encoderblock_{block}"][
+            "MultiHeadDotProductAttention_1"]["attention_weights"]  # fmt: skip
+        assert weights.shape == (2, 2, 17, 17)
+        np.testing.assert_array_equal(np.diagonal(weights, axis1=-2, axis2=-1), 0.0)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+
+    def loss(p):
+        return jnp.sum(model.apply({"params": p}, images) * jnp.arange(7.0))
+
+    params["head"]["kernel"] = jax.random.normal(jax.random.key(2), (32, 7))  # zeros at init
+    grads = jax.grad(loss)(params)["Transformer"]
+    assert all(grads[f"encoderblock_{i}"]["attention_log_scale"] != 0 for i in range(2))
 
 
 def test_a_tiny_vit_overfits_one_batch():

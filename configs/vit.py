@@ -134,8 +134,8 @@ def get_config(arg: str | None = None):
     # embedded: Lee et al. 2021's shifted patch tokenization).
     config.model.stem = "patch"
     # Locality self-attention (Lee et al. 2021): no token attends to itself, and each block
-    # learns its softmax temperature. With shifted_patch or alone, no gain on dermamnist_dev at
-    # 1,000 or 2,500 steps (docs/results.md, seventh round).
+    # learns its softmax temperature. On dermamnist_dev, no gain with shifted_patch at 1,000
+    # steps (3 seeds) or 2,500 (1), nor alone at 1,000 (1) (docs/results.md, seventh round).
     config.model.locality_attention = False
     config.model.dropout = 0.0
     config.model.attention_dropout = 0.0

@@ -103,3 +103,26 @@ def test_a_scale_and_a_mask_give_the_masked_softmax_at_that_temperature(sow):
         )  # fmt: skip
     # 1 / sqrt(head width) is the default temperature.
     np.testing.assert_allclose(call(scale=8**-0.5), call(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "backend, dtype, head_width, expected",
+    [("gpu", jnp.bfloat16, 64, "cudnn"), ("gpu", jnp.float16, 32, "cudnn"),
+     ("gpu", jnp.float32, 64, None), ("gpu", jnp.bfloat16, 12, None),
+     ("gpu", jnp.bfloat16, 256, None), ("cpu", jnp.bfloat16, 64, None)],
+)  # fmt: skip
+def test_cudnn_is_chosen_on_a_gpu_for_half_precision_and_the_head_widths_it_takes(
+    monkeypatch, backend, dtype, head_width, expected
+):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    query = jnp.zeros((2, 49, 4, head_width), dtype)
+    assert layers.attention_implementation(query) == expected
+
+
+def test_when_cudnn_refuses_the_call_xlas_attention_gives_the_same_outputs(monkeypatch):
+    # On this CPU, cuDNN refuses every call: the path a GPU takes for shapes cuDNN rejects.
+    query, key, value = jax.random.normal(jax.random.key(0), (3, 2, 9, 4, 16), jnp.bfloat16)
+    expected = layers.fused_attention(query, key, value)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert layers.attention_implementation(query) == "cudnn"
+    np.testing.assert_array_equal(layers.fused_attention(query, key, value), expected)

@@ -6,6 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 
 def conv_kernel_init(rng: jax.Array, shape, dtype=jax.numpy.float32) -> jax.Array:
@@ -81,6 +82,14 @@ class ResBlock(nn.Module):
         return x + h
 
 
+def attention_implementation(query) -> str | None:
+    """jax.nn.dot_product_attention's `implementation` for these queries [B, T, H, D]: "cudnn"
+    (its fused flash-attention kernel) on a GPU for bfloat16 or float16 with D a multiple of 8
+    up to 128, as cuDNN requires; None (XLA's) elsewhere, which jax also picks by default."""
+    fits = query.dtype in (jnp.bfloat16, jnp.float16) and query.shape[-1] % 8 == 0
+    return "cudnn" if jax.default_backend() == "gpu" and fits and query.shape[-1] <= 128 else None
+
+
 def fused_attention(
     query,
     key,
@@ -97,14 +106,15 @@ def fused_attention(
     scale=None,
 ):
     """nn.MultiHeadDotProductAttention's `attention_fn`, through jax.nn.dot_product_attention:
-    cuDNN's fused kernel on a GPU when the shapes allow it, XLA's elsewhere (a float32 softmax
-    either way), so the probabilities are never written out. When they are wanted (`module` is
-    given: `sow_weights`, for attention maps) or attention dropout is on, flax's
-    dot_product_attention, which materialises them, runs instead. `scale` multiplies the
-    query-key products in place of 1 / sqrt(head width) (a learned temperature, for one); it
-    rescales the query, so it may be traced and the fused kernel still applies."""
+    cuDNN's fused kernel where `attention_implementation` allows it and cuDNN accepts the call,
+    XLA's otherwise (a float32 softmax either way), so the probabilities are never written out.
+    When they are wanted (`module` is given: `sow_weights`, for attention maps) or attention
+    dropout is on, flax's dot_product_attention, which materialises them, runs instead. `scale`
+    multiplies the query-key products in place of 1 / sqrt(head width) (a learned temperature,
+    for one); it rescales the query (in float32), so it may be traced and cuDNN still applies."""
     if scale is not None:  # Both paths divide by sqrt(head width) themselves.
-        query = query * jnp.asarray(scale * query.shape[-1] ** 0.5, query.dtype)
+        factor = scale * query.shape[-1] ** 0.5
+        query = (query.astype(jnp.float32) * factor).astype(query.dtype)
     if module is not None or (dropout_rate > 0.0 and not deterministic):
         return nn.dot_product_attention(
             query, key, value, mask=mask, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
@@ -113,6 +123,16 @@ def fused_attention(
         )  # fmt: skip
     if dtype is not None:
         query, key, value = (x.astype(dtype) for x in (query, key, value))
+    if attention_implementation(query) == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(
+                query, key, value, mask=mask, implementation="cudnn"
+            )
+        except (ValueError, RuntimeError, NotImplementedError) as refusal:
+            logging.log_first_n(
+                logging.WARNING, "cuDNN attention refused %s; using XLA's: %s", 1,
+                query.shape, refusal,
+            )  # fmt: skip
     return jax.nn.dot_product_attention(query, key, value, mask=mask)
 
 

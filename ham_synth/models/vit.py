@@ -145,8 +145,9 @@ class Encoder1DBlock(nn.Module):
     `intermediates` (`sow_weights`) when applied with mutable=["intermediates"].
 
     `locality_attention`: locality self-attention (Lee et al. 2021): no token attends to itself,
-    and the softmax's temperature is learned (`attention_log_scale`, from 1 / sqrt(head
-    width)), so attention can sharpen onto other tokens on small data."""
+    and the softmax's temperature is learned, so attention can sharpen onto other tokens on
+    small data. `attention_log_scale` is the log of the query-key scale over its default
+    1 / sqrt(head width): 0 at init, and weight decay pulls it back to the default."""
 
     num_heads: int
     mlp_dim: int
@@ -160,11 +161,11 @@ class Encoder1DBlock(nn.Module):
     def __call__(self, x, *, train: bool, sow_weights: bool = False):
         attention_fn, mask = layers.fused_attention, None
         if self.locality_attention:
+            log_scale = self.param("attention_log_scale", nn.initializers.zeros, ())
             head_width = x.shape[-1] // self.num_heads
-            log_scale = self.param(
-                "attention_log_scale", nn.initializers.constant(-0.5 * jnp.log(head_width)), ()
+            attention_fn = functools.partial(
+                attention_fn, scale=jnp.exp(log_scale) / head_width**0.5
             )
-            attention_fn = functools.partial(attention_fn, scale=jnp.exp(log_scale))
             mask = ~jnp.eye(x.shape[1], dtype=bool)
         y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
         y = nn.MultiHeadDotProductAttention(
@@ -193,7 +194,7 @@ class ViT(nn.Module):
     AugReg layout); `"conv"` with a ConvStem of the same stride; `"shifted_patch"` with a
     ShiftedPatchStem. `pool="token"` reads the class token, `"gap"` averages the patch tokens.
     Stochastic depth rises linearly from 0 at the first block to `stochastic_depth` at the last.
-    `locality_attention` makes every block's attention local (Encoder1DBlock).
+    `locality_attention` gives every block locality self-attention (Encoder1DBlock).
     """
 
     num_classes: int

@@ -130,13 +130,16 @@ def test_the_shifted_patch_stem_embeds_layernormed_patches_of_the_image_and_its_
     assert vit.layer_index("stem/norm/scale", depth=1) == 0
 
 
-def test_locality_attention_keeps_tokens_off_themselves_and_learns_its_temperature():
-    model = vit.ViT(num_classes=7, patch_size=4, stem="shifted_patch", locality_attention=True,
-                    **vit.size_fields("", width=32, depth=2, num_heads=2, mlp_dim=64))  # fmt: skip
+def test_locality_attention_keeps_tokens_off_themselves_and_its_temperature_gets_a_gradient():
+    overrides = {"model.stem": "shifted_patch", "model.locality_attention": True}
+    config = load_config("vit.py:smoke", **overrides, **{"data.num_classes": 7})
+    config.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
+    model = classify.make_model(config)
     images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
     params = model.init(jax.random.key(0), images)["params"]
-    log_scale = params["Transformer"]["encoderblock_1"]["attention_log_scale"]
-    np.testing.assert_allclose(log_scale, -0.5 * np.log(16), rtol=1e-6)  # 1 / sqrt(head width)
+    assert params["stem"]["embedding"]["kernel"].shape == (4 * 4 * 3 * 5, 32)
+    # 0: the scale starts at its default, 1 / sqrt(head width).
+    assert params["Transformer"]["encoderblock_1"]["attention_log_scale"] == 0.0
     _, state = model.apply({"params": params}, images, sow_weights=True,
                            mutable=["intermediates"])  # fmt: skip
     for block in range(2):

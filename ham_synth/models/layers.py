@@ -86,8 +86,9 @@ def attention_implementation(query) -> str | None:
     """jax.nn.dot_product_attention's `implementation` for these queries [B, T, H, D]: "cudnn"
     (its fused flash-attention kernel) on a GPU for bfloat16 or float16 with D a multiple of 8
     up to 128, as cuDNN requires; None (XLA's) elsewhere, which jax also picks by default."""
-    fits = query.dtype in (jnp.bfloat16, jnp.float16) and query.shape[-1] % 8 == 0
-    return "cudnn" if jax.default_backend() == "gpu" and fits and query.shape[-1] <= 128 else None
+    head_width = query.shape[-1]
+    fits = query.dtype in (jnp.bfloat16, jnp.float16) and head_width % 8 == 0 and head_width <= 128
+    return "cudnn" if jax.default_backend() == "gpu" and fits else None
 
 
 def fused_attention(

@@ -181,6 +181,7 @@ def measure(runners: list[Runner], rows: list[Row], warmup: int, steps: int, rep
         start = time.perf_counter()
         facts = runner.prepare()
         row.compile_s = facts.pop("compile_s", time.perf_counter() - start)
+        add_note(row, facts.pop("note", ""))
         for key, value in facts.items():
             setattr(row, key, value)
         time_calls(runner.call, warmup)
@@ -190,6 +191,24 @@ def measure(runners: list[Runner], rows: list[Row], warmup: int, steps: int, rep
             medians[i].append(statistics.median(time_calls(runner.call, steps)) * 1e3)
     for row, ms in zip(rows, medians, strict=True):
         row.step_ms, row.spread_ms = statistics.median(ms), (min(ms), max(ms))
+
+
+def add_note(row: Row, note: str) -> None:
+    """Appends `note` to the row's note column, '; '-separated."""
+    row.note = "; ".join(filter(None, [row.note, note]))
+
+
+# The prefix of the custom calls that jax.nn.dot_product_attention(implementation="cudnn")
+# lowers to (__cudnn$fmhaSoftmax, ...Backward, ...).
+CUDNN_ATTENTION = "__cudnn$fmha"
+
+
+def attention_note(lowered_text: str) -> str:
+    """The note for a program whose attention runs as cuDNN's fused kernel, else ''. XLA's cost
+    analysis gives such custom calls no FLOPs, so the row's GFLOP/step and MFU leave them out."""
+    if CUDNN_ATTENTION not in lowered_text:
+        return ""
+    return "cuDNN fused attention (its FLOPs are not in GFLOP/step or MFU)"
 
 
 def jax_runner(label: str, jitted, args: tuple, carry_state: bool = False) -> Runner:
@@ -221,6 +240,7 @@ def jax_runner(label: str, jitted, args: tuple, carry_state: bool = False) -> Ru
             flops=float(cost.get("flops", 0.0)) or None if cost else None,
             memory_bytes=memory_bytes,
             memory_source="XLA memory_analysis" if memory_bytes is not None else "",
+            note=attention_note(lowered.as_text()),
         )
 
     def call():
@@ -544,11 +564,12 @@ def case_sampler(preset: dict, dtype: str) -> list[Row]:
         fn = functools.partial(task.predict_fns[base.SAMPLE], sampler=sampler, steps=steps)
         runner = jax_runner("JAX", jax.jit(fn), (variables, labels, jax.random.key(0)))
         row = Row(f"sample {sampler}-{steps}", "JAX", sampling["batch"], dtype=dtype)
-        row.note = f"guidance {config.sample.guidance}"
         measure([runner], [row], warmup=0, steps=1, repeats=max(1, _REPEATS.value - 1))
         # XLA's cost analysis counts a loop body once: the sampler's scan runs it `steps` times.
         row.flops = row.flops and row.flops * steps
-        row.note += f"; 10k samples in {10_000 / row.images_per_s / 60:.1f} min (extrapolated)"
+        minutes = 10_000 / row.images_per_s / 60
+        add_note(row, f"guidance {config.sample.guidance}")
+        add_note(row, f"10k samples in {minutes:.1f} min (extrapolated)")
         rows.append(row)
     return rows
 
@@ -676,7 +697,8 @@ def case_config(preset: dict) -> list[Row]:
     )
     measure([runner], [row], *_timing(preset))
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    row.note = f"{mesh.size} device(s); process max RSS {rss_gib:.1f} GiB; overrides {overrides}"
+    add_note(row, f"{mesh.size} device(s); process max RSS {rss_gib:.1f} GiB")
+    add_note(row, f"overrides {overrides}")
     return [row]
 
 

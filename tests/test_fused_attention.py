@@ -114,15 +114,26 @@ def test_a_scale_and_a_mask_give_the_masked_softmax_at_that_temperature(sow):
 def test_cudnn_is_chosen_on_a_gpu_for_half_precision_and_the_head_widths_it_takes(
     monkeypatch, backend, dtype, head_width, expected
 ):
+    monkeypatch.delenv(layers.CUDNN_OPT_OUT, raising=False)
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     query = jnp.zeros((2, 49, 4, head_width), dtype)
     assert layers.attention_implementation(query) == expected
+
+
+def test_the_opt_out_keeps_cudnn_out_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    query = jnp.zeros((2, 49, 4, 64), jnp.bfloat16)
+    monkeypatch.setenv(layers.CUDNN_OPT_OUT, "0")
+    assert layers.attention_implementation(query) is None
+    monkeypatch.setenv(layers.CUDNN_OPT_OUT, "1")
+    assert layers.attention_implementation(query) == "cudnn"
 
 
 def test_when_cudnn_refuses_the_call_xlas_attention_gives_the_same_outputs(monkeypatch):
     # On this CPU, cuDNN refuses every call: the path a GPU takes for shapes cuDNN rejects.
     query, key, value = jax.random.normal(jax.random.key(0), (3, 2, 9, 4, 16), jnp.bfloat16)
     expected = layers.fused_attention(query, key, value)
+    monkeypatch.delenv(layers.CUDNN_OPT_OUT, raising=False)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert layers.attention_implementation(query) == "cudnn"
     np.testing.assert_array_equal(layers.fused_attention(query, key, value), expected)

@@ -1,6 +1,7 @@
 """Building blocks shared by the model families."""
 
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -82,13 +83,20 @@ class ResBlock(nn.Module):
         return x + h
 
 
+# Set to 0 to keep cuDNN's attention out everywhere: the escape hatch where cuDNN accepts a call
+# at trace time and then fails to compile it, which no fallback inside a jitted step can catch.
+CUDNN_OPT_OUT = "HAM_SYNTH_CUDNN_ATTENTION"
+
+
 def attention_implementation(query) -> str | None:
     """jax.nn.dot_product_attention's `implementation` for these queries [B, T, H, D]: "cudnn"
     (its fused flash-attention kernel) on a GPU for bfloat16 or float16 with D a multiple of 8
-    up to 128, as cuDNN requires; None (XLA's) elsewhere, which jax also picks by default."""
+    up to 128, as cuDNN requires, unless $HAM_SYNTH_CUDNN_ATTENTION is 0; None (XLA's)
+    elsewhere, which jax also picks by default."""
     head_width = query.shape[-1]
     fits = query.dtype in (jnp.bfloat16, jnp.float16) and head_width % 8 == 0 and head_width <= 128
-    return "cudnn" if jax.default_backend() == "gpu" and fits else None
+    allowed = os.environ.get(CUDNN_OPT_OUT, "1") != "0"
+    return "cudnn" if jax.default_backend() == "gpu" and fits and allowed else None
 
 
 def fused_attention(

@@ -16,7 +16,8 @@ FILE = "environment.json"
 
 
 def describe() -> dict:
-    """Versions, backend, device kinds and counts, and host of this process."""
+    """Versions, backend, device kinds and counts, XLA flags and ham_synth's environment
+    switches, and host of this process."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -33,6 +34,8 @@ def describe() -> dict:
         "global_devices": jax.device_count(),
         "processes": jax.process_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),  # With ham_synth's XLA:CPU default.
+        # ham_synth's own switches ($HAM_SYNTH_CUDNN_ATTENTION, ...), where a run set them.
+        "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("HAM_SYNTH_")},
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
     }

@@ -603,7 +603,7 @@ def case_pipeline(preset: dict, step_rows: list[Row]) -> list[Row]:
                     )
                     if consumers:
                         row.vs_peer = row.images_per_s / max(consumers)
-                        row.note += f"; {feeding_note(max(consumers), size)}"
+                        add_note(row, feeding_note(max(consumers), size))
                     rows.append(row)
     return rows
 

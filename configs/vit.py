@@ -48,7 +48,8 @@ DERMA28 = {
     "data.augment": HAM_AUGMENT,
     **{f"model.{k}": v for k, v in dict(width=128, depth=6, num_heads=4, mlp_dim=256).items()},
     # 4x4 patches by one strided convolution: level with a conv stem on val balanced accuracy
-    # over three seeds, above it on macro ROC AUC at each, at a step 10% cheaper (docs/results.md).
+    # over three seeds, above it on macro ROC AUC at each, at a step 10% cheaper; 7x7 patches (16
+    # tokens), 2.6x the steps in the same minutes, score lower (docs/results.md, eighth round).
     "model.patch_size": 4,
     "train.batch_size": 128,
     "optim.lr": 1e-3,

@@ -203,7 +203,7 @@ def get_config(arg: str | None = None):
         config.data.imbalance = False
         config.data.balance_alpha = 0.5
         config.model.stochastic_depth = 0.1
-        config.loss.mixup_alpha = 0.0  # Measured on digits only so far.
+        config.loss.mixup_alpha = 0.0  # With CutMix: -0.1 at 1,000 steps; derma28 sets 0.2.
         val_every.set(variant.pop("val_every"))
         config.update_from_flattened_dict(variant)
 

@@ -377,8 +377,27 @@ def _parse_flags(verb_name: str, argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as error:
         _fail(verb_name, _plain_message(error))
-    except (AttributeError, KeyError, ValueError, TypeError) as error:  # From --config.x.y=...
+    except (AttributeError, KeyError) as error:  # A --config.x.y=... naming no field.
+        _fail(verb_name, _missing_field_message(error, argv))
+    except (ValueError, TypeError) as error:  # From --config.x.y=...
         _fail(verb_name, f"config override: {_plain_message(error)}")
+
+
+def _missing_field_message(error: BaseException, argv: list[str]) -> str:
+    """A --config.x.y=... override that names no field of the config: the flag, the field, and
+    ml_collections' "Did you mean" when it has one."""
+    field, newline, hint = _plain_message(error).partition("\n")
+    field = field.strip("'\"")
+    flag = next(
+        (arg for arg in argv if arg.startswith("--config.") and field in _override_path(arg)), ""
+    )
+    where = f"config override {flag}" if flag else "config override"
+    return f"{where}: the config has no field {field!r}{newline}{hint}"
+
+
+def _override_path(arg: str) -> list[str]:
+    """The field names of a --config.x.y=VALUE flag: ['x', 'y']."""
+    return arg.removeprefix("--config.").partition("=")[0].split(".")
 
 
 def run() -> None:

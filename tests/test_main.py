@@ -71,8 +71,28 @@ def test_config_typo_fails_naming_the_field(tmp_path, repo):
     )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Traceback" not in out
+    assert "override --config.train.totl_steps=5: the config has no field 'totl_steps'" in out
     assert 'Did you mean "total_steps" instead of "totl_steps"' in out
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        # ml_collections' error for a field with a near name, nested as it raises it.
+        (AttributeError(KeyError("'totl_steps'\nDid you mean \"total_steps\"?")),
+         "config override --config.train.totl_steps=5: the config has no field 'totl_steps'\n"
+         'Did you mean "total_steps"?'),
+        # No near name: the flag and the field, and nothing else.
+        (KeyError("'val_every'"),
+         "config override --config.val_every=5: the config has no field 'val_every'"),
+        # A field no flag names (e.g. read inside the config file): no flag is blamed.
+        (KeyError("'stem'"), "config override: the config has no field 'stem'"),
+    ],
+)  # fmt: skip
+def test_a_missing_field_names_its_flag_and_the_field(error, says):
+    argv = ["ham-synth", "--config=c.py", "--config.train.totl_steps=5", "--config.val_every=5"]
+    assert main._missing_field_message(error, argv) == says
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 reference classifier labels c (the recognised share), beside that classifier's recall on real
 images of c (the ceiling: a generator whose images were real would reach it) and their ratio."""
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -17,7 +18,8 @@ def recognised_share(
 
     Balanced values are means over the generated classes, so a skewed set is not weighted by its
     class mix. Chance is 1 / the classifier's class count (len(ceiling)). A class without a
-    ceiling has ratio None and is left out of the balanced ceiling and ratio.
+    ceiling has ratio None and is left out of the balanced ceiling and of both sides of the balanced
+    ratio.
     """
     conditioned, predicted = np.asarray(conditioned), np.asarray(predicted)
     if conditioned.shape != predicted.shape:
@@ -33,17 +35,22 @@ def recognised_share(
             "ratio": None if not top else share / top,
             "n": int(members.sum()),
         }
-    shares = [c["share"] for c in per_class.values()]
-    ceilings = [c["ceiling"] for c in per_class.values() if c["ceiling"] is not None]
-    balanced = float(np.mean(shares)) if shares else float("nan")
-    ceiling_balanced = float(np.mean(ceilings)) if ceilings else float("nan")
+    balanced = _mean([c["share"] for c in per_class.values()])
+    # The ratio compares like with like: the shares and ceilings of the classes with a ceiling.
+    measured = [c for c in per_class.values() if c["ceiling"] is not None]
+    ceiling_balanced = _mean([c["ceiling"] for c in measured])
+    measured_balanced = _mean([c["share"] for c in measured])
     return {
         "per_class": per_class,
         "balanced": balanced,
         "ceiling_balanced": ceiling_balanced,
-        "ratio_balanced": balanced / ceiling_balanced if ceiling_balanced else float("nan"),
-        "chance": 1.0 / len(ceiling) if ceiling else float("nan"),
+        "ratio_balanced": measured_balanced / ceiling_balanced if ceiling_balanced else math.nan,
+        "chance": 1.0 / len(ceiling) if ceiling else math.nan,
     }
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
 
 
 def _cell(value: float | None) -> str:

@@ -25,10 +25,16 @@ def holm(p_values) -> np.ndarray:
 
 def paired_change(condition: list[float], real: list[float]) -> dict:
     """Mean of condition - real over paired seeds, scipy's paired t-test p and 95% interval
-    (nan with fewer than two seeds)."""
+    (nan with fewer than two seeds, or when every seed's difference is the same: a t-test has
+    no spread to weigh the mean against, and scipy would call any such mean significant)."""
+    if len(condition) != len(real):
+        raise ValueError(
+            f"{len(condition)} seed(s) of a condition against {len(real)} of its control: "
+            "seeds are paired one to one, so both need the same seeds (rerun the missing runs)."
+        )
     a, b = np.asarray(condition, np.float64), np.asarray(real, np.float64)
     diff = a - b
-    if len(diff) < 2:
+    if len(diff) < 2 or np.allclose(diff, diff[0], rtol=0, atol=1e-12):
         nan = float("nan")
         return {"mean": float(diff.mean()), "low": nan, "high": nan, "p": nan, "n": len(diff)}
     result = stats.ttest_rel(a, b)

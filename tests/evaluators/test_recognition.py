@@ -31,6 +31,10 @@ def test_a_class_without_real_test_images_has_no_ceiling():
     )
     assert result["per_class"]["mel"] == {"share": 0.0, "ceiling": None, "ratio": None, "n": 1}
     assert result["ceiling_balanced"] == pytest.approx(0.5)  # df's alone.
+    # The ratio sets df's share (1.0) against df's ceiling (0.5); mel, with no ceiling, is on
+    # neither side (the share over both classes, 0.5, would read 1.0).
+    assert result["balanced"] == pytest.approx(0.5)
+    assert result["ratio_balanced"] == pytest.approx(2.0)
     assert result["chance"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="2 conditioned classes for 1 labels"):
         recognition.recognised_share(["df", "df"], ["df"], {"df": 1.0})

@@ -26,6 +26,21 @@ def test_paired_interval_is_the_t_interval_of_the_differences():
     assert np.isnan(study_stats.paired_change([0.7], [0.6])["p"])
 
 
+def test_the_same_change_at_every_seed_is_not_testable_rather_than_significant():
+    # Accuracies are k / N, so two seeds can move by exactly the same amount; scipy's p is then 0.
+    condition, control = [0.701, 0.712], [0.698, 0.709]
+    change = study_stats.paired_change(condition, control)
+    assert change["mean"] == pytest.approx(0.003)
+    assert np.isnan(change["p"]) and np.isnan(change["low"]) and np.isnan(change["high"])
+    assert study_stats.verdict(change, change["p"]).startswith("not testable")
+
+
+def test_a_condition_and_its_control_need_the_same_seeds():
+    # numpy would stretch one seed against three into a "significant" paired test.
+    with pytest.raises(ValueError, match="1 seed.*against 3 of its control"):
+        study_stats.paired_change([0.75], [0.70, 0.71, 0.72])
+
+
 def test_each_condition_is_compared_with_its_own_control_under_one_holm_family():
     def seeds(*values):
         return [{"metrics": {"m": v}} for v in values]
@@ -44,3 +59,17 @@ def test_each_condition_is_compared_with_its_own_control_under_one_holm_family()
     np.testing.assert_allclose(
         [c["p_holm"] for c in changes.values()], study_stats.holm([w["p"] for w in expected])
     )
+
+
+def test_holm_runs_over_the_testable_comparisons_only():
+    def seeds(*values):
+        return [{"metrics": {"m": v}} for v in values]
+
+    runs = {"real": (0.70, 0.72, 0.71), "real+a": (0.62, 0.64, 0.60),
+            "real+same": (0.71, 0.73, 0.72)}  # fmt: skip  # +0.01 at every seed.
+    results = {condition: seeds(*values) for condition, values in runs.items()}
+    changes = study_stats.compare(results, "m", {"real+a": "real", "real+same": "real"})
+    a, same = changes[("real+a", None)], changes[("real+same", None)]
+    assert np.isnan(same["p_holm"]) and same["verdict"].startswith("not testable")
+    # A family of one: Holm leaves real+a's p as it is.
+    assert a["comparisons"] == 1 and a["p_holm"] == pytest.approx(a["p"])

@@ -111,12 +111,18 @@ def make_lr_scale(optim_config: ml_collections.ConfigDict, depth: int) -> optim.
 
 def mixup(images, labels, rng, alpha: float):
     """Mixup (Zhang et al. 2018): (images mixed with a permutation of the batch, the permuted
-    labels, lam ~ Beta(alpha, alpha)); the loss is lam * loss(labels) + (1 - lam) * loss(perm)."""
+    labels, lam ~ Beta(alpha, alpha)); the loss is lam * loss(labels) + (1 - lam) * loss(perm).
+    `labels` is any pytree of per-example arrays (e.g. labels and synthetic flags): each leaf is
+    permuted alike, so the second loss term reads everything from the partner."""
     lam_rng, perm_rng = jax.random.split(rng)
     lam = jax.random.beta(lam_rng, alpha, alpha)
     perm = jax.random.permutation(perm_rng, images.shape[0])
     mixed = lam * images + (1.0 - lam) * images[perm]
-    return mixed, labels[perm], lam
+    return mixed, _permuted(labels, perm), lam
+
+
+def _permuted(per_example, perm):
+    return jax.tree.map(lambda leaf: leaf[perm], per_example)
 
 
 def cutmix(images, labels, rng, alpha: float):
@@ -134,12 +140,12 @@ def cutmix(images, labels, rng, alpha: float):
     box = (inside_y[:, None] & inside_x[None, :])[None, :, :, None]
     perm = jax.random.permutation(perm_rng, images.shape[0])
     lam = 1.0 - jnp.mean(box.astype(jnp.float32))
-    return jnp.where(box, images[perm], images), labels[perm], lam
+    return jnp.where(box, images[perm], images), _permuted(labels, perm), lam
 
 
 def mix_batch(images, labels, rng, mixup_alpha: float, cutmix_alpha: float):
     """Mixup or CutMix, whichever is on (alpha > 0); with both, each batch takes one of them with
-    probability 1/2 (timm's switch). Returns (images, second labels, lam)."""
+    probability 1/2 (timm's switch). Returns (images, the partners' `labels`, lam)."""
     if not cutmix_alpha:
         return mixup(images, labels, rng, mixup_alpha)
     if not mixup_alpha:
@@ -207,16 +213,18 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         del step
         images, labels = batch["image"], batch["label"]
         dropout_rng, mix_rng = jax.random.split(rng)
+        synthetic = batch["synthetic"]
         mixing = mixup_alpha > 0 or cutmix_alpha > 0
         if mixing:
-            images, mixed_labels, lam = mix_batch(
-                images, labels, mix_rng, mixup_alpha, cutmix_alpha
+            # The partner's label and synthetic flag weigh the second term: a synthetic image at
+            # data.synthetic.loss_weight 0 teaches nothing, as itself or as a partner.
+            images, partner, lam = mix_batch(
+                images, (labels, synthetic), mix_rng, mixup_alpha, cutmix_alpha
             )
         logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_rng})
-        synthetic = batch["synthetic"]
         loss = weighted_ce(logits, labels, synthetic)
         if mixing:
-            loss = lam * loss + (1.0 - lam) * weighted_ce(logits, mixed_labels, synthetic)
+            loss = lam * loss + (1.0 - lam) * weighted_ce(logits, *partner)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         # The share of this batch that is synthetic (data.synthetic), as actually drawn.
         synthetic_share = jnp.mean(synthetic.astype(jnp.float32))

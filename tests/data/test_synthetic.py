@@ -11,8 +11,10 @@ import pytest
 from conftest import first_train_step, load_config
 from PIL import Image
 
-from ham_synth import config_lib, metric_writer, train
+from ham_synth import config_lib, metric_writer, parallel, train, workdir
+from ham_synth import state as state_lib
 from ham_synth.data import image_folder, pipeline, sources, synthetic
+from ham_synth.tasks import base, classify
 
 NAMES = [f"{d}:{name}" for d, name in enumerate(("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"))]
 
@@ -130,6 +132,41 @@ def test_the_loss_weighs_each_synthetic_image_by_loss_weight(folder, loss_weight
     per_example = -jax.nn.log_softmax(logits)[np.arange(len(fake)), np.asarray(batch["label"])]
     weights = np.where(fake, loss_weight, 1.0)
     assert loss == pytest.approx(float((weights * per_example).sum() / weights.sum()), rel=1e-5)
+
+
+def test_with_mixup_a_synthetic_image_at_loss_weight_0_teaches_nothing_even_as_a_partner(folder):
+    config = _config(folder, policy="ratio", ratio=0.5, loss_weight=0.0)
+    fields = {"train.num_devices": 1, "train.batch_size": 32, "loss.label_smoothing": 0.0}
+    # A large first step: the head starts at zero, and near-equal logits would hide whose loss
+    # each term takes.
+    big_step = {"optim.lr": 1.0, "optim.warmup_steps": 0}
+    config.update_from_flattened_dict({**fields, **big_step, "loss.mixup_alpha": 0.4})
+    mesh = parallel.make_mesh(1)
+    built = workdir.build(config, mesh)
+    step = train.make_train_step(built.task, mesh)
+    batches = (parallel.to_global_batch(b, mesh) for b in iter(built.dataset))
+    state = workdir.initial_state(built, jax.random.key(0), mesh)
+    state, _ = step(state, next(batches), jax.random.key(2))
+    batch = next(batches)
+    labels, fake = np.asarray(batch["label"]), np.asarray(batch["synthetic"])
+    rng = jax.random.key(1)
+    # The loss splits its rng into (dropout, mixup): redo the mixup it will draw.
+    mixed, (partner, partner_fake), lam = classify.mixup(
+        batch["image"], (batch["label"], batch["synthetic"]), jax.random.split(rng)[1], 0.4
+    )
+    partner, partner_fake = np.asarray(partner), np.asarray(partner_fake)
+    assert (partner_fake != fake).any()  # Real rows with synthetic partners, and the reverse.
+    logits = built.task.predict_fns[base.PREDICT](state_lib.eval_variables(state), mixed)
+    log_p = np.asarray(jax.nn.log_softmax(logits))
+    assert log_p.std(axis=0).min() > 0.1  # Each class's log-probability varies over the batch.
+    _, metrics = step(state, batch, rng)  # Donates state.
+
+    def real_mean_ce(targets, synthetic):  # Loss weight 0: the synthetic rows drop out.
+        return -log_p[np.arange(len(targets)), targets][~synthetic].mean()
+
+    lam = float(lam)
+    expected = lam * real_mean_ce(labels, fake) + (1 - lam) * real_mean_ce(partner, partner_fake)
+    assert float(metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_synthetic_classes_limit_what_is_taken(folder):

@@ -194,15 +194,17 @@ def compute_metrics(real: np.ndarray, fake: np.ndarray, *, k: int = 3, seed: int
 
 def class_matched(real_labels: np.ndarray, fake_labels: np.ndarray, seed: int = 0):
     """(real indices, fake indices): the largest subsets of both sides with the real side's class
-    mix, drawn without replacement; None when the fake side lacks a class the real side has
-    (no subset matches). An overall distance on them reads realism, not class mix."""
+    mix (each class's count rounded down), drawn without replacement; None when no such subset
+    holds every class of the real side: the fake side lacks one, or has so few of one that
+    another rounds to none. An overall distance on them reads realism, not class mix."""
     classes, real_counts = np.unique(real_labels, return_counts=True)
     fake_counts = np.asarray([np.sum(fake_labels == c) for c in classes])
-    if not fake_counts.all():
+    # In integers: float shares would round c / (c / n) under c and drop an image a class.
+    n = int(real_counts.sum())
+    total = min(n, *(int(f) * n // int(r) for f, r in zip(fake_counts, real_counts, strict=True)))
+    take = total * real_counts // n
+    if not take.all():
         return None
-    shares = real_counts / real_counts.sum()
-    total = min(real_counts.sum(), np.min(fake_counts / shares))
-    take = np.floor(total * shares).astype(np.int64)
     rng = np.random.default_rng(seed)
 
     def draw(labels):

@@ -209,8 +209,11 @@ def realism_section(realism: dict, has_inception: bool) -> list[str]:
         f"Against the real test split. FD and KD: Fréchet and kernel (KID's) distances in the "
         f"real-only seed-0 ViT's feature space ({space}), not FID, on both sides subsampled to "
         "the test split's class mix (class-matched: the set's own mix would read as realism; "
-        "n/a when the set lacks a test class); precision and recall: the k-NN manifold "
-        "coverage (Kynkäänniemi et al.) in that space. Recognised: the share of each class's "
+        "n/a when the set lacks a test class, or has too few images of one to keep every class "
+        "in the mix); precision and recall: the k-NN manifold coverage (Kynkäänniemi et al.) in "
+        "that space, on the same subsets. Images: the synthetic subset scored, of the set's "
+        "whole; a distance on fewer images reads higher, so compare sets at equal counts. "
+        "Recognised: the share of each class's "
         "images that ViT labels as the class they were generated for, averaged over the classes "
         "the real + synthetic conditions take; its ceiling is that ViT's balanced recall on "
         "real test images of those classes.",
@@ -220,16 +223,20 @@ def realism_section(realism: dict, has_inception: bool) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for generator, entry in realism.items():
-        ours, named = matched_cells(entry["classifier"], ("fd", "kd")), entry["recognised"]
-        overall = entry["classifier"]["overall"]
+        named = entry["recognised"]
+        fd, kd, precision, recall = matched_cells(
+            entry["classifier"], ("fd", "kd", "precision", "recall")
+        )
+        matched, overall = entry["classifier"].get("matched"), entry["classifier"]["overall"]
+        scored = f"{matched['n_fake'] if matched else 0} of {overall['n_fake']}"
         inception_entry = entry.get("inception")
         fid_cells = (
             matched_cells(inception_entry, ("fid", "kid"))
             if inception_entry else ["not computed: no Inception weights"] * 2
         )  # fmt: skip
         lines.append(
-            f"| {generator} | {overall['n_fake']} | {ours[0]} | {ours[1]} | "
-            f"{overall['precision']:.3f} | {overall['recall']:.3f} | {named['balanced']:.3f} | "
+            f"| {generator} | {scored} | {fd} | {kd} | {precision} | {recall} | "
+            f"{named['balanced']:.3f} | "
             f"{named['ceiling_balanced']:.3f} | " + " | ".join(fid_cells) + " |"
         )
     lines += [

@@ -165,3 +165,18 @@ def test_class_matched_subsets_take_the_real_class_mix_from_both_sides():
     assert fid.class_matched(real, np.repeat([0, 1], [50, 50])) is None  # No class 2.
     same = fid.class_matched(real, real)  # Matched already: everything.
     np.testing.assert_array_equal(same[0], np.arange(100))
+
+
+def test_class_matched_keeps_every_image_of_an_equal_mix_and_never_drops_a_class():
+    # HAM10000's test mix: in floats, c / (c / n) comes out under c and floors to c - 1.
+    counts = [65, 103, 220, 23, 223, 1341, 28]
+    labels = np.repeat(np.arange(7), counts)
+    real_idx, fake_idx = fid.class_matched(labels, labels)
+    np.testing.assert_array_equal(np.bincount(labels[fake_idx], minlength=7), counts)
+    # 50 nv images allow 74 a side, where df's share (1.1%) rounds to none: no subset holds
+    # every class, so none is returned rather than one without df.
+    fake = np.repeat(np.arange(7), [150, 150, 150, 150, 150, 50, 150])
+    assert fid.class_matched(labels, fake) is None
+    real_idx, fake_idx = fid.class_matched(labels, np.repeat(np.arange(7), [150] * 7))
+    np.testing.assert_array_equal(np.bincount(labels[real_idx], minlength=7),
+                                  [7, 11, 24, 2, 24, 149, 3])  # fmt: skip

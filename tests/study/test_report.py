@@ -31,7 +31,8 @@ def fake_runs(root, plan, rng):
             (folder / "eval").mkdir(parents=True)
             row = {"fd": 1.5, "kd": 0.25, "precision": 0.5, "recall": 0.75, "n_fake": 4,
                    "n_real": 10}  # fmt: skip
-            matched = {**row, "fd": 1.25}  # Class-matched subsets.
+            # Class-matched subsets: the table reads all four scores and the count from them.
+            matched = {**row, "fd": 1.25, "precision": 0.25, "recall": 0.5, "n_fake": 3}
             metrics = {"feature_space": "classifier (step 3 of V)", "overall": row,
                        "matched": matched, "per_class": {"3:df": row}}  # fmt: skip
             (folder / "eval" / "metrics.json").write_text(json.dumps(metrics))
@@ -147,7 +148,7 @@ def test_report_numbers_come_from_the_runs_files(tmp_path, monkeypatch):
     assert named["tstr_only"]["per_class"] == {"5:nv": {"share": 1.0, "ceiling": 0.8,
                                                         "ratio": 1.25, "n": 1}}  # fmt: skip
     assert "| real+vae | " in text and "| 1.25 |" in text and "no weights" in text
-    assert "| vae | 4 | 1.25 | 0.25 | 0.500 | 0.750 | 0.625 | 0.650 | not computed" in text
+    assert "| vae | 3 of 4 | 1.25 | 0.25 | 0.25 | 0.5 | 0.625 | 0.650 | not computed" in text
     assert "| vae | 3:df | 10 | 4 | 1.5 | 0.25 | 0.500 | 0.750 |" in text
     assert "| vae | 3:df | 4 | 0.750 | 0.500 | 1.500 |" in text
     assert "| vae | balanced (chance 0.143) | 6 | 0.625 | 0.650 | 0.962 |" in text

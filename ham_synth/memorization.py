@@ -4,14 +4,15 @@ For every synthetic image, the nearest training image in pixels (float [0, 1], L
 classifier's feature space (the real-only ViT's pre-logits); the same for the real test images,
 which the generator never saw. Outputs in WORKDIR:
 
-- `memorization.json`: the ratio of median synthetic->train to median test->train distances per
-  space (about 1: as close to the training images as new real images are; near 0: copies), the
-  near-copy threshold, the same per class against the training images of that class, and per
-  synthetic image its nearest training image, distances and flag;
+- `memorization.json`: per space, the ratio: the median synthetic->train distance, each over the
+  median test->train distance of its image's class (about 1: as close to the training images as
+  new real images of the class are; near 0: copies); the same per class against the training
+  images of that class; and per synthetic image its nearest training image, distances and flag;
 - `closest_pairs.png`: the closest synthetic / training pairs, side by side.
 
 A synthetic image is a near-copy when, in both spaces, it is closer to a training image than
-the `quantile` of the test images' nearest-training distances. Nearest-neighbour distance is not a
+the `quantile` of the test images' nearest-training distances, each distance taken over its
+class's median test distance (audit_space says why). Nearest-neighbour distance is not a
 membership-inference test and gives no privacy guarantee: a set with no near-copy can still leak
 what it was trained on.
 """
@@ -55,19 +56,36 @@ def nearest(queries: np.ndarray, reference: Reference, chunk: int = 512):
     return np.concatenate(index), np.concatenate(distance)
 
 
-def audit_space(synthetic: np.ndarray, test: np.ndarray, train: np.ndarray, quantile: float):
-    """One space's nearest-training rows for the synthetic and test sets, the median ratio and the
-    near-copy threshold (the `quantile` of the test distances)."""
+def audit_space(
+    synthetic: np.ndarray,
+    test: np.ndarray,
+    train: np.ndarray,
+    quantile: float,
+    labels: tuple[np.ndarray, np.ndarray] | None = None,
+):
+    """One space's nearest-training rows for the synthetic and test sets, the ratio and the
+    near-copy thresholds, with every distance relative to the median test distance of its own
+    class (`labels`: synthetic, test; a class the test set lacks, or no labels: all test
+    images). The ratio is the median relative synthetic distance; an image's threshold is the
+    `quantile` of the relative test distances, pooled over classes, times its class's median.
+    Dense classes sit closer to the training images, so absolute distances would read a set
+    whose class mix is not the test split's as copies, or hide its copies, by its mix alone;
+    pooling keeps the quantile steady where a class has a few test images."""
     train = Reference(train)
     syn_index, syn_distance = nearest(synthetic, train)
     _, test_distance = nearest(test, train)
-    median_test = float(np.median(test_distance))
+    syn_labels, test_labels = labels or (np.zeros(len(synthetic)), np.zeros(len(test)))
+    scale = class_medians(test_distance, test_labels, syn_labels)
+    with np.errstate(divide="ignore", invalid="ignore"):  # A test image equal to a train image.
+        ratio = float(np.median(syn_distance / scale))
+        thresholds = relative_quantile(test_distance, test_labels, quantile) * scale
     return {
         "index": syn_index,
         "distance": syn_distance,
+        "thresholds": thresholds,
         "median_synthetic": float(np.median(syn_distance)),
-        "median_test": median_test,
-        "ratio": float(np.median(syn_distance) / median_test) if median_test > 0 else float("nan"),
+        "median_test": float(np.median(test_distance)),
+        "ratio": ratio,
         "threshold": float(np.quantile(test_distance, quantile)),
     }
 
@@ -84,16 +102,39 @@ def per_class_audit(embedded: dict, labels: list, class_names, quantile: float) 
             continue
         spaces = {space: audit_space(*(r[m] for r, m in zip(rows, masks, strict=True)), quantile)
                   for space, rows in embedded.items()}  # fmt: skip
-        flagged = np.logical_and.reduce(
-            [space["distance"] < space["threshold"] for space in spaces.values()]
-        )
         audits[name] = {
             "images": int(masks[0].sum()),
-            "near_copies": int(flagged.sum()),
-            **{space: {k: v for k, v in audit.items() if k not in ("index", "distance")}
-               for space, audit in spaces.items()},
-        }  # fmt: skip
+            "near_copies": int(near_copies(spaces).sum()),
+            **{space: summary(audit) for space, audit in spaces.items()},
+        }
     return audits
+
+
+def class_medians(values, value_labels, labels) -> np.ndarray:
+    """float[len(labels)]: the median of the `values` of each label's class; of all the values
+    for a class that has none."""
+    out = np.full(len(labels), np.median(values), np.float64)
+    for label in np.unique(labels):
+        of_class = values[value_labels == label]
+        if len(of_class):
+            out[labels == label] = np.median(of_class)
+    return out
+
+
+def relative_quantile(test_distance, test_labels, quantile: float) -> float:
+    """The `quantile` of the test distances, each over its class's median."""
+    return float(np.quantile(test_distance / class_medians(test_distance, test_labels, test_labels),
+                             quantile))  # fmt: skip
+
+
+def near_copies(spaces: dict) -> np.ndarray:
+    """bool[N]: the synthetic images under their threshold in every space."""
+    return np.logical_and.reduce([a["distance"] < a["thresholds"] for a in spaces.values()])
+
+
+def summary(space: dict) -> dict:
+    """A space's audit without its per-image arrays, for the JSON report."""
+    return {k: v for k, v in space.items() if k not in ("index", "distance", "thresholds")}
 
 
 def pixels(images: np.ndarray) -> np.ndarray:
@@ -149,10 +190,9 @@ def audit(
         "features": [features_lib.image_features(net, sets[n][0], batch_size, mesh)
                      for n in order],
     }  # fmt: skip
-    spaces = {name: audit_space(*rows, quantile) for name, rows in embedded.items()}
-    flagged = np.logical_and.reduce(
-        [space["distance"] < space["threshold"] for space in spaces.values()]
-    )
+    labels = (sets["synthetic"][1], sets["test"][1])
+    spaces = {name: audit_space(*rows, quantile, labels) for name, rows in embedded.items()}
+    flagged = near_copies(spaces)
     fake_paths = [str(pathlib.Path(p).relative_to(fake_dir)) for p in fake_source.paths]
     images = [
         {
@@ -171,10 +211,7 @@ def audit(
             "quantile": quantile,
             "near_copies": int(flagged.sum()),
             "images_audited": len(images),
-            **{
-                name: {k: v for k, v in space.items() if k not in ("index", "distance")}
-                for name, space in spaces.items()
-            },  # fmt: skip
+            **{name: summary(space) for name, space in spaces.items()},
             "per_class": per_class_audit(
                 embedded, [sets[n][1] for n in order], class_names, quantile
             ),
@@ -194,13 +231,14 @@ def near_copy_screen(
     batch_size: int = 64,
     mesh=None,
 ):
-    """A function uint8 images [N, H, W, C] -> bool[N]: near-copies of `data`'s training images
-    by the audit's rule, in pixels (and in a classifier's features when one is given); for
-    `sample --exclude_near_copies`. The training and test images are read once, here."""
+    """A function (uint8 images [N, H, W, C], their labels [N]) -> bool[N]: near-copies of
+    `data`'s training images by the audit's rule (each image against its class's test images),
+    in pixels (and in a classifier's features when one is given); for `sample
+    --exclude_near_copies`. The training and test images are read once, here."""
     mesh = mesh or parallel.make_mesh()
     batch_size = parallel.round_to_devices(batch_size, mesh)
     train = read_all(sources.get_source(split_data(data, "train")))[0]
-    test = read_all(sources.get_source(split_data(data, "test")))[0]
+    test, test_labels = read_all(sources.get_source(split_data(data, "test")))
     spaces = [(pixels, Reference(pixels(train)), pixels(test))]
     if classifier_workdir:
         net = features_lib.get_feature_net(
@@ -211,13 +249,16 @@ def near_copy_screen(
             return features_lib.image_features(net, images, batch_size, mesh)
 
         spaces.append((embed, Reference(embed(train)), embed(test)))
-    thresholds = [np.quantile(nearest(ref_test, ref_train)[1], quantile)
-                  for _, ref_train, ref_test in spaces]  # fmt: skip
+    test_distances = [nearest(ref_test, ref_train)[1] for _, ref_train, ref_test in spaces]
+    relative = [relative_quantile(d, test_labels, quantile) for d in test_distances]
 
-    def screen(images: np.ndarray) -> np.ndarray:
+    def screen(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         flags = [
-            nearest(embed_fn(images), ref_train)[1] < threshold
-            for (embed_fn, ref_train, _), threshold in zip(spaces, thresholds, strict=True)
+            nearest(embed_fn(images), ref_train)[1]
+            < q * class_medians(distance, test_labels, labels)
+            for (embed_fn, ref_train, _), distance, q in zip(
+                spaces, test_distances, relative, strict=True
+            )
         ]
         return np.logical_and.reduce(flags)
 
@@ -248,7 +289,7 @@ def run(
                           pairs, captions)  # fmt: skip
         print(
             f"{report['near_copies']} of {report['images_audited']} synthetic images are "
-            f"near-copies; median distance ratio (synthetic/test to train): pixels "
+            f"near-copies; distance ratio to train (synthetic over test, by class): pixels "
             f"{report['pixels']['ratio']:.3f}, features {report['features']['ratio']:.3f}. "
             f"Wrote {out}"
         )

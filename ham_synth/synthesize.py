@@ -170,7 +170,7 @@ def run(
         copies = memorization.near_copy_screen(
             restored.config.data, classifier_workdir=classifier_workdir, quantile=quantile
         )
-        screens.append(lambda images, labels: (~copies(images), {}))
+        screens.append(lambda images, labels: (~copies(images, labels), {}))
     if filter_workdir:
         class_names = config_lib.class_names(restored.config)
         screens.append(predict.confidence_screen(filter_workdir, min_confidence, class_names))

@@ -71,5 +71,36 @@ def test_a_blurred_class_mean_is_not_a_copy(digits, tmp_path):
 def test_the_sampling_screen_flags_copies_only(digits):
     data, sets = digits
     screen = memorization.near_copy_screen(data)
-    assert screen(sets["train"][0][:10]).all()
-    assert screen(sets["val"][0]).mean() <= 0.02
+    assert screen(sets["train"][0][:10], sets["train"][1][:10]).all()
+    assert screen(*sets["val"]).mean() <= 0.02
+
+
+def test_each_image_is_measured_against_its_own_class_not_the_test_mix():
+    # A dense majority class and a spread-out minority one, in 8 dimensions; the test split has
+    # the training mix, the synthetic set the minority class alone (as a study's sets do).
+    rng = np.random.default_rng(0)
+
+    def draw(n, centre, spread):
+        return centre + rng.normal(0, spread, (n, 8))
+
+    train = np.concatenate([draw(1000, 0, 1.0), draw(300, 10, 3.0)])
+    test = np.concatenate([draw(200, 0, 1.0), draw(60, 10, 3.0)])
+    test_labels, minority = np.repeat([0, 1], [200, 60]), np.ones(60, int)
+    new = draw(60, 10, 3.0)  # New images of the minority class.
+    copies = train[1000:1060] + rng.normal(0, 0.25, (60, 8))  # Its training images, lightly noised.
+
+    def audit(synthetic, labels=None):
+        space = memorization.audit_space(synthetic, test, train, 0.05, labels)
+        return space["ratio"], int(memorization.near_copies({"x": space}).sum())
+
+    # Against the whole test split, the majority's density sets the scale: new minority images
+    # read 3x farther than new real images, and the threshold lets some copies through.
+    (ratio, _), (_, flagged) = audit(new), audit(copies)
+    assert ratio > 2.5 and flagged < 55
+    # Against their own class: new images about 1, every copy flagged.
+    (ratio, flagged_new), (copy_ratio, flagged) = (
+        audit(new, (minority, test_labels)),
+        audit(copies, (minority, test_labels)),
+    )
+    assert 0.8 < ratio < 1.25 and flagged_new <= 9  # About the 5% quantile's 3 of 60.
+    assert copy_ratio < 0.2 and flagged == 60

@@ -153,6 +153,10 @@ def test_vae_samples_through_the_same_contract(tmp_path):
         row = next(csv.DictReader(f))
     assert (row["family"], row["compute_dtype"]) == ("vae", "float32")
     assert list(row)[-1] == "compute_dtype"  # The VAE's one setting, after the shared columns.
+    # The near-copy screen sees each image's class: a smoke VAE's blurs are no copies.
+    screened = synthesize.run(str(workdir), num_per_class=2, exclude_near_copies=True,
+                              out_dir=str(tmp_path / "screened"))  # fmt: skip
+    assert len(list(screened.glob("*/*.png"))) == 20
     with pytest.raises(ValueError, match=r"sampler takes no \[.sampler.\]"):
         synthesize.run(str(workdir), num_per_class=1, sampler="ddim", out_dir=str(tmp_path / "x"))
 

@@ -41,10 +41,12 @@ def memorization_section(audits: dict) -> list[str]:
         "## Memorization",
         "",
         "For every synthetic image, the nearest training image in pixels and in the real-only "
-        "ViT's features. Ratio: median synthetic->train over median real test->train distance "
-        "(about 1: as close as new real images; near 0: copies). A near-copy is closer to a "
-        "training image, in both spaces, than the "
-        f"{next(iter(audits.values()))['quantile']:g} quantile of the test images' distances.",
+        "ViT's features, each distance over the median real test->train distance of its "
+        "image's class (a set's class mix would otherwise read as closeness). Ratio: the median "
+        "of these (about 1: as close as new real images of the class; near 0: copies). A "
+        "near-copy is closer to a training image, in both spaces, than the "
+        f"{next(iter(audits.values()))['quantile']:g} quantile of the test images' relative "
+        "distances, pooled over classes.",
         "",
         "| generator | images | near-copies | ratio (pixels) | ratio (features) | closest pairs |",
         "|---|---|---|---|---|---|",

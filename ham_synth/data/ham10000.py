@@ -327,9 +327,10 @@ def assign_splits(
     we reproduce, where images of one lesion can sit in train and test (an optimistic protocol,
     kept to measure how optimistic).
 
-    Per class, lesions are ordered largest first (ties in a seeded random order); the smallest
-    lesions seed one split each, then each lesion, largest first, goes to the split furthest below
-    its image target.
+    Per class, the smallest lesions seed one split each; then, in a seeded random order, each
+    lesion goes to the split least filled towards its image target. The random order spreads
+    lesions of many images over the splits in proportion (taken largest first, they all went to
+    train, whose target is largest, and val and test held single-image lesions only).
     """
     if split_by not in SPLIT_BY:
         raise ValueError(f"split_by={split_by!r}; choose one of {SPLIT_BY}.")
@@ -358,15 +359,17 @@ def assign_splits(
                 "Add images of more lesions of this class, or set a split fraction to 0."
             )
         order = _class_rng(seed, dx).permutation(len(lesion_ids))
-        lesion_ids = sorted(
-            (lesion_ids[i] for i in order), key=lambda lid: len(lesions[lid]), reverse=True
-        )
+        lesion_ids = [lesion_ids[i] for i in order]
         total = sum(len(lesions[lid]) for lid in lesion_ids)
+        targets = {name: fraction * total for name, fraction in fractions.items()}
         counts = dict.fromkeys(fractions, 0)
-        # Smallest split gets the smallest lesion; the rest in order, each to the neediest split.
-        seeds = [(lesion_ids.pop(), name) for name in sorted(fractions, key=fractions.get)]
-        for lesion_id, seed_split in [*seeds, *((lid, None) for lid in lesion_ids)]:
-            name = seed_split or max(counts, key=lambda s: fractions[s] * total - counts[s])
+        # The smallest split gets the smallest lesion, and so on; the rest in the random order.
+        by_size = sorted(lesion_ids, key=lambda lid: len(lesions[lid]))
+        seeds = list(zip(by_size, sorted(fractions, key=fractions.get), strict=False))
+        seeded = {lid for lid, _ in seeds}
+        rest = [(lid, None) for lid in lesion_ids if lid not in seeded]
+        for lesion_id, seed_split in [*seeds, *rest]:
+            name = seed_split or min(counts, key=lambda s: counts[s] / targets[s])
             counts[name] += len(lesions[lesion_id])
             assignment.update({r.image_id: name for r in lesions[lesion_id]})
     return assignment

@@ -48,8 +48,12 @@ class Ham10000Config(tfds.core.BuilderConfig):
 class Ham10000(tfds.core.GeneratorBasedBuilder):
     """HAM10000 with train/val/test grouped by lesion_id and stratified by dx."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Lesion-grouped, dx-stratified train/val/test."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Lesion-grouped, dx-stratified train/val/test.",
+        "1.1.0": "Lesions placed in a seeded random order, not largest first (which sent every "
+        "multi-image lesion to train).",
+    }
     BUILDER_CONFIGS = [
         Ham10000Config(image_size=s, split_by=by) for by in ham10000.SPLIT_BY for s in IMAGE_SIZES
     ]

@@ -184,6 +184,14 @@ def test_split_groups_lesions_stratifies_classes_and_is_deterministic(val, test)
             assert abs(counts[split] - fraction * len(in_class)) <= max(4, 0.02 * len(in_class))
             assert counts[split] >= 1, (dx, split)
 
+    # Lesions of several images spread over the splits in proportion: in each split about the
+    # share of images from such lesions that the whole set has (0.78 here).
+    sizes = collections.Counter(r.lesion_id for r in records)
+    multi = {s: np.mean([sizes[r.lesion_id] > 1 for r in records if assignment[r.image_id] == s])
+             for s in targets}  # fmt: skip
+    overall = np.mean([sizes[r.lesion_id] > 1 for r in records])
+    assert all(abs(share - overall) < 0.05 for share in multi.values()), (multi, overall)
+
     assert ham10000.assign_splits(records, val_fraction=val, test_fraction=test, seed=3) == (
         assignment
     )
@@ -445,7 +453,7 @@ def test_prepare_verb_on_the_command_line(download, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "images/lesions per split and class" in proc.stdout
-    assert (tmp_path / "tfds" / "ham10000" / "64" / "1.0.0" / prepare.EXAMPLES_FILE).is_file()
+    assert (tmp_path / "tfds" / "ham10000" / "64" / "1.1.0" / prepare.EXAMPLES_FILE).is_file()
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason=f"no real sample at {REAL_SAMPLE}")

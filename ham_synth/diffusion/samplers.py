@@ -22,9 +22,10 @@ def timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
     """S descending steps, evenly spaced, starting at T-1 ("trailing", Lin et al. 2024)."""
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(f"steps must be in 1..{num_train_steps}, got {num_steps}.")
-    return (
-        np.round(np.arange(num_train_steps, 0, -num_train_steps / num_steps)).astype(np.int32) - 1
-    )
+    # diffusers' trailing grid; its float stride can leave a last value of ~1e-13 > 0 (e.g. T
+    # 1000, S 61), one step too many, which rounds to step -1: keep the first S.
+    grid = np.arange(num_train_steps, 0, -num_train_steps / num_steps)[:num_steps]
+    return np.round(grid).astype(np.int32) - 1
 
 
 def guided(model_fn: ModelFn, guidance: float, null_label: int) -> ModelFn:

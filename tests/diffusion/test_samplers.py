@@ -49,6 +49,11 @@ def _sample(sampler, steps, rng=0, labels=None, eta=0.0):
 def test_timesteps_descend_evenly_from_the_last_one():
     np.testing.assert_array_equal(samplers.timesteps(1000, 4), [999, 749, 499, 249])
     assert len(samplers.timesteps(1000, 1000)) == 1000
+    for train_steps in (50, 1000):  # Every count: S steps from T-1, strictly down, none below 0.
+        for steps in range(1, train_steps + 1):
+            ts = samplers.timesteps(train_steps, steps)
+            assert len(ts) == steps and ts[0] == train_steps - 1 and ts[-1] >= 0, steps
+            assert (np.diff(ts) < 0).all(), steps
     with pytest.raises(ValueError, match="steps"):
         samplers.timesteps(10, 11)
 

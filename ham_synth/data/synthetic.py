@@ -110,9 +110,11 @@ def make_mix(
     chosen = config_lib.named_classes(
         synthetic.get("classes", ""), class_names, "data.synthetic.classes"
     )
-    if chosen:
-        available = np.where(np.isin(class_names, chosen), available, 0)
     wanted = wanted_counts(synthetic, available, real_counts)
+    if chosen:  # The other classes take none, whatever the policy would top them up to.
+        available, wanted = (
+            np.where(np.isin(class_names, chosen), n, 0) for n in (available, wanted)
+        )
     short = {class_names[c]: (int(wanted[c]), int(available[c]))
              for c in range(len(class_names)) if wanted[c] > available[c]}  # fmt: skip
     if short:

@@ -173,6 +173,10 @@ def test_synthetic_classes_limit_what_is_taken(folder):
     chosen = f"{NAMES[0]},{NAMES[3]}"
     labels, fake, _ = _stream(_config(folder, policy="add", per_class=30, classes=chosen))
     assert set(np.unique(labels[fake]).tolist()) == {0, 3}
+    # balance tops up the named classes only (it asked the others for images too, and failed).
+    balance = _config(folder, policy="balance", classes=chosen)
+    labels, fake, _ = _stream(balance)
+    assert set(np.unique(labels[fake]).tolist()) == {0, 3}
     with pytest.raises(ValueError, match=r"synthetic.classes names \['zz'\]"):
         _stream(_config(folder, classes="zz"))
 

@@ -22,6 +22,7 @@ _BALANCE_STREAM = 0
 _AUGMENT_STREAM = 1
 _SYNTHETIC_STREAM = 2
 _MIX_STREAM = 3
+_SHUFFLE_STREAM = 4
 
 
 def derive_seed(seed: int, shard_index: int, stream: int, position: int = 0) -> int:
@@ -242,7 +243,9 @@ def make_dataset(
         )
         real = grain.MapDataset.select_from_datasets([shard], draws)
     else:
-        real = shard.shuffle(seed).repeat()  # Reseeded every epoch by `repeat`.
+        # Each process its own permutation (one seed for all moved them in lockstep, reading
+        # neighbouring records); reseeded every epoch by `repeat`.
+        real = shard.shuffle(derive_seed(seed, shard_index, _SHUFFLE_STREAM)).repeat()
     if mix is None:
         picks = real.map(_real_pick)
     else:

@@ -147,6 +147,9 @@ def test_process_shards_are_disjoint_and_cover_the_split():
     for a, b in itertools.combinations(shards, 2):
         assert not a & b
     assert set().union(*shards) == set(range(source_size))
+    # Each shard its own order: with one seed, record P*pi(i) + h for every h, in lockstep.
+    first, second = (_indices(_dataset(0, i, 2, batch_size=1), 50) for i in (0, 1))
+    assert np.mean(np.asarray(second) - np.asarray(first) == 1) < 0.2
 
 
 def test_batches_are_float_images_in_range_with_int_labels():

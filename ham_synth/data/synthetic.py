@@ -44,10 +44,11 @@ class Mix:
     within_class: bool = False
 
 
-def read_manifests(dirs: list[str]) -> list[tuple[pathlib.Path, str]]:
-    """(image path, class name) of every row of each folder's manifest.csv, in order."""
+def read_manifests(dirs: list[str]) -> list[tuple[pathlib.Path, str, int]]:
+    """(image path, class name, index of its folder in `dirs`) of every row of each folder's
+    manifest.csv, in order."""
     rows = []
-    for folder in map(pathlib.Path, dirs):
+    for index, folder in enumerate(map(pathlib.Path, dirs)):
         manifest = folder / MANIFEST
         if not manifest.is_file():
             raise FileNotFoundError(
@@ -59,7 +60,7 @@ def read_manifests(dirs: list[str]) -> list[tuple[pathlib.Path, str]]:
             missing = {"file", "class"} - set(reader.fieldnames or ())
             if missing:
                 raise ValueError(f"{manifest} lacks the column(s) {sorted(missing)}.")
-            rows += [(folder / row["file"], row["class"]) for row in reader]
+            rows += [(folder / row["file"], row["class"], index) for row in reader]
     return rows
 
 
@@ -96,7 +97,7 @@ def make_mix(
             "training on synthetic images only."
         )
     rows = read_manifests(dirs)
-    names = sorted({name for _, name in rows})
+    names = sorted({name for _, name, _ in rows})
     unknown = [name for name in names if name not in class_names]
     if unknown:
         raise ValueError(
@@ -104,7 +105,8 @@ def make_mix(
             f"{list(class_names)}; the manifests name {names}. Sample with the same class names "
             "(a generator trained on this data), or drop those folders."
         )
-    labels = np.asarray([class_names.index(name) for _, name in rows], np.int32)
+    labels = np.asarray([class_names.index(name) for _, name, _ in rows], np.int32)
+    folders = np.asarray([index for _, _, index in rows], np.int32)
     real_counts = np.bincount(real_labels, minlength=len(class_names))
     available = np.bincount(labels, minlength=len(class_names))
     chosen = config_lib.named_classes(
@@ -124,10 +126,10 @@ def make_mix(
             f"more synthetic images than {dirs} hold ({detail}); sample more with `ham-synth "
             "sample --num_per_class`, or lower data.synthetic.per_class."
         )
-    # The first `wanted[c]` images of each class, in manifest order.
-    keep = np.sort(np.concatenate(
-        [np.flatnonzero(labels == c)[: wanted[c]] for c in range(len(class_names))]
-    ))  # fmt: skip
+    keep = np.sort(np.concatenate([
+        first_evenly(np.flatnonzero(labels == c), folders[labels == c], wanted[c])
+        for c in range(len(class_names))
+    ]))  # fmt: skip
     if not len(keep):
         raise ValueError(
             f"data.synthetic policy {synthetic.policy!r} chose no synthetic image from {dirs}."
@@ -150,6 +152,18 @@ def make_mix(
     if len(paths) * image_size**2 * 3 <= IN_MEMORY_BYTES:
         source = decoded(source)
     return Mix(source, weight, counts, within_class=synthetic.policy == "ratio")
+
+
+def first_evenly(rows: np.ndarray, folders: np.ndarray, count: int) -> np.ndarray:
+    """`count` of `rows` (one class's), as evenly from each of their `folders` as they allow and
+    each folder's first in manifest order: real + every generator's set takes from every set,
+    not all from the first."""
+    queues = [rows[folders == f] for f in np.unique(folders)]
+    taken = np.zeros(len(queues), np.int64)
+    for _ in range(min(count, len(rows))):  # Round robin over the folders with images left.
+        k = min((k for k, q in enumerate(queues) if taken[k] < len(q)), key=lambda k: taken[k])
+        taken[k] += 1
+    return np.concatenate([q[:n] for q, n in zip(queues, taken, strict=True)] or [rows[:0]])
 
 
 def decoded(source: image_folder.FolderSource) -> sources.ArraySource:

@@ -1,6 +1,7 @@
 """Real + synthetic training data: each policy's class and synthetic shares over many batches,
 class names matched by name, val and test left real, and a bit-exact resume with mixing on."""
 
+import collections
 import csv
 import itertools
 import json
@@ -179,6 +180,22 @@ def test_synthetic_classes_limit_what_is_taken(folder):
     assert set(np.unique(labels[fake]).tolist()) == {0, 3}
     with pytest.raises(ValueError, match=r"synthetic.classes names \['zz'\]"):
         _stream(_config(folder, classes="zz"))
+
+
+def test_several_folders_give_their_images_evenly(tmp_path, monkeypatch):
+    # Real + every generator's set: per_class images of a class come from every folder alike,
+    # each folder's first; a folder short of its half leaves the rest to the others.
+    first = _sample_folder(tmp_path / "a", {NAMES[0]: 30, NAMES[3]: 4}, seed=1)
+    second = _sample_folder(tmp_path / "b", {NAMES[0]: 30, NAMES[3]: 30}, seed=2)
+    config = _config(f"{first},{second}", policy="ratio", ratio=0.5, per_class=20)
+    monkeypatch.setattr(synthetic, "IN_MEMORY_BYTES", 0)  # Keep the paths.
+    real_labels = sources.get_source(load_config("vit.py:smoke").data).labels
+    mix = synthetic.make_mix(config.data.synthetic, tuple(NAMES), real_labels, 8)
+    taken = collections.Counter((p.parent.parent.name, p.parent.name) for p in mix.source.paths)
+    assert taken == {("a", NAMES[0]): 10, ("b", NAMES[0]): 10, ("a", NAMES[3]): 4,
+                     ("b", NAMES[3]): 16}  # fmt: skip
+    from_a = sorted(p.name for p in mix.source.paths if p.parent == tmp_path / "a" / NAMES[0])
+    assert from_a == [f"{NAMES[0]}_{i:06d}.png" for i in range(10)]
 
 
 def test_small_sets_are_decoded_once_into_the_same_stream(folder, monkeypatch):

@@ -106,7 +106,7 @@ def get_config(arg: str | None = None):
         # min_confidence > 0: also sample each of `generators` (comma-separated; empty: all)
         # again, keeping an image only where the real-only seed-0 ViT gives its class at least
         # that probability (He et al. 2023), each dropped image drawn up to max_draws times;
-        # condition real+<g>:filtered, against the same control as real+<g>.
+        # condition real+<g>:filtered, against the same control as real+<g>. Not with balance.
         filter=dict(min_confidence=0.5, max_draws=4, generators="vae"),
     )
     # The classifier: config file and variant, and overrides (nested as in the config).

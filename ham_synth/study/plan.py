@@ -298,6 +298,12 @@ def check(study: ml_collections.ConfigDict) -> None:
             f"synthetic.per_class={block.per_class}: the {block.policy!r} policy samples "
             "per_class images of each generated class; set it above 0."
         )
+    if block.policy == "balance" and block.filter.min_confidence:
+        raise ValueError(
+            "synthetic.filter with policy 'balance': a filtered set holds however many images "
+            "passed, and 'balance' tops every class up to a fixed count it may not hold. Use "
+            "policy 'ratio' or 'add', or set synthetic.filter.min_confidence=0."
+        )
 
 
 def instance(set_name: str, generator_seed: int) -> str:

@@ -74,6 +74,8 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     assert not any(r.name.endswith(plan_lib.FILTERED) for r in off)
     with pytest.raises(ValueError, match=r"synthetic.filter.generators names \['zz'\]"):
         plan_lib.make_plan(smoke(**{"synthetic.filter.generators": "zz"}), tmp_path)
+    with pytest.raises(ValueError, match="synthetic.filter with policy 'balance'"):
+        plan_lib.make_plan(smoke(**{"synthetic.policy": "balance"}), tmp_path)
 
     class_names, real = plan_lib.real_train_counts(study)
     assert real.tolist() == [7, 11, 24, 2, 24, 146, 3]  # Imbalanced digits' train split.
@@ -111,7 +113,8 @@ def test_plan_orders_stages_and_counts_what_the_policy_draws(tmp_path):
     }
     # A count policy mixes with uniform real draws: the study adds real-only runs drawn so and
     # compares with them.
-    topped = plan_lib.make_plan(smoke(**{"synthetic.policy": "balance"}), tmp_path)
+    no_filter = {"synthetic.filter.min_confidence": 0.0}  # balance refuses filtered sets.
+    topped = plan_lib.make_plan(smoke(**{"synthetic.policy": "balance", **no_filter}), tmp_path)
     assert plan_lib.conditions(topped)[:2] == ["real", plan_lib.UNIFORM]
     mixed_controls = {c: k for c, k in plan_lib.controls(topped).items() if c.startswith("real+")}
     assert set(mixed_controls.values()) == {plan_lib.UNIFORM}
@@ -386,7 +389,8 @@ def test_extra_doses_add_real_plus_set_conditions_at_other_ratios(tmp_path):
     with pytest.raises(ValueError, match="extra doses are ratios in"):
         plan_lib.make_plan(
             smoke(**{"conditions.dose.generators": "gan", "conditions.dose.ratios": "0.1",
-                     "synthetic.policy": "balance"}), tmp_path
+                     "synthetic.policy": "balance", "synthetic.filter.min_confidence": 0.0}),
+            tmp_path,
         )  # fmt: skip
     with pytest.raises(ValueError, match=r"conditions.dose.ratios='0.1,half'"):
         plan_lib.doses(smoke(**{"conditions.dose.generators": "gan",

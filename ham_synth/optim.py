@@ -85,14 +85,19 @@ def decay_mask(decay: str):
 
 
 def make_optimizer(
-    optim: ml_collections.ConfigDict, total_steps: int, lr_scale: LrScale | None = None
+    optim: ml_collections.ConfigDict,
+    total_steps: int,
+    lr_scale: LrScale | None = None,
+    updates_per_step: int = 1,
 ) -> Optimizer:
     """AdamW on the schedule, after global-norm clipping (off when `grad_clip` is 0).
 
     `lr_scale` gives each parameter a multiple of the lr (and so of its weight decay), e.g.
     layer-wise decay when fine-tuning. A multiple of 0 freezes the parameter: optax's
     multi_transform gives it no update, no weight decay and no optimizer state, and leaves its
-    gradient out of the clipping norm.
+    gradient out of the clipping norm. `updates_per_step` (e.g. a GAN's n_disc): the transform
+    is applied that many times a train step, so it reads the schedule at its update count over
+    that, and `schedule` stays a function of the train step.
     """
     missing = [field for field in GROUP_FIELDS if field not in optim]
     if missing:
@@ -101,7 +106,7 @@ def make_optimizer(
         )
     schedule = make_schedule(optim, total_steps)
     tx = optax.adamw(
-        schedule,
+        schedule if updates_per_step == 1 else lambda count: schedule(count // updates_per_step),
         b1=optim.b1,
         b2=optim.b2,
         weight_decay=optim.weight_decay,
@@ -118,13 +123,21 @@ def make_optimizer(
 
 
 def make_optimizers(
-    optim: ml_collections.ConfigDict, total_steps: int, groups: Sequence[str]
+    optim: ml_collections.ConfigDict,
+    total_steps: int,
+    groups: Sequence[str],
+    updates_per_step: dict[str, int] | None = None,
 ) -> dict[str, Optimizer]:
-    """One optimizer per network, from `optim.<group>` (e.g. separate lr and betas, TTUR)."""
+    """One optimizer per network, from `optim.<group>` (e.g. separate lr and betas, TTUR);
+    `updates_per_step` by group, for a network updated several times a step (default 1)."""
     missing = [group for group in groups if group not in optim]
     if missing:
         raise ValueError(
             f"config.optim needs one block per network: {', '.join(f'optim.{g}' for g in groups)}"
             f"; missing {', '.join(f'optim.{g}' for g in missing)}."
         )
-    return {group: make_optimizer(optim[group], total_steps) for group in groups}
+    per_step = updates_per_step or {}
+    return {
+        group: make_optimizer(optim[group], total_steps, updates_per_step=per_step.get(group, 1))
+        for group in groups
+    }

@@ -35,6 +35,21 @@ def test_warmup_longer_than_the_schedule_is_refused():
         optim.make_schedule(_optim(warmup_steps=50), total_steps=20)
 
 
+def test_a_network_updated_twice_a_step_follows_the_schedule_by_train_step():
+    # A GAN's discriminator (n_disc 2): its 20 updates over 10 steps read schedule(update // 2),
+    # so its warmup and cosine span the run, not its first half.
+    config = _optim(lr=1.0, warmup_steps=2, min_lr_ratio=0.0, weight_decay=0.0, grad_clip=0.0)
+    twice = optim.make_optimizer(config, 10, updates_per_step=2)
+    params, grads = {"w": np.zeros(())}, {"w": np.ones(())}
+    state, applied = twice.tx.init(params), []
+    for _ in range(20):
+        updates, state = twice.tx.update(grads, state, params)
+        applied.append(-float(updates["w"]))  # Adam on a constant gradient: the lr itself.
+    expected = [float(twice.schedule(update // 2)) for update in range(20)]
+    np.testing.assert_allclose(applied, expected, rtol=1e-5, atol=1e-7)
+    assert expected[4] == pytest.approx(1.0) and expected[-1] < 0.05  # Peak at step 2, then down.
+
+
 def _one_update(tx, params, grads):
     updates, state = tx.update(grads, tx.init(params), params)
     return updates, state

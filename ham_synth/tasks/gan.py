@@ -120,7 +120,9 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             "batch (sample.batch_norm='running' samples with the training statistics)."
         )
     policy = diffaugment.parse_policy(gan.augment)
-    optimizers = optim.make_optimizers(config.optim, config.train.total_steps, ("gen", "disc"))
+    optimizers = optim.make_optimizers(
+        config.optim, config.train.total_steps, ("gen", "disc"), {"disc": gan.n_disc}
+    )
     latent_dim = config.model.latent_dim
 
     def init(rng, batch):

@@ -206,9 +206,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path, allow_config_change: bool
     # --- Evaluators: built now, so a missing input fails before any step ---
     entries = evaluators.from_config(config, built.task, mesh, workdir)
     best = config.train.best
-    evaluators.check_metric(best.metric, entries)
     on_best = [entry for entry in entries if entry.checkpoint == "best"]  # Run after the loop.
     entries = [entry for entry in entries if entry.checkpoint != "best"]
+    evaluators.check_metric(best.metric, entries)  # One that runs in the loop ranks checkpoints.
 
     # --- Checkpointing: resume > init_from > external weights > random (workdir.py) ---
     ckpt = checkpoint.Checkpointer(
@@ -282,6 +282,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, allow_config_change: bool
                 # --- Evaluators ---
                 for entry in due:
                     scalars, images = evaluators.run_entry(entry, state, step)
+                    evaluators.check_result(best.metric, entry, scalars)
                     row.update(scalars)
                     for image_name, image in images.items():
                         writer.write_image(step, f"{entry.name}/{image_name}", image)

@@ -115,7 +115,8 @@ def run_entry(entry: Entry, state, step: int) -> tuple[dict[str, float], Mapping
 
 
 def check_metric(metric: str, entries: Sequence[Entry]) -> None:
-    """Refuses a train.best.metric that no running evaluator can produce."""
+    """Refuses a train.best.metric that no evaluator run during training can produce (one run
+    only on the best checkpoint, after training, cannot rank the checkpoints)."""
     if not metric:
         return
     name = metric.partition("/")[0]
@@ -123,4 +124,14 @@ def check_metric(metric: str, entries: Sequence[Entry]) -> None:
         raise ValueError(
             f"train.best.metric={metric!r}, but no evaluator named {name!r} runs in training "
             f"(running: {[e.name for e in entries]}); name an `<entry>/<metric>` key of one."
+        )
+
+
+def check_result(metric: str, entry: Entry, scalars: Mapping[str, float]) -> None:
+    """Refuses a train.best.metric its evaluator did not return (a misspelled key), at its first
+    evaluation rather than at the end of training, where no checkpoint would have a rank."""
+    if metric.partition("/")[0] == entry.name and scalars and metric not in scalars:
+        raise ValueError(
+            f"train.best.metric={metric!r}, but evaluator {entry.name!r} returns "
+            f"{sorted(scalars)}; name one of those."
         )

@@ -107,6 +107,16 @@ def test_a_best_metric_no_evaluator_computes_is_refused(tmp_path):
     config = _config(**{"train.best.metric": "val/accuracy"})
     with pytest.raises(ValueError, match="no evaluator named 'val'"):
         train.train_and_evaluate(config, tmp_path)
+    # The classifier's test entry runs on the best checkpoint after training: it cannot rank.
+    config = load_config("vit.py:smoke", **{"train.best.metric": "test/accuracy"})
+    with pytest.raises(ValueError, match="no evaluator named 'test' runs in training"):
+        train.train_and_evaluate(config, tmp_path / "after")
+    # A key the evaluator does not return: refused at its first evaluation, not at the end.
+    config = load_config("vit.py:smoke", **{"train.best.metric": "val/acuracy"})
+    with pytest.raises(ValueError, match=r"'val/acuracy', but evaluator 'val' returns \[.*'val/"
+                                         r"accuracy'"):  # fmt: skip
+        train.train_and_evaluate(config, tmp_path / "typo")
+    assert not list((tmp_path / "typo" / "checkpoints").glob("*/"))
 
 
 def test_unknown_type_or_option_names_the_valid_ones(tmp_path, scripted):

@@ -78,7 +78,7 @@ def audit_space(
     scale = class_medians(test_distance, test_labels, syn_labels)
     with np.errstate(divide="ignore", invalid="ignore"):  # A test image equal to a train image.
         ratio = float(np.median(syn_distance / scale))
-        thresholds = relative_quantile(test_distance, test_labels, quantile) * scale
+    thresholds = relative_quantile(test_distance, test_labels, quantile) * scale
     return {
         "index": syn_index,
         "distance": syn_distance,
@@ -123,8 +123,9 @@ def class_medians(values, value_labels, labels) -> np.ndarray:
 
 def relative_quantile(test_distance, test_labels, quantile: float) -> float:
     """The `quantile` of the test distances, each over its class's median."""
-    return float(np.quantile(test_distance / class_medians(test_distance, test_labels, test_labels),
-                             quantile))  # fmt: skip
+    with np.errstate(divide="ignore", invalid="ignore"):  # A test image equal to a train image.
+        relative = test_distance / class_medians(test_distance, test_labels, test_labels)
+    return float(np.quantile(relative, quantile))
 
 
 def near_copies(spaces: dict) -> np.ndarray:

@@ -106,7 +106,7 @@ def make_optimizer(
         )
     schedule = make_schedule(optim, total_steps)
     tx = optax.adamw(
-        schedule if updates_per_step == 1 else lambda count: schedule(count // updates_per_step),
+        lambda count: schedule(count // updates_per_step),
         b1=optim.b1,
         b2=optim.b2,
         weight_decay=optim.weight_decay,

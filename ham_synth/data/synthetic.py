@@ -114,9 +114,8 @@ def make_mix(
     )
     wanted = wanted_counts(synthetic, available, real_counts)
     if chosen:  # The other classes take none, whatever the policy would top them up to.
-        available, wanted = (
-            np.where(np.isin(class_names, chosen), n, 0) for n in (available, wanted)
-        )
+        named = np.isin(class_names, chosen)
+        available, wanted = np.where(named, available, 0), np.where(named, wanted, 0)
     short = {class_names[c]: (int(wanted[c]), int(available[c]))
              for c in range(len(class_names)) if wanted[c] > available[c]}  # fmt: skip
     if short:

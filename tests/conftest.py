@@ -5,6 +5,7 @@ Tiers: `python -m pytest -q` runs everything (CI); `python -m pytest -q -m "not 
 subprocess, multi-device, whole-training and benchmark tests, for the edit-test loop."""
 
 import atexit
+import fcntl
 import os
 import pathlib
 import shutil
@@ -101,15 +102,38 @@ def repo() -> pathlib.Path:
     return REPO
 
 
+def shared_run(tmp_path_factory, spec: str) -> pathlib.Path:
+    """The workdir of one training run of config `spec`, made by whichever xdist worker asks
+    first and read by every test of the session (the others wait on a file lock, as xdist's
+    docs suggest). Tests read it and copy it before they change anything."""
+    from ham_synth import train  # noqa: PLC0415  (after XLA_FLAGS above)
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # This session's folder, above each worker's own.
+    name = spec.replace(".py:", "_")
+    workdir, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # A worker that died halfway.
+            train.train_and_evaluate(load_config(spec), workdir)
+            done.touch()
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def vit_run(tmp_path_factory) -> pathlib.Path:
     """One `vit.py:smoke` training run (8 devices; val at steps 3 and 6, then test and attention
     on the best checkpoint), shared read-only by the tests that inspect its outputs."""
-    from ham_synth import train  # noqa: PLC0415  (after XLA_FLAGS above)
+    return shared_run(tmp_path_factory, "vit.py:smoke")
 
-    workdir = tmp_path_factory.mktemp("vit_smoke")
-    train.train_and_evaluate(load_config("vit.py:smoke"), workdir)
-    return workdir
+
+@pytest.fixture(scope="session")
+def vae_run(tmp_path_factory) -> pathlib.Path:
+    """One `vae.py:smoke` training run (8 devices, checkpoints at steps 3 and 6, a sample grid),
+    shared read-only as `vit_run` is."""
+    return shared_run(tmp_path_factory, "vae.py:smoke")
 
 
 def tensorboard_events(directory):

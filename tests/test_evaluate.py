@@ -28,9 +28,10 @@ def write_folder(root, images_per_class: int, seed: int):
     return root
 
 
-@pytest.fixture
-def random_weights(tmp_path):
-    """He-scaled random kernels, unit BatchNorm; drawn in numpy, so nothing compiles here."""
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """He-scaled random kernels, unit BatchNorm; drawn in numpy, so nothing compiles here. One
+    read-only file for the module (22 M normals, 87 MB)."""
     rng = np.random.default_rng(0)
     flat = traverse_util.flatten_dict(inception.abstract_variables())
     for key, spec in flat.items():
@@ -39,7 +40,7 @@ def random_weights(tmp_path):
             flat[key] = rng.normal(0, np.sqrt(2 / fan_in), spec.shape).astype(np.float32)
         else:
             flat[key] = np.full(spec.shape, 1.0 if key[-1] in ("var", "scale") else 0.0, np.float32)
-    path = tmp_path / "weights.npz"
+    path = tmp_path_factory.mktemp("inception") / "weights.npz"
     inception.save_variables(traverse_util.unflatten_dict(flat), path)
     return path
 
@@ -111,7 +112,8 @@ def test_evaluate_samples_a_generator_workdir_then_scores_it(tmp_path, random_we
     monkeypatch.setattr(fid.linalg, "sqrtm", symmetric_sqrtm)
     config = folder_config(write_folder(tmp_path / "real", images_per_class=4, seed=0))
     generator = tmp_path / "vae"
-    train.train_and_evaluate(folder_config(config.data.path, **{"train.num_devices": 1}), generator)
+    overrides = {"train.num_devices": 1, "evals.samples.every_steps": -1}  # Its grid is unread.
+    train.train_and_evaluate(folder_config(config.data.path, **overrides), generator)
 
     metrics = evaluate.evaluate(
         str(tmp_path / "w"),

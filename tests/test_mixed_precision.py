@@ -75,7 +75,7 @@ def test_float32_compute_dtype_is_the_default_path_bit_for_bit(name):
     inputs = make_inputs(jax.random.normal(jax.random.key(0), (2, 8, 8, 3)), jnp.array([0, 2]))
     rngs = {"params": jax.random.key(0), "latent": jax.random.key(1)}
     default = models.get_model(name, **fields)  # dtype=None: what every model did before
-    variables = default.init(rngs, *inputs)
+    variables = jax.jit(default.init)(rngs, *inputs)
 
     def apply(model):
         fn = jax.jit(lambda v, *x: model.apply(v, *x, rngs={"latent": rngs["latent"]}))

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ from ham_synth.evaluators import classification
 
 
 def test_classify_writes_the_evaluators_probabilities_and_names_a_bad_image(vit_run, tmp_path):
-    run_dir = vit_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(vit_run, run_dir)  # It writes predictions/ into the run.
     # The test split as PNGs (lossless), one sub-folder per class name, plus a corrupt file.
     restored = workdir.load(run_dir, "best")
     test_data = restored.config.copy_and_resolve_references()

@@ -14,13 +14,15 @@ from PIL import Image
 
 from ham_synth import main, predict, synthesize, tasks, train, workdir
 from ham_synth.data import sources
-from ham_synth.tasks import ddpm, vae
+from ham_synth.tasks import base, ddpm, vae
 
 
 @pytest.fixture(scope="module")
 def ddpm_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ddpm")
-    train.train_and_evaluate(load_config("ddpm.py:smoke"), workdir)
+    # One device and no sample grid: no test here reads either (sampling runs on the full mesh).
+    overrides = {"train.num_devices": 1, "evals.samples.every_steps": -1}
+    train.train_and_evaluate(load_config("ddpm.py:smoke", **overrides), workdir)
     return workdir
 
 
@@ -144,10 +146,9 @@ def test_a_folder_with_other_files_is_refused_naming_one(ddpm_workdir, tmp_path)
     assert (tmp_path / "mine/notes.txt").read_text() == "keep me"
 
 
-def test_vae_samples_through_the_same_contract(tmp_path):
-    workdir = tmp_path / "vae"
-    train.train_and_evaluate(load_config("vae.py:smoke"), workdir)
-    out = synthesize.run(str(workdir), num_per_class=2)
+def test_vae_samples_through_the_same_contract(vae_run, tmp_path):
+    workdir = vae_run
+    out = synthesize.run(str(workdir), num_per_class=2, out_dir=str(tmp_path / "plain"))
     assert len(list(out.glob("*/*.png"))) == 20
     with open(out / "manifest.csv") as f:
         row = next(csv.DictReader(f))
@@ -161,7 +162,7 @@ def test_vae_samples_through_the_same_contract(tmp_path):
         synthesize.run(str(workdir), num_per_class=1, sampler="ddim", out_dir=str(tmp_path / "x"))
 
 
-def test_a_new_sampler_setting_needs_only_its_family(tmp_path, monkeypatch):
+def test_a_new_sampler_setting_needs_only_its_family(vae_run, tmp_path, monkeypatch):
     """A toy family: the VAE with one more keyword on its sample function. The setting goes from
     the command line's --sample.KEY=VALUE to the images, the manifest and the PNGs' provenance
     with no change outside the family."""
@@ -176,9 +177,8 @@ def test_a_new_sampler_setting_needs_only_its_family(tmp_path, monkeypatch):
 
         return dataclasses.replace(task, predict_fns={"sample": brighter_sample})
 
-    monkeypatch.setitem(tasks._TASKS, "vae", make_task)
-    workdir_path = tmp_path / "vae"
-    train.train_and_evaluate(load_config("vae.py:smoke"), workdir_path)
+    monkeypatch.setitem(tasks._TASKS, "vae", make_task)  # Sampling builds the task again.
+    workdir_path = vae_run
     settings, rest = main.split_sample_settings(["--sample.brightness=0.5", "--seed=3"])
     assert (settings, rest) == ({"brightness": "0.5"}, ["--seed=3"])
     plain = synthesize.run(str(workdir_path), num_per_class="1=2", out_dir=str(tmp_path / "a"))
@@ -242,7 +242,8 @@ def test_new_sampler_settings_never_rebuild_the_task(ddpm_workdir, tmp_path, mon
 @pytest.mark.slow
 def test_gan_samples_through_the_same_contract_with_truncation(tmp_path):
     workdir_path = tmp_path / "gan"
-    train.train_and_evaluate(load_config("gan.py:smoke"), workdir_path)
+    config = load_config("gan.py:smoke", **{"evals.samples.every_steps": 6})
+    train.train_and_evaluate(config, workdir_path)
     assert (workdir_path / "samples" / "step_0000006.png").exists()  # The samples evaluator.
     out = synthesize.run(str(workdir_path), num_per_class=2, truncation=0.5)
     assert len(list(out.glob("*/*.png"))) == 20
@@ -257,6 +258,7 @@ def test_gan_samples_through_the_same_contract_with_truncation(tmp_path):
     # Truncation to a tiny range pulls every z towards 0: the images of a class nearly agree.
     run = workdir.load(workdir_path)
     sample = run.task.predict_fns["sample"]
+    sample = jax.jit(sample, static_argnames=tuple(base.predict_settings(sample)))
     variables = {"params": run.state.ema_params, **run.state.model_state}
     labels = np.zeros(8, np.int32)
     tight = np.asarray(sample(variables, labels, jax.random.key(0), truncation=1e-3))
@@ -333,7 +335,8 @@ def test_a_classifier_filter_keeps_confident_images_and_records_their_confidence
     # A generator of the classifier's data (vit.py:smoke: imbalanced digits, HAM's class names);
     # the VAE, whose sampler is one decoder pass.
     generator = tmp_path / "vae"
-    train.train_and_evaluate(load_config("vae.py:smoke", **{"data.imbalance": True}), generator)
+    overrides = {"data.imbalance": True, "evals.samples.every_steps": -1}  # Its grid is unread.
+    train.train_and_evaluate(load_config("vae.py:smoke", **overrides), generator)
 
     def sample(name, min_confidence):
         return synthesize.run(str(generator), num_per_class="3:df=6,6:vasc=6",

@@ -60,9 +60,8 @@ def test_resume_matches_uninterrupted_run_bit_exactly(tmp_path):
     assert resumed_rows[-1]["train/loss"] == full_rows[-1]["train/loss"]
 
 
-def test_workdir_holds_config_metrics_samples_events_and_checkpoints(tmp_path):
-    config = _smoke()
-    train.train_and_evaluate(config, tmp_path)
+def test_workdir_holds_config_metrics_samples_events_and_checkpoints(vae_run):
+    tmp_path = vae_run  # vae.py:smoke, trained once for the session.
 
     assert json.loads((tmp_path / "config.json").read_text())["train"]["total_steps"] == 6
     rows = metric_writer.read_metrics(tmp_path)

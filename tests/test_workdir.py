@@ -52,27 +52,25 @@ def test_load_restores_a_run_whose_data_is_gone_and_reproduces_its_final_grid(tm
     np.testing.assert_array_equal(trained, grid)
 
 
-def test_step_choices_and_their_errors(tmp_path):
-    train.train_and_evaluate(load_config("vae.py:smoke"), tmp_path)
-    assert workdir.load(tmp_path, "3").step == 3
-    assert workdir.load(tmp_path, 6).step == 6
+def test_step_choices_and_their_errors(vae_run):
+    assert workdir.load(vae_run, "3").step == 3
+    assert workdir.load(vae_run, 6).step == 6
     with pytest.raises(FileNotFoundError, match=r"No checkpoint at step 4 .* steps \[3, 6\]"):
-        workdir.load(tmp_path, 4)
+        workdir.load(vae_run, 4)
     with pytest.raises(ValueError, match="keeps no best checkpoint"):
-        workdir.load(tmp_path, "best")
+        workdir.load(vae_run, "best")
     with pytest.raises(ValueError, match="use latest or best or a step number"):
-        workdir.load(tmp_path, "newest")
+        workdir.load(vae_run, "newest")
     with pytest.raises(FileNotFoundError, match="is .* the --workdir of a `ham-synth train` run"):
-        workdir.load(tmp_path / "checkpoints")
+        workdir.load(vae_run / "checkpoints")
 
 
 @pytest.mark.slow
-def test_init_from_copies_params_exactly_and_a_resume_never_reapplies_it(tmp_path):
-    source = train.train_and_evaluate(load_config("vae.py:smoke"), tmp_path / "source")
+def test_init_from_copies_params_exactly_and_a_resume_never_reapplies_it(vae_run, tmp_path):
     warm = load_config(
         "vae.py:smoke",
         **{
-            "init_from": f"{tmp_path / 'source'}:3",
+            "init_from": f"{vae_run}:3",
             "train.total_steps": 1,
             "optim.warmup_steps": 0,
             "seed": 7,
@@ -80,12 +78,13 @@ def test_init_from_copies_params_exactly_and_a_resume_never_reapplies_it(tmp_pat
     )
     built = workdir.build(warm, parallel.make_mesh())
     state = workdir.initial_state(built, jax.random.key(7), parallel.make_mesh())
-    at_3 = workdir.load(tmp_path / "source", 3).state
+    at_3 = workdir.load(vae_run, 3).state
     for field in ("params", "ema_params", "model_state"):
         for a, b in zip(_leaves(getattr(at_3, field)), _leaves(getattr(state, field)), strict=True):
             np.testing.assert_array_equal(b, a)
     assert int(state.step) == 0  # A new run: its own step count and optimizer state.
-    assert not np.array_equal(_leaves(at_3.params)[0], _leaves(source.params)[0])
+    at_6 = workdir.load(vae_run, 6).state
+    assert not np.array_equal(_leaves(at_3.params)[0], _leaves(at_6.params)[0])
 
     # Trained for a step, then resumed with a different init_from: the checkpoint wins.
     train.train_and_evaluate(warm, tmp_path / "warm")
@@ -100,11 +99,10 @@ def test_init_from_copies_params_exactly_and_a_resume_never_reapplies_it(tmp_pat
 
 
 @pytest.mark.slow
-def test_init_from_a_different_architecture_names_the_parameter(tmp_path):
-    train.train_and_evaluate(load_config("vae.py:smoke"), tmp_path / "source")
+def test_init_from_a_different_architecture_names_the_parameter(vae_run, tmp_path):
     wider = load_config(
         "vae.py:smoke",
-        **{"init_from": str(tmp_path / "source"), "model.latent_dim": 6},
+        **{"init_from": str(vae_run), "model.latent_dim": 6},
     )
     with pytest.raises(
         ValueError,

@@ -1,6 +1,7 @@
 """The GAN: spectral norm against an SVD, the projection discriminator by hand, losses and R1 in
 closed form, DiffAugment, an 8-Gaussian toy, and the trainer's 1 = 8 devices and exact resume."""
 
+import functools
 import json
 import shutil
 from typing import Any
@@ -165,20 +166,29 @@ def test_standing_stats_are_the_generators_own_batch_statistics():
     )
 
 
+@functools.cache
 def _smoke_state(num_classes=3, batch=4):
+    """(config, task, initial state, labels) of a smoke GAN; built once, read-only."""
     config = load_config("gan.py:smoke", **{"data.num_classes": num_classes})
     task = gan.make_task(config)
     size = config.data.image_size
     labels = jnp.arange(batch, dtype=jnp.int32) % num_classes
     images = jnp.zeros((batch, size, size, 3))
-    return config, task, task.init(jax.random.key(0), {"image": images, "label": labels}), labels
+    state = jax.jit(task.init)(jax.random.key(0), {"image": images, "label": labels})
+    return config, task, state, labels
+
+
+@functools.cache
+def _smoke_sampler():
+    """The smoke GAN's sample function, compiled once per batch_norm option."""
+    return jax.jit(_smoke_state()[1].predict_fns["sample"], static_argnames="batch_norm")
 
 
 def _samples_with_skewed_statistics(batch_norm: str, collection: str):
     """A smoke GAN's samples from its EMA variables, and from the same variables with the
     generator's statistics in `collection` moved far off (as early in training)."""
-    _, task, state, labels = _smoke_state()
-    sample = jax.jit(task.predict_fns["sample"], static_argnames="batch_norm")
+    _, _, state, labels = _smoke_state()
+    sample = _smoke_sampler()
     variables = state_lib.eval_variables(state)
     skewed = jax.tree.map(lambda x: x + 3.0, variables[collection]["gen"])
     other = {**variables, collection: {**variables[collection], "gen": skewed}}

@@ -33,9 +33,9 @@ ham64: HAM10000 prepared at 64 (`--config.data.data_dir=D`), for GPUs: every fam
   estimates: the DDPM's 500k steps at 46 ms (bfloat16; 69 ms float32) are 6.4 h (9.6 h); the
   GAN's 100k steps about 0.2 h (its step costs a tenth of the DDPM's on CPU); the VAE's 50k steps
   under 0.5 h; sampling about 27k images per generator with DDIM-50 takes minutes (10k in 1.9
-  min); each of the 25 ViT runs (20k steps of a 145-GFLOP step; ViT-S/16 ran 3.6 TFLOP in
-  51.5 ms) a few minutes. About 8-11 GPU-hours in all, 6.5-10 h of wall time with 8 GPUs, set
-  by the DDPM. Not run here (no HAM10000, no GPU in this session).
+  min); each of the 30 ViT runs (5 real-only, 25 with synthetic data; 20k steps of a 145-GFLOP
+  step; ViT-S/16 ran 3.6 TFLOP in 51.5 ms) a few minutes. About 8-11 GPU-hours in all, 6.5-10 h
+  of wall time with 8 GPUs, set by the DDPM. Not run here (no HAM10000, no GPU in this session).
 """
 
 import ml_collections

@@ -16,7 +16,7 @@ derma28: DermaMNIST at 28x28 (--config.data.path=dermamnist.npz); a 6-block ViT,
   measured, and why #24's 0.60 / 0.75 is not met).
 derma28_study: derma28's model and data at 1,000 steps (warmup 100) with the milder zoom, mixup
   off and stochastic depth 0.1 (the regularization pays only at the longer length), within 10
-  minutes (9.5 min alone on 2 CPU cores): the classifier of study.py:derma28, which trains 9-15
+  minutes (9.5 min alone on 2 CPU cores): the classifier of study.py:derma28, which trains 30
   of them. Over seeds 0-2 on dermamnist_dev, test balanced accuracy 0.498-0.539 (mean 0.516).
 ham64: HAM10000 prepared at 64 (--config.data.data_dir=D), from scratch; 8x8 patches, 192 wide,
   6 blocks; 20,000 steps of 128. Not run here (no HAM10000): a step takes 1.29 s on 2 CPU cores

@@ -56,7 +56,11 @@ _FLAG_SPECS = {
     ),  # fmt: skip
     # sample, evaluate
     "num_per_class": (str, "Images to generate: N for each class, or name=N,name=M,..."),
-    "step": (str, "Checkpoint to restore: latest (default), best or a step number."),
+    "step": (
+        str,
+        "Checkpoint to restore: latest, best or a step number; default: latest "
+        "(classify: best when the run keeps one).",
+    ),
     "classes": (str, "Comma-separated class names to generate; default: all."),
     "seed": (int, "Root of the sampling noise (default 0); same seed, same images."),
     "sample_batch_size": (int, "Images per sampling call (default 256)."),
@@ -73,7 +77,11 @@ _FLAG_SPECS = {
     "fid_batch_size": (int, "Images per Inception batch (default 64)."),
     "inception_weights": (str, "Converted weights (.npz); default: the cache."),
     "features": (str, "Feature space: inception (default; FID), classifier or pixels (fd, kd)."),
-    "classifier_workdir": (str, "With --features=classifier: the ViT run whose features to use."),
+    "classifier_workdir": (
+        str,
+        "The ViT run whose features to use (evaluate "
+        "--features=classifier, sample --exclude_near_copies, memorization).",
+    ),
     # classify
     "images": (str, "A folder of images (sub-folders included) to classify."),
     "out_csv": (str, "Where the predictions go; default: WORKDIR/predictions/<folder>.csv."),

@@ -4,7 +4,7 @@ submission that runs each through launch/slurm.sbatch (the project's one SLURM t
     # A study (its config's `sweep` field, and every run of every point):
     python launch/sweep.py --config=configs/study.py:quickstart --workdir=runs/study --dry_run
     # Any training config, with the sweep given here:
-    python launch/sweep.py --config=configs/vit.py:quickstart --workdir=runs/lr \
+    python launch/sweep.py --config=configs/vit.py:quickstart --workdir=runs/lr \\
         --sweep="optim.lr=1e-3,3e-4;seed=0,1" --mode=slurm
 
 --mode=local runs them on this machine's GPUs, one run per GPU (--gpus), dependencies first,

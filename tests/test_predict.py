@@ -75,12 +75,12 @@ def test_operating_points_at_tau_0_are_the_evaluators_and_an_ensemble_of_copies_
     out = tmp_path / "points.json"
     tool = REPO / "tools" / "operating_points.py"
     command = [sys.executable, str(tool), f"--workdir={vit_run},{vit_run}", f"--out={out}",
-               "--taus=0,1", "--splits=test"]  # fmt: skip
+               "--taus=0,1", "--splits=test", "--prior=stream"]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, text=True)
     points = json.loads(out.read_text())
     metrics = [json.loads(line) for line in (vit_run / "metrics.jsonl").read_text().splitlines()]
     logged = next(m for m in metrics if "test/balanced_accuracy" in m)
-    assert points["steps"] == [logged["test/checkpoint_step"]] * 2
+    assert points["steps"] == [logged["test/checkpoint_step"]] * 2 and points["prior"] == "stream"
     at_zero = points["rows"][0]
     assert at_zero["tau"] == 0
     for key in ("test/balanced_accuracy", "test/accuracy"):

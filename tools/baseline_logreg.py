@@ -2,7 +2,7 @@
 split a ViT config trains and is tested on, scored by the classification evaluator's metrics.
 
     python tools/baseline_logreg.py --config=configs/vit.py:quickstart
-    python tools/baseline_logreg.py --config=configs/vit.py:derma28 \
+    python tools/baseline_logreg.py --config=configs/vit.py:derma28 \\
         --config.data.path=../shared/data/dermamnist_dev/dermamnist_dev.npz
 
 Pixels are read as evaluation reads them (data.eval_preprocess, no augmentation), scaled to

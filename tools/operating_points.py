@@ -4,10 +4,16 @@ runs: post-hoc logit adjustment (Menon et al. 2021) over a range of tau, on val 
     python tools/operating_points.py --workdir=runs/vit_derma28 [--step=best] [--tta=d4]
     python tools/operating_points.py --workdir=runs/s0,runs/s1,runs/s2 --out=ensemble.json
 
-Each tau gives a classifier, argmax of log p(y|x) - tau * log(prior), the prior being the
-training split's class shares (data.class_counts): tau > 0 favours the rare classes, tau < 0
-the common ones, tau = 0 is the model as evaluated. Several runs (of one data config, e.g. one
-recipe over seeds) are scored as one classifier whose p(y|x) is the mean of their softmax.
+Each tau gives a classifier, argmax of log p(y|x) - tau * log(prior): tau > 0 favours the rare
+classes, tau < 0 the common ones, tau = 0 is the model as evaluated. `--prior=split` (default)
+takes the training split's class shares (data.class_counts); `--prior=stream` the shares of the
+training stream's draws (data.class_shares, after data.balance_alpha and any synthetic mix), the
+prior the model learned under, so that tau = 1 is Menon's balanced point. Real-only draws at
+balance_alpha a < 1 have stream shares proportional to split counts ** (1 - a): the two sweeps
+then trace the same points, the stream's tau being the split's divided by 1 - a.
+
+Several runs (of one data config, e.g. one recipe over seeds) are scored as one classifier whose
+p(y|x) is the mean of their softmax.
 Prints each split's macro ROC AUC (the ranking, which no tau changes), then one row per tau, and
 writes the JSON (`<workdir>/operating_points.json` for one run). It reads the runs alone
 (config.json and a checkpoint).
@@ -23,7 +29,10 @@ from absl import app, flags
 from ham_synth import config_lib, fileio, parallel, xla_cpu
 from ham_synth import workdir as workdir_lib
 from ham_synth.evaluators import classification
-from ham_synth.tasks import classify
+from ham_synth.tasks import base, classify
+
+# --prior: the recorded field each one reads.
+PRIORS = {"split": "class_counts", "stream": "class_shares"}
 
 _WORKDIRS = flags.DEFINE_list(
     "workdir", None, "A classifier run, or several (comma-separated): an ensemble.", required=True
@@ -35,6 +44,13 @@ _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step 
 _TTA = flags.DEFINE_string("tta", "none", "Test-time augmentation: none, flips, d4, ...")
 _TAUS = flags.DEFINE_list("taus", "-1,-0.75,-0.5,-0.25,0,0.25,0.5,0.75,1", "The tau values.")
 _SPLITS = flags.DEFINE_list("splits", "val,test", "Splits to score.")
+_PRIOR = flags.DEFINE_enum(
+    "prior",
+    "split",
+    list(PRIORS),
+    "The prior tau scales: the training split's class shares, "
+    "or the training stream's (after balance_alpha and synthetic images).",
+)
 
 
 def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -45,12 +61,11 @@ def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     }
 
 
-def log_class_shares(config) -> np.ndarray:
-    """float[K]: log of the training split's class shares, from data.class_counts."""
-    counts = classify.recorded_numbers(
-        config.data.class_counts, "data.class_counts", "tools/operating_points.py"
-    )
-    return np.log(counts / counts.sum())
+def log_prior(config, prior: str) -> np.ndarray:
+    """float[K]: log of the class shares `prior` names (PRIORS), as the run recorded them."""
+    field = PRIORS[prior]
+    user = f"tools/operating_points.py --prior={prior}"
+    return classify.log_prior(config.data[field], f"data.{field}", base.num_classes(config), user)
 
 
 def run_probs(workdir: pathlib.Path, step: str, tta: str, splits, mesh) -> tuple:
@@ -67,13 +82,14 @@ def run_probs(workdir: pathlib.Path, step: str, tta: str, splits, mesh) -> tuple
     return restored.step, probs
 
 
-def operating_points(workdirs, step: str, tta: str, taus, splits) -> dict:
+def operating_points(workdirs, step: str, tta: str, taus, splits, prior_name="split") -> dict:
     """Each split's macro ROC AUC and, per tau, its accuracy and balanced accuracy, for the
     classifier whose p(y|x) is the runs' mean softmax (the run's own for one run)."""
     mesh = parallel.make_mesh()
-    log_prior = log_class_shares(config_lib.load_workdir_config(workdirs[0]))
+    prior = log_prior(config_lib.load_workdir_config(workdirs[0]), prior_name)
     steps, members = zip(*(run_probs(w, step, tta, splits, mesh) for w in workdirs), strict=True)
-    result = {"workdirs": [str(w) for w in workdirs], "steps": list(steps), "tta": tta}
+    result = {"workdirs": [str(w) for w in workdirs], "steps": list(steps), "tta": tta,
+              "prior": prior_name}  # fmt: skip
     scored = {}
     for split in splits:
         labels = members[0][split][1]
@@ -91,7 +107,7 @@ def operating_points(workdirs, step: str, tta: str, taus, splits) -> dict:
     for tau in map(float, taus):
         row = {"tau": tau}
         for split, (log_probs, labels) in scored.items():
-            predicted = classification.adjusted_predictions(log_probs, log_prior, tau)
+            predicted = classification.adjusted_predictions(log_probs, prior, tau)
             row |= {f"{split}/{k}": v for k, v in scores(labels, predicted).items()}
         result["rows"].append(row)
     return result
@@ -104,7 +120,9 @@ def main(argv) -> None:
     if not _OUT.value and len(workdirs) > 1:
         raise app.UsageError("Several runs: name the JSON to write with --out=FILE.json.")
     out = pathlib.Path(_OUT.value or workdirs[0] / "operating_points.json")
-    result = operating_points(workdirs, _STEP.value, _TTA.value, _TAUS.value, _SPLITS.value)
+    result = operating_points(
+        workdirs, _STEP.value, _TTA.value, _TAUS.value, _SPLITS.value, _PRIOR.value
+    )
     splits = _SPLITS.value
     print(" | ".join(f"{s} macro ROC AUC {result[f'{s}/roc_auc_macro']:.3f}" for s in splits))
     header = ["tau"] + [f"{s}/{k}" for s in splits for k in ("balanced_accuracy", "accuracy")]

@@ -58,7 +58,9 @@ def macro_roc_auc(labels: np.ndarray, probs: np.ndarray, present: list[int]) -> 
     them; nan with fewer than two classes."""
     if len(present) < 2:
         return float("nan")
-    scores = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
+    # A row whose whole mass sits on absent classes can underflow to 0 on the present ones.
+    total = np.maximum(probs[:, present].sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    scores = probs[:, present] / total
     if len(present) == 2:
         return float(sk_metrics.roc_auc_score(labels == present[1], scores[:, 1]))
     return float(

@@ -167,13 +167,22 @@ def logit_offsets(tau: float, class_shares: str, num_classes: int) -> np.ndarray
     images). None when tau is 0."""
     if not tau:
         return None
-    shares = recorded_numbers(class_shares, "data.class_shares", f"loss.logit_adjustment={tau}")
-    if len(shares) != num_classes or (shares <= 0).any():
+    prior = log_prior(
+        class_shares, "data.class_shares", num_classes, f"loss.logit_adjustment={tau}"
+    )
+    return (tau * prior).astype(np.float32)
+
+
+def log_prior(text: str, field: str, num_classes: int, user: str) -> np.ndarray:
+    """float64[num_classes] log of the normalized shares or counts a recorded `field` holds
+    (data.class_shares, data.class_counts); `user` needs each class's to be positive."""
+    numbers = recorded_numbers(text, field, user)
+    if len(numbers) != num_classes or (numbers <= 0).any():
         raise ValueError(
-            f"loss.logit_adjustment needs a positive share for each of the {num_classes} classes; "
-            f"data.class_shares={class_shares!r}. Drop empty classes with data.classes."
+            f"{user} needs a positive prior for each of the {num_classes} classes; "
+            f"{field}={text!r}. Drop empty classes with data.classes."
         )
-    return (tau * np.log(shares / shares.sum())).astype(np.float32)
+    return np.log(numbers / numbers.sum())
 
 
 def make_task(config: ml_collections.ConfigDict) -> base.Task:

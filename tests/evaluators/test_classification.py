@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from ham_synth import evaluate, metric_writer
+from ham_synth.data import pipeline
 from ham_synth.evaluators import classification
+from ham_synth.tasks import classify
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -77,6 +79,28 @@ def test_logit_adjustment_at_tau_zero_or_equal_shares_is_the_argmax():
             classification.adjusted_predictions(log_probs, np.log(np.full(5, 0.2)), tau),
             log_probs.argmax(1),
         )
+
+
+def test_roc_auc_survives_a_row_whose_mass_underflowed_onto_an_absent_class():
+    # float32 softmax([-88, -88, 0]) is exactly [0, 0, 1]: 0 / 0 on the present classes was nan.
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([[0, 0, 1], [0.3, 0.7, 0], [0.6, 0.4, 0], [0.2, 0.8, 0]], np.float32)
+    # The row that underflowed scores 0 for class 1, below every class-1 row: AUC 1.
+    assert classification.macro_roc_auc(labels, probs, [0, 1]) == 1.0
+
+
+def test_the_stream_prior_at_balance_alpha_a_is_the_split_prior_to_the_power_1_minus_a():
+    """So tools/operating_points.py's two priors trace the same points (tau scaled by 1 - a)."""
+    counts = np.array([600, 120, 30, 6])
+    labels = np.repeat(np.arange(4), counts)
+    split = classify.log_prior(",".join(map(str, counts)), "data.class_counts", 4, "test")
+    for alpha in (0.0, 0.5, 0.8):
+        shares, _ = pipeline.stream_shares(labels, 4, alpha, None)
+        stream = classify.log_prior(",".join(map(str, shares)), "data.class_shares", 4, "test")
+        centred = stream - stream.mean()
+        np.testing.assert_allclose(centred, (1 - alpha) * (split - split.mean()), atol=1e-12)
+    with pytest.raises(ValueError, match=r"x needs a positive prior .* data.class_counts='5,0,3'"):
+        classify.log_prior("5,0,3", "data.class_counts", 3, "x")
 
 
 def test_logit_adjustment_moves_a_two_class_threshold_by_the_prior_ratio():

@@ -113,7 +113,7 @@ def test_logit_adjustment_adds_tau_log_prior_to_the_logits_in_the_loss():
     assert loss == pytest.approx(float(expected), rel=1e-5)
     with pytest.raises(ValueError, match="needs data.class_shares"):
         classify.logit_offsets(1.0, "", 3)
-    with pytest.raises(ValueError, match="positive share for each of the 3 classes"):
+    with pytest.raises(ValueError, match="positive prior for each of the 3 classes"):
         classify.logit_offsets(1.0, "0.5,0.5,0", 3)
 
 

@@ -139,6 +139,13 @@ def mixed_classes(plan: list[plan_lib.Run]) -> list[str]:
     return []
 
 
+def tested_classes(results: dict, class_names: list[str]) -> list[str]:
+    """The classes every run scored a test F1 for: a class absent from the test split has none
+    (the classification evaluator scores the classes present)."""
+    runs = [run for seeds in results.values() for run in seeds]
+    return [c for c in class_names if all(f"{c}/f1" in run["metrics"] for run in runs)]
+
+
 def stream(plan: list[plan_lib.Run], root: pathlib.Path) -> dict:
     """condition -> {class: {"share", "synthetic_share"}}: the expected share of each class among
     its runs' training draws and the synthetic share of those, as the trainer recorded them

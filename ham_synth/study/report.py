@@ -10,6 +10,7 @@ Reading the runs is collect.py's, the markdown sections.py's, the figures figure
 import pathlib
 
 import ml_collections
+import numpy as np
 
 from ham_synth import config_lib, fileio
 from ham_synth.study import collect, figures, sections, stats
@@ -67,7 +68,7 @@ def write_sweep_report(study, contents: dict, root: pathlib.Path) -> dict:
     if len(axes) == 1:
         (axis,) = axes
         values = {label: point[axis] for label, point in plan_lib.sweep_points(study.sweep, study)}
-        dose = axis.startswith("synthetic.")
+        dose = axis.startswith("synthetic.") and shares_tell_points_apart(contents)
         xlabel = "synthetic share of the training stream" if dose else axis
         path = root / "report" / f"sweep_{axis}.png"
         figures.sweep_plot(sweep_series(contents, values, primary, dose), primary, xlabel, path)
@@ -84,13 +85,34 @@ def stream_synthetic_share(by_class: dict) -> float:
     return sum(c["share"] * c["synthetic_share"] for c in by_class.values())
 
 
+def point_shares(contents: dict) -> dict[str, list[float]]:
+    """condition -> the synthetic share of its training stream at each sweep point, for the
+    conditions that draw synthetic images at some point."""
+    shares = {}
+    for content in contents.values():
+        for condition, by_class in content["stream"].items():
+            shares.setdefault(condition, []).append(stream_synthetic_share(by_class))
+    return {c: s for c, s in shares.items() if max(s) > 0}
+
+
+def shares_tell_points_apart(contents: dict) -> bool:
+    """Whether every synthetic condition's stream share differs between any two sweep points,
+    so it can be the dose plot's x: under the ratio policy, per_class and loss_weight leave it
+    the same."""
+    return all(len(set(np.round(s, 6))) == len(s) for s in point_shares(contents).values())
+
+
 def sweep_series(contents: dict, values: dict, primary: str, dose: bool) -> dict:
     """{condition: [(x, mean, low, high)]}: each compared condition's change of `primary` from
     its control at every sweep point. x is the point's axis value (`values`: label -> value),
-    or with `dose`, the synthetic share of the condition's training stream there."""
+    or with `dose`, the synthetic share of the condition's training stream there (conditions
+    with no synthetic draws, e.g. pre-training, are left out then)."""
+    synthetic = point_shares(contents)
     series = {}
     for label, content in contents.items():
         for condition, change in content["changes"][primary].items():
+            if dose and condition not in synthetic:
+                continue
             x = stream_synthetic_share(content["stream"][condition]) if dose else values[label]
             series.setdefault(condition, []).append(
                 (x, change["mean"], change["low"], change["high"])
@@ -134,9 +156,10 @@ def write_point_report(
     primary = study.report.primary_metric
     controls = plan_lib.controls(plan)
     changes = {m: stats.compare(results, m, controls) for m in sections.METRICS.values()}
-    class_changes = stats.compare(results, "f1", controls, class_names)
+    tested = collect.tested_classes(results, class_names)
+    class_changes = stats.compare(results, "f1", controls, tested)
     seeds = len(results[plan_lib.REAL])
-    figures.per_class_f1_plot(results, class_names, out / "report" / "per_class_f1.png")
+    figures.per_class_f1_plot(results, tested, out / "report" / "per_class_f1.png")
     realism = collect.collect_realism(plan, root, collect.mixed_classes(plan))
     has_inception = any("inception" in entry for entry in realism.values())
     streams = collect.stream(plan, root)
@@ -164,11 +187,11 @@ def write_point_report(
         "",
         *sections.pretraining_section(study),
         "",
-        *sections.stream_section(streams, class_names),
+        *sections.stream_section(streams, class_names, controls),
         "",
-        *sections.per_class_f1_section(results, class_changes, class_names),
+        *sections.per_class_f1_section(results, class_changes, class_names, tested),
         "",
-        *sections.subgroup_section(results, primary),
+        *sections.subgroup_section(results, primary, controls),
         "",
         *sections.realism_section(realism, has_inception),
         "",

@@ -40,7 +40,9 @@ def memorization_section(audits: dict) -> list[str]:
     lines = [
         "## Memorization",
         "",
-        "For every synthetic image, the nearest training image in pixels and in the real-only "
+        "Each generator's seed-0 set as sampled (the sets of other generator seeds and the "
+        "filtered sets are not audited). For every image of it, the nearest training image in "
+        "pixels and in the real-only "
         "ViT's features, each distance over the median real test->train distance of its "
         "image's class (a set's class mix would otherwise read as closeness). Ratio: the median "
         "of these (about 1: as close as new real images of the class; near 0: copies). A "
@@ -144,23 +146,26 @@ def environment_section(plan, root: pathlib.Path) -> list[str]:
     return lines
 
 
-def subgroup_section(results: dict, primary: str) -> list[str]:
-    """Balanced accuracy per sex, age band and body site for real-only and the best real +
-    synthetic condition (by mean `primary`), and each attribute's gap (best - worst subgroup)."""
+def subgroup_section(results: dict, primary: str, controls: dict[str, str]) -> list[str]:
+    """Balanced accuracy per sex, age band and body site for the best real + synthetic condition
+    (by mean `primary`) and its matched control, and each attribute's gap (best - worst
+    subgroup)."""
     lines = ["## Subgroups", ""]
-    real = results[plan_lib.REAL]
     best = best_condition(results, primary)
-    if real[0].get("subgroups") is None or best is None:
+    if results[plan_lib.REAL][0].get("subgroups") is None or best is None:
         note = ("No subgroup metadata in this data (HAM10000 records age, sex and body site; the "
                 "digits and DermaMNIST do not), so no subgroup table.")  # fmt: skip
         return [*lines, note]
+    control = controls.get(best, plan_lib.REAL)
     lines += [
-        f"Test balanced accuracy per subgroup, mean ± std over seeds, for real-only and {best} "
-        f"(the best real + synthetic condition by {primary}); subgroups under "
-        f"{classification.MIN_SUBGROUP} test images are not scored. Gap: best minus worst "
-        "subgroup of an attribute; a smaller gap with synthetic data means it narrowed.",
+        f"Test balanced accuracy per subgroup, mean ± std over seeds, for {best} (the real + "
+        f"synthetic condition with the best mean test {primary}, picked after the fact) and its "
+        f"matched control, {control}; subgroups under {classification.MIN_SUBGROUP} test images "
+        "are not scored. Gap: best minus worst subgroup of an attribute, a mean over seeds with "
+        "no interval or test: a difference between the two gaps describes these runs, it is no "
+        "finding.",
         "",
-        f"| attribute | subgroup | test images | real | {best} |",
+        f"| attribute | subgroup | test images | {control} | {best} |",
         "|---|---|---|---|---|",
     ]
 
@@ -168,18 +173,18 @@ def subgroup_section(results: dict, primary: str) -> list[str]:
         values = [r["subgroups"][attribute].get(value, {}).get("balanced_accuracy") for r in runs]
         return None if any(v is None for v in values) else values
 
-    for attribute, groups in real[0]["subgroups"].items():
+    for attribute, groups in results[control][0]["subgroups"].items():
         gaps = {}
         for value, entry in groups.items():
             cells = []
-            for condition in (plan_lib.REAL, best):
+            for condition in (control, best):
                 values = scores(results[condition], attribute, value)
                 cells.append("not scored" if values is None else mean_std(values))
                 if values is not None:
                     gaps.setdefault(condition, []).append(np.mean(values))
             lines.append(f"| {attribute} | {value} | {entry['n']} | " + " | ".join(cells) + " |")
         gap_cells = [f"{max(g) - min(g):.3f}" if len(g := gaps.get(c, [])) > 1 else "n/a"
-                     for c in (plan_lib.REAL, best)]  # fmt: skip
+                     for c in (control, best)]  # fmt: skip
         lines.append(f"| {attribute} | gap | | " + " | ".join(gap_cells) + " |")
     return lines
 
@@ -391,15 +396,35 @@ def tstr_section(tstr: dict, primary: str) -> list[str]:
     return lines
 
 
-def stream_section(streams: dict, class_names: list[str]) -> list[str]:
+def class_mix_shifted(streams: dict, controls: dict[str, str]) -> list[str]:
+    """The compared conditions whose class shares differ from their control's (a count policy
+    adds images to the real draws), beyond the 6 digits the trainer records."""
+    return [
+        condition
+        for condition, control in controls.items()
+        if condition in streams and control in streams
+        and any(abs(entry["share"] - streams[control][cls]["share"]) > 1e-5
+                for cls, entry in streams[condition].items())
+    ]  # fmt: skip
+
+
+def stream_section(streams: dict, class_names: list[str], controls: dict[str, str]) -> list:
     """Per condition, each class's expected share of the training draws and the synthetic share
-    within it (the comparison's matching, visible)."""
+    within it (the comparison's matching, visible), and whether a condition's class mix differs
+    from its control's."""
+    shifted = class_mix_shifted(streams, controls)
+    matching = (
+        "A real + synthetic condition and its control differ only in the bracketed shares."
+        if not shifted
+        else f"The class shares of {', '.join(shifted)} differ from the control's too: the "
+        "synthetic images are added to the real draws, which moves the class mix, so the change "
+        "from the control is that of the added images and the new class mix together."
+    )
     lines = [
         "## Training streams",
         "",
         "Each class's expected share of a condition's training draws, and in brackets the share "
-        "of those draws that are synthetic images, as the runs recorded them. A real + synthetic "
-        "condition and its control differ only in the bracketed shares.",
+        f"of those draws that are synthetic images, as the runs recorded them. {matching}",
         "",
         "| training data | " + " | ".join(class_names) + " |",
         "|---" * (len(class_names) + 1) + "|",
@@ -411,9 +436,12 @@ def stream_section(streams: dict, class_names: list[str]) -> list[str]:
     return lines
 
 
-def per_class_f1_section(results: dict, class_changes: dict, class_names: list[str]) -> list:
-    """Mean test F1 per class and condition, with each compared condition's change from its
-    control."""
+def per_class_f1_section(
+    results: dict, class_changes: dict, class_names: list[str], tested: list[str]
+) -> list:
+    """Mean test F1 per class and condition (the `tested` classes; the others have no test
+    images), with each compared condition's change from its control."""
+    untested = [c for c in class_names if c not in tested]
     lines = [
         "## Per-class F1",
         "",
@@ -421,12 +449,13 @@ def per_class_f1_section(results: dict, class_changes: dict, class_names: list[s
         f"brackets, marked * where Holm's correction over the {_family_size(class_changes)} "
         f"condition x class comparisons that could be tested leaves p < {stats.ALPHA}.",
         "",
-        "| training data | " + " | ".join(class_names) + " |",
-        "|---" * (len(class_names) + 1) + "|",
+        *([f"Not scored, with no test images: {', '.join(untested)}.", ""] if untested else []),
+        "| training data | " + " | ".join(tested) + " |",
+        "|---" * (len(tested) + 1) + "|",
     ]
     for condition, runs in results.items():
         cells = []
-        for cls in class_names:
+        for cls in tested:
             cell = f"{np.mean([r['metrics'][f'{cls}/f1'] for r in runs]):.3f}"
             if (change := class_changes.get((condition, cls))) is not None:
                 star = "*" if change["p_holm"] < stats.ALPHA else ""

@@ -185,9 +185,10 @@ def test_a_sweep_report_tabulates_its_points(tmp_path, monkeypatch):
             for seed in range(3):
                 metrics = results[condition][seed]["metrics"]
                 assert metrics == pytest.approx(expected[(point, condition, seed)])
-    # The dose-response plot: each condition's change against its stream's synthetic share
-    # (fake_runs: a quarter of 6 of 7 equally drawn classes).
-    assert "![change against synthetic share of the training stream]" in text
+    # Under the ratio policy per_class leaves the stream's synthetic share as it was (fake_runs:
+    # a quarter of 6 of 7 equally drawn classes at both points), so the plot's x is per_class.
+    assert not report.shares_tell_points_apart(content["points"])
+    assert "![change against synthetic.per_class]" in text
     assert (tmp_path / "report" / "sweep_synthetic.per_class.png").stat().st_size > 0
     values = {"synthetic.per_class=20": 20, "synthetic.per_class=30": 30}
     dose = report.sweep_series(content["points"], values, "balanced_accuracy", dose=True)
@@ -276,3 +277,65 @@ def test_the_dose_series_puts_each_dose_at_its_streams_synthetic_share():
                "real+gan": stream(0.25)}  # fmt: skip
     series = report.dose_series(changes, streams, ["ddpm"])
     assert series == {"ddpm": [(0.125, 0.01, -0.02, 0.04), (0.25, 0.03, -0.02, 0.04)]}
+
+
+def _stream(fake: float, share_a: float = 0.5):
+    """Two classes; class a draws `fake` of its images synthetic."""
+    return {"a": {"share": share_a, "synthetic_share": fake},
+            "b": {"share": 1 - share_a, "synthetic_share": 0.0}}  # fmt: skip
+
+
+def test_the_dose_plot_takes_the_streams_share_only_where_it_tells_the_points_apart():
+    change = {"mean": 0.01, "low": -0.02, "high": 0.04}
+
+    def point(fake):
+        return {"stream": {"real": _stream(0.0), "real+g": _stream(fake),
+                           "pretrain_g": _stream(0.0)},
+                "changes": {"ba": {"real+g": change, "pretrain_g": change}}}  # fmt: skip
+
+    ratios = {"ratio=0.1": point(0.1), "ratio=0.5": point(0.5)}
+    assert report.shares_tell_points_apart(ratios)
+    assert not report.shares_tell_points_apart({"n=10": point(0.25), "n=30": point(0.25)})
+    # Pre-training draws no synthetic images in its stream: no place on a dose axis.
+    series = report.sweep_series(ratios, {"ratio=0.1": 0.1, "ratio=0.5": 0.5}, "ba", dose=True)
+    assert series == {"real+g": [(0.05, 0.01, -0.02, 0.04), (0.25, 0.01, -0.02, 0.04)]}
+
+
+def test_the_stream_table_says_when_a_condition_moves_the_class_mix_too():
+    controls = {"real+g": "real:uniform"}
+    matched = {"real:uniform": _stream(0.0, 0.8), "real+g": _stream(0.3, 0.8)}
+    text = "\n".join(sections.stream_section(matched, ["a", "b"], controls))
+    assert "differ only in the bracketed shares" in text
+    added = {"real:uniform": _stream(0.0, 0.8), "real+g": _stream(0.6, 0.6)}  # add: a grows
+    text = "\n".join(sections.stream_section(added, ["a", "b"], controls))
+    assert "differ only" not in text
+    assert "The class shares of real+g differ from the control's too" in text
+
+
+def test_subgroups_set_the_best_condition_against_its_matched_control():
+    """The gap of sex narrows against real-only (0.20 -> 0.06) but widens against the matched
+    control (0.04 -> 0.06): the table shows the latter."""
+
+    def runs(score, gap):
+        sex = {"f": {"n": 30, "balanced_accuracy": score},
+               "m": {"n": 30, "balanced_accuracy": score - gap}}  # fmt: skip
+        return [{"metrics": {"balanced_accuracy": score}, "subgroups": {"sex": sex}}] * 2
+
+    results = {"real": runs(0.5, 0.2), "real:uniform": runs(0.55, 0.04),
+               "real+g": runs(0.6, 0.06)}  # fmt: skip
+    text = "\n".join(sections.subgroup_section(results, "balanced_accuracy",
+                                               {"real+g": "real:uniform"}))  # fmt: skip
+    assert "| attribute | subgroup | test images | real:uniform | real+g |" in text
+    assert "| sex | gap | | 0.040 | 0.060 |" in text
+    assert "picked after the fact" in text and "it is no finding" in text
+
+
+def test_a_class_without_test_images_is_left_out_of_the_per_class_table():
+    scored = {"a/f1": 0.5, "b/f1": 0.25}  # c: no test images, so no c/f1.
+    results = {"real": [{"metrics": scored}] * 2, "real+g": [{"metrics": scored}] * 2}
+    tested = collect.tested_classes(results, ["a", "b", "c"])
+    assert tested == ["a", "b"]
+    changes = stats.compare(results, "f1", {"real+g": "real"}, tested)
+    text = "\n".join(sections.per_class_f1_section(results, changes, ["a", "b", "c"], tested))
+    assert "Not scored, with no test images: c." in text
+    assert "| training data | a | b |" in text and "| real | 0.500 | 0.250 |" in text

@@ -52,7 +52,9 @@ def get_config(arg: str | None = None):
         # samples nearly identical (within-class diversity 0.27 of the real digits'); 2 gave
         # 0.66 at the same accuracy (measured when both D updates reused the whole batch).
         n_disc=2,
-        r1_gamma=0.0,  # R1 weight on real images (gamma / 2 * E||grad D||^2); 0: off.
+        # R1 weight on real images, gamma / 2 * E||grad_x D(T(x))||^2 with the gradient taken
+        # through the augmentation T (StyleGAN2-ADA); 0: off.
+        r1_gamma=0.0,
         # Lazy R1: on the first D update of every r1_interval-th step, scaled by r1_interval *
         # n_disc (the D updates per R1 computation), so gamma means the same for any n_disc.
         r1_interval=16,

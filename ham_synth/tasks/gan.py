@@ -51,6 +51,14 @@ def r1_penalty(disc_fn, images: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum(grads**2, axis=tuple(range(1, grads.ndim))))
 
 
+def augmented_r1(disc_fn, real, labels, rng, p, policy) -> jax.Array:
+    """R1 of D after the augmentation T at the real images x: E ||grad_x D(T(x), y)||^2, the
+    gradient taken through T as StyleGAN2-ADA and DiffAugment do, so pixels T cuts out or shifts
+    out carry none (the gradient at T(x) would weigh gamma by the augmentation)."""
+    augmented = lambda x, y: disc_fn(diffaugment.augment(x, rng, p, policy), y)  # noqa: E731
+    return r1_penalty(augmented, real, labels)
+
+
 def generator_variables(variables: dict) -> dict:
     """The generator's flax variables out of a GAN state's eval_variables."""
     return {"params": variables["params"]["gen"], "batch_stats": variables["batch_stats"]["gen"]}
@@ -189,9 +197,14 @@ def make_gan_task(config, generator, discriminator) -> base.Task:
             d_real, d_fake = jnp.split(logits, 2)
             r1 = jax.lax.cond(
                 do_r1,
-                lambda: r1_penalty(
-                    lambda x, y: discriminate(d_params, new_stats, x, y, False)[0], real_aug, labels
-                ),
+                lambda: augmented_r1(
+                    lambda x, y: discriminate(d_params, new_stats, x, y, False)[0],
+                    real,
+                    labels,
+                    real_aug_rng,
+                    p,
+                    policy,
+                ),  # fmt: skip
                 lambda: jnp.zeros((), jnp.float32),
             )
             # Lazy regularization: on one D update in r1_interval * n_disc, scaled by that.

@@ -116,6 +116,30 @@ def test_r1_equals_a_finite_difference_gradient_norm():
     np.testing.assert_allclose(penalty, norms.mean(), rtol=1e-2)
 
 
+def test_r1_is_taken_at_the_reals_through_the_augmentation():
+    """D linear, w . x: through a cutout T, grad_x D(T(x)) = w * mask, so cut pixels add nothing
+    (at T(x) the gradient would be w whatever T cut)."""
+    w = jax.random.normal(jax.random.key(0), (8, 8, 3))
+
+    def disc(x, labels):
+        return jnp.sum(x * w, axis=(1, 2, 3)) + 0.0 * labels
+
+    real, labels, rng = (
+        jax.random.normal(jax.random.key(1), (4, 8, 8, 3)),
+        jnp.zeros(4),
+        jax.random.key(2),
+    )
+    mask = diffaugment.augment(jnp.ones_like(real), rng, 1.0, ("cutout",))  # Cutout multiplies.
+    assert 0 < float(mask.mean()) < 1
+    expected = jnp.mean(jnp.sum((w * mask) ** 2, axis=(1, 2, 3)))
+    r1 = gan.augmented_r1(disc, real, labels, rng, 1.0, ("cutout",))
+    np.testing.assert_allclose(r1, expected, rtol=1e-6)
+    assert float(gan.r1_penalty(disc, real, labels)) == pytest.approx(float(jnp.sum(w**2)))
+    # p = 0 leaves the images as they are: plain R1.
+    plain = gan.augmented_r1(disc, real, labels, rng, 0.0, ("cutout",))
+    np.testing.assert_allclose(plain, gan.r1_penalty(disc, real, labels), rtol=1e-6)
+
+
 def test_diffaugment_is_differentiable_and_the_same_on_real_and_fake():
     rng = jax.random.key(3)
     real = jax.random.normal(jax.random.key(4), (4, 8, 8, 3))

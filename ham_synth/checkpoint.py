@@ -20,6 +20,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from ham_synth import parallel
+
 MODES = ("min", "max")
 DAMAGED_DIR = "damaged"
 # What orbax and tensorstore raise for a checkpoint with truncated or missing files.
@@ -36,6 +38,10 @@ class CheckpointSaveError(OSError):
 
 class NoReadableCheckpointError(FileNotFoundError):
     """Every checkpoint in the directory is damaged."""
+
+
+class ProcessCountError(ValueError):
+    """The checkpoint was written by another number of processes than this run has."""
 
 
 def _options(keep: int | None, best_metric: str, best_mode: str, **kwargs):
@@ -130,10 +136,14 @@ class Checkpointer:
 
         while (step := self.latest_step()) is not None:
             check_model_matches(self.directory, step, abstract_state)
+            check_process_count(self.directory, step)
             try:
-                state = restore(step)
+                state, error = restore(step), None
             except DAMAGE_ERRORS as e:
-                self._move_aside(step, e)
+                state, error = None, e
+            # Every process moves on together: one that could read it would train alone.
+            if not parallel.every_process(error is None):
+                self._move_aside(step, error or OSError("unreadable on another process"))
                 continue
             logging.info("Resuming from the checkpoint at step %d in %s", step, self.directory)
             return state, step
@@ -145,7 +155,7 @@ class Checkpointer:
             )
         return init_fn(), 0
 
-    def _move_aside(self, step: int, error: Exception) -> None:
+    def _move_aside(self, step: int, error: BaseException) -> None:
         """Moves the damaged checkpoint `step` to damaged/ (process 0) and forgets it."""
         target = _free_name(self.directory / DAMAGED_DIR / str(step))
         logging.warning(
@@ -276,6 +286,21 @@ def _leaf_name(path) -> str:
 def _shapes(tree) -> dict[str, tuple]:
     leaves = jax.tree_util.tree_leaves_with_path(tree)
     return {_leaf_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def check_process_count(directory: pathlib.Path, step: int) -> None:
+    """Raises ProcessCountError when the checkpoint `step` was written by another number of
+    processes: grain keeps one data-iterator state per process (process_<i>-of-<n>.json), so
+    the data cannot resume (a restore would take it for damage)."""
+    files = (directory / str(step) / "data").glob("process_*-of-*.json")
+    written = {int(path.stem.rsplit("-of-", 1)[1]) for path in files}
+    if written and jax.process_count() not in written:
+        raise ProcessCountError(
+            f"The checkpoint at step {step} in {directory} was written by {max(written)} "
+            f"process(es), each with its own data-iterator state; this run has "
+            f"{jax.process_count()}. Resume it with {max(written)} processes, or start a new run "
+            f"from its weights: --config.init_from={directory.parent}:{step} with a new --workdir."
+        )
 
 
 def check_model_matches(directory: pathlib.Path, step: int, abstract_state) -> None:

@@ -6,6 +6,7 @@ state is replicated, and XLA inserts the gradient all-reduce.
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -21,6 +22,14 @@ def make_mesh(num_devices: int = -1) -> Mesh:
             raise ValueError(f"train.num_devices={num_devices} but only {len(devices)} exist.")
         devices = devices[:num_devices]
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def every_process(flag: bool) -> bool:
+    """Whether `flag` holds on every process. A collective that all processes call, so that each
+    takes the same branch when what it found (a file, a readable checkpoint) may differ."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(multihost_utils.process_allgather(np.asarray(flag)).all())
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -209,6 +209,25 @@ def test_a_checkpoint_of_another_model_is_refused_naming_both_shapes(tmp_path, f
     assert not (workdir / "checkpoints/damaged").exists()  # Not taken for damage.
 
 
+def test_a_checkpoint_of_another_process_count_is_refused_not_taken_for_damage(
+    tmp_path, finished_run
+):
+    """grain keeps one data-iterator state per process: a run of 2 processes resumed by 1 finds
+    no state of its own. It says so, and moves nothing to damaged/."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    for step in ("3", "6"):  # As two processes would have written them.
+        data = workdir / "checkpoints" / step / "data"
+        (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+        shutil.copy(data / "process_0-of-2.json", data / "process_1-of-2.json")
+    with pytest.raises(checkpoint.ProcessCountError) as error:
+        train.train_and_evaluate(load_config("vae.py:smoke"), workdir)
+    message = str(error.value)
+    assert "step 6" in message and "written by 2 process(es)" in message, message
+    assert f"--config.init_from={workdir}:6" in message
+    assert not (workdir / "checkpoints/damaged").exists()
+
+
 @pytest.mark.slow
 def test_a_resume_with_a_changed_config_is_refused_unless_allowed_and_recorded(
     tmp_path, finished_run

@@ -218,12 +218,12 @@ def make_dataset(
         raise ValueError(f"data.balance_alpha={balance_alpha}; use 0 (off) to 1 (equal shares).")
     if worker_count < 0:
         raise ValueError(f"data.worker_count={worker_count}; use 0 (none) or more processes.")
-    shard_size = len(range(shard_index, len(source), shard_count))
-    if shard_size == 0:
+    if len(source) < shard_count:  # Checked on every process, so that all stop together.
         raise ValueError(
-            f"The dataset has {len(source)} records, so process {shard_index} of {shard_count} "
-            "gets none; use more data or fewer processes."
+            f"The dataset has {len(source)} records, fewer than the {shard_count} processes, so "
+            "some get none; use more data or fewer processes."
         )
+    shard_size = len(range(shard_index, len(source), shard_count))
     if shard_size < batch_size:
         # Batching follows `repeat`, so a batch spans epochs; it still works (e.g. on a sample).
         logging.warning(
@@ -292,15 +292,16 @@ def mix_synthetic(
     """The endless stream of real record indices -> (0 real | 1 synthetic, record index) picks,
     with this shard's synthetic records in at `mix.weight`: within the classes they hold
     (`ReplaceWithinClass`), or at any position (`MixDraws`) from shuffled epochs of them."""
-    indices = np.arange(shard_index, len(mix.source), shard_count)
     fake_labels = source_labels(mix.source)
-    held = np.bincount(fake_labels[indices], minlength=len(mix.counts))
-    lacking = np.flatnonzero((mix.counts > 0) & (held == 0))
-    if len(lacking):
-        raise ValueError(
-            f"{len(mix.source)} synthetic images leave process {shard_index} of {shard_count} "
-            f"none of class(es) {lacking.tolist()}; sample more."
-        )
+    for shard in range(shard_count):  # Every process checks every shard: all stop together.
+        held = np.bincount(fake_labels[shard::shard_count], minlength=len(mix.counts))
+        lacking = np.flatnonzero((mix.counts > 0) & (held == 0))
+        if len(lacking):
+            raise ValueError(
+                f"{len(mix.source)} synthetic images leave process {shard} of {shard_count} "
+                f"none of class(es) {lacking.tolist()}; sample more."
+            )
+    indices = np.arange(shard_index, len(mix.source), shard_count)
     mix_seed = derive_seed(seed, shard_index, _MIX_STREAM)
     if mix.within_class:
         replace = ReplaceWithinClass(

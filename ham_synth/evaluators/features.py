@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from ham_synth import config_lib, fileio, parallel
 from ham_synth import state as state_lib
@@ -155,10 +154,8 @@ def real_features(net: FeatureNet, data: ml_collections.ConfigDict, batch_size: 
     if net.cache_key is None:
         return (*source_features(net, source, batch_size, mesh), source.class_names)
     path = reference_cache_path(data, net)
-    use_cache = path.exists()
-    if jax.process_count() > 1:  # Extraction is collective: all read the cache, or none does.
-        use_cache = bool(multihost_utils.process_allgather(np.asarray(use_cache)).all())
-    if use_cache:
+    # Extraction is collective: all processes read the cache, or none does.
+    if parallel.every_process(path.exists()):
         logging.info("Reference features from %s", path)
         with np.load(path, allow_pickle=False) as cached:
             return cached["features"], cached["labels"], source.class_names

@@ -37,7 +37,9 @@ def generate(
     starts = range(0, len(labels), batch)
     for i, start in enumerate(tqdm.tqdm(starts, desc="sample", unit="batch", disable=not progress)):
         chunk = labels[start : start + batch]
-        if on_disk is not None and (kept := on_disk(start, start + len(chunk))) is not None:
+        # Kept only where every process found it: the others would draw it collectively.
+        kept = on_disk(start, start + len(chunk)) if on_disk is not None else None
+        if on_disk is not None and parallel.every_process(kept is not None):
             yield start, kept
             continue
         padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")

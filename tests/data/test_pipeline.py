@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from ham_synth.data import ham10000, pipeline, sources, splits, transforms
+from ham_synth.data import ham10000, pipeline, sources, splits, synthetic, transforms
 
 ALL_OPS = "flip_lr|flip_ud|rotate(30)|zoom(0.8,1.25)|color_jitter(0.3,0.3,0.3)"
 
@@ -314,3 +314,17 @@ def test_augmented_balanced_iterator_resumes_the_same_batches():
         got = next(resumed)
         np.testing.assert_array_equal(got["index"], want["index"])
         np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_a_process_without_records_stops_every_process_not_only_itself():
+    """Process 0 has records, the last process none: process 0 raises too, so no process is left
+    waiting in a collective for the others."""
+    images = np.zeros((6, 4, 4, 3), np.uint8)
+    real = sources.ArraySource(images, np.array([0, 0, 0, 1, 1, 1], np.int32), ("a", "b"))
+    with pytest.raises(ValueError, match="6 records, fewer than the 8 processes"):
+        pipeline.make_dataset(real, batch_size=1, seed=0, shard_index=0, shard_count=8)
+    # Synthetic images: shard 0 of 2 holds no class-b image (indices 0, 2), shard 1 holds one.
+    fake = sources.ArraySource(images[:4], np.array([0, 1, 0, 0], np.int32), ("a", "b"))
+    mix = synthetic.Mix(fake, 0.5, np.array([3, 1]), within_class=True)
+    with pytest.raises(ValueError, match="leave process 0 of 2 none of class"):
+        pipeline.make_dataset(real, batch_size=1, seed=0, shard_index=1, shard_count=2, mix=mix)

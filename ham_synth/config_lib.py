@@ -9,6 +9,9 @@ import pathlib
 
 import ml_collections
 
+# A config variant's yes / no values (`vit.py:derma28,mini=true`); anything else is refused.
+BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
 
 def parse_arg(arg: str | None, **defaults):
     """Parses `"smoke,res=64"` into a ConfigDict: bare words are True flags, `k=v` typed by default.
@@ -26,7 +29,9 @@ def parse_arg(arg: str | None, **defaults):
         if not value:
             parsed[key] = True
         elif isinstance(default, bool):
-            parsed[key] = value.lower() in ("1", "true", "yes")
+            if value.lower() not in BOOLEANS:
+                raise ValueError(f"{key}={value!r} in {arg!r}; use one of {sorted(BOOLEANS)}.")
+            parsed[key] = BOOLEANS[value.lower()]
         else:
             parsed[key] = type(default)(value)
     return parsed

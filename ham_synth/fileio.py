@@ -81,12 +81,22 @@ def exclusive_lock(path: pathlib.Path, holder: str) -> Iterator[None]:
         yield
 
 
-def open_npz(path: pathlib.Path):
-    """np.load of an .npz archive, or a ValueError naming the file when it is not one (numpy's
-    own message for, say, a text file or an HTML error page talks of pickled data)."""
+def read_npz(path: pathlib.Path, keys=None, fix: str = "") -> dict[str, np.ndarray]:
+    """The arrays `keys` (default: all) of an .npz archive, read now, or a ValueError naming the
+    file and `fix` when it is no archive (numpy's message for an HTML error page talks of pickled
+    data), lacks a key, or an array does not read (truncated, a bad checksum, Python objects)."""
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path} is not an .npz archive (a zip of .npy arrays); it may be a partial download "
-            "or another file under that name. Download it again, or fix --config.data.path."
+            f"or another file under that name. {fix}"
         )
-    return np.load(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys or () if k not in npz.files]
+            if missing:
+                raise KeyError(f"missing key(s) {missing}; it has {sorted(npz.files)}")
+            return {k: npz[k] for k in (npz.files if keys is None else keys)}
+    except KeyError as error:
+        raise ValueError(f"{path}: {error.args[0]}. {fix}") from error
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: an array does not read ({error}). {fix}") from error

@@ -10,6 +10,7 @@ flag error print at once.
 
 import logging as std_logging
 import os
+import pathlib
 import sys
 from typing import NamedTuple
 
@@ -320,6 +321,13 @@ def _verb_kwargs(verb_name: str, verb: Verb) -> dict:
     stray = [f"--{n}" for n in given if n not in verb.required + verb.optional]
     if stray:
         raise ValueError(f"{' '.join(stray)} do(es) not apply to `{verb_name}`.\n{_usage()}")
+    if flags.FLAGS["config"].present:  # Checked here: reading the flag would raise a bare OSError.
+        spec = flags.FLAGS["config"].config_filename
+        if not pathlib.Path(spec.split(":")[0]).is_file():
+            raise FileNotFoundError(
+                f"--config={spec}: no config file at {spec.split(':')[0]}; the project's are in "
+                "configs/, e.g. --config=configs/vae.py:quickstart."
+            )
     missing = [f"--{n}" for n in verb.required if flags.FLAGS[n].value is None]
     if missing:
         raise ValueError(f"{' and '.join(missing)} required.\n{_usage()}")
@@ -384,11 +392,20 @@ def _parse_flags(verb_name: str, argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        _fail(verb_name, _plain_message(error))
+        _fail(verb_name, _without_traceback(_plain_message(error)))
     except (AttributeError, KeyError) as error:  # A --config.x.y=... naming no field.
         _fail(verb_name, _missing_field_message(error, argv))
     except (ValueError, TypeError) as error:  # From --config.x.y=...
         _fail(verb_name, f"config override: {_plain_message(error)}")
+
+
+def _without_traceback(message: str) -> str:
+    """A flag error whose text embeds a traceback (ml_collections' config-file errors): the
+    words before it and its last line, the error itself."""
+    head, marker, trace = message.partition("Traceback (most recent call last):")
+    if not marker:
+        return message
+    return f"{head.strip()} {trace.strip().splitlines()[-1]}"
 
 
 def _missing_field_message(error: BaseException, argv: list[str]) -> str:

@@ -50,6 +50,8 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
 
 def round_to_devices(batch_size: int, mesh: Mesh) -> int:
     """`batch_size` rounded up to a multiple of the mesh's devices, so a batch splits evenly."""
+    if batch_size < 1:  # --batch_size, --fid_batch_size, ...: range() would fail or loop on it.
+        raise ValueError(f"A batch size of {batch_size}: use 1 or more.")
     return -(-batch_size // mesh.size) * mesh.size
 
 

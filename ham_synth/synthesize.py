@@ -36,6 +36,7 @@ from PIL import Image, PngImagePlugin
 from ham_synth import config_lib, fileio, grids, memorization, parallel, predict
 from ham_synth import state as state_lib
 from ham_synth import workdir as workdir_lib
+from ham_synth.data import imaging
 from ham_synth.data import synthetic as synthetic_data
 from ham_synth.tasks import base, sampling
 
@@ -154,7 +155,6 @@ def run(
     then left out. `overwrite` replaces a finished sample in the folder; an unfinished one is
     resumed."""
     out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(workdir) / "synthetic"
-    prepare_out_dir(out_dir, overwrite)
     if (classifier_workdir or quantile != 0.01) and not exclude_near_copies:
         raise ValueError("--classifier_workdir and --quantile apply with --exclude_near_copies.")
     if bool(filter_workdir) != bool(min_confidence):
@@ -184,6 +184,7 @@ def run(
         sample_batch_size=sample_batch_size,
         screen=combined(screens),
         max_draws=max_draws,
+        overwrite=overwrite,
     )
 
 
@@ -258,7 +259,7 @@ def _read_kept(paths, provenance: dict) -> np.ndarray | None:
                 png.load()
                 drawn_with = {k: png.text.get(k) for k in provenance}
                 pixels = np.asarray(png)
-        except (OSError, SyntaxError, ValueError):  # Missing, truncated or not a PNG.
+        except imaging.DECODE_ERRORS:  # Missing, truncated or not a PNG.
             return None
         if drawn_with != provenance:
             changed = {k: (v, provenance[k]) for k, v in drawn_with.items() if v != provenance[k]}
@@ -282,18 +283,23 @@ def write_samples(
     sample_batch_size: int = 256,
     screen=None,
     max_draws: int = 4,
+    overwrite: bool = False,
 ) -> pathlib.Path:
     """Writes `num_per_class` images per class of a restored run (a count for each of `classes`,
-    or "name=count,...") into `out_dir`, with the manifest; `settings` override the sampler's
-    config defaults. `screen` ((uint8 images, labels) -> (bool[N] kept, {manifest column:
-    values}), see `combined`) drops images: each dropped slot is drawn again, up to `max_draws`
-    draws, then left out."""
+    or "name=count,...") into `out_dir`, with the manifest (`prepare_out_dir`'s rules, after
+    every argument is checked); `settings` override the sampler's config defaults. `screen`
+    ((uint8 images, labels) -> (bool[N] kept, {manifest column: values}), see `combined`) drops
+    images: each dropped slot is drawn again, up to `max_draws` draws, then left out."""
     config = restored.config
     class_names = config_lib.class_names(config)
     counts = parse_counts(num_per_class, class_names, classes)
     labels = np.repeat([class_names.index(name) for name in counts], list(counts.values()))
     labels = labels.astype(np.int32)
     settings = sampler_settings(restored, settings)
+    if sample_batch_size < 1:
+        raise ValueError(f"--sample_batch_size={sample_batch_size}; use 1 or more.")
+    # Only now, with every argument checked: --overwrite deletes the finished sample there.
+    prepare_out_dir(out_dir, overwrite)
     logging.info("Sampling %d images (%s) from step %d of %s with %s.", len(labels),
                  ", ".join(f"{name} {count}" for name, count in counts.items()), restored.step,
                  restored.workdir, settings)  # fmt: skip

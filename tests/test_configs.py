@@ -31,6 +31,16 @@ def test_every_variant_loads(file):
             pipeline.check_augment_size(config.data)
 
 
+def test_a_variant_value_is_yes_or_no_and_a_typo_is_refused():
+    assert (
+        load_config("vae.py:smoke,ham64=no").data.image_size
+        == load_config("vae.py:smoke").data.image_size
+    )
+    assert load_config("vae.py:ham64=yes").data.image_size == 64
+    with pytest.raises(ValueError, match=r"ham64='ture' .* use one of \['0', '1', 'false'"):
+        load_config("vae.py:smoke,ham64=ture")  # Read as False before: a silent smoke run.
+
+
 def test_the_derma28_study_trains_the_study_recipe_at_its_own_length():
     study = load_config("study.py:derma28")
     recipe = load_config("vit.py:derma28_study")

@@ -107,6 +107,14 @@ def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, repo):
     assert proc.returncode == 2 and "Traceback" not in out
     assert f"is {tmp_path} the --workdir of a `ham-synth train` run?" in out
 
+    # A config file that is not there: one line (it was an OSError traceback).
+    proc = _ham_synth(
+        "train", "--config=configs/nosuch.py:smoke", f"--workdir={tmp_path}", cwd=repo
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in out
+    assert "no config file at configs/nosuch.py" in out
+
     # --traceback shows where.
     proc = _ham_synth("sample", f"--workdir={tmp_path}", "--num_per_class=2", "--traceback")
     out, _ = proc.communicate(timeout=120)
@@ -168,3 +176,16 @@ def test_a_stop_signal_checkpoints_exits_cleanly_and_the_run_resumes(tmp_path, r
     steps = [row["step"] for row in metric_writer.read_metrics(tmp_path)]
     assert steps[-2:] == [saved[0] + 1, saved[0] + 2]
     assert np.isfinite(metric_writer.read_metrics(tmp_path)[-1]["train/loss"])
+
+
+def test_a_config_file_error_is_its_last_line_not_the_traceback_in_the_flag_message():
+    message = (
+        "flag --config=configs/vit.py:nosuch: Error whilst parsing config file:\n\nTraceback "
+        '(most recent call last):\n  File "configs/vit.py", line 114, in get_config\n'
+        "ValueError: Unknown config arg 'nosuch'"
+    )
+    assert main._without_traceback(message) == (
+        "flag --config=configs/vit.py:nosuch: Error whilst parsing config file: "
+        "ValueError: Unknown config arg 'nosuch'"
+    )
+    assert main._without_traceback("plain") == "plain"

@@ -138,6 +138,19 @@ def test_an_unfinished_sample_resumes_to_what_an_uninterrupted_one_writes(ddpm_w
         synthesize.run(str(ddpm_workdir), out_dir=str(partial), **{**kwargs, "steps": 4})
 
 
+def test_overwrite_deletes_nothing_until_every_argument_is_checked(ddpm_workdir, tmp_path):
+    kwargs = dict(num_per_class=1, classes="0", steps=2, out_dir=str(tmp_path / "s"))
+    out = synthesize.run(str(ddpm_workdir), **kwargs)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    for bad, message in [({"classes": "nosuch"}, "Unknown class"),
+                         ({"max_draws": 0}, "max_draws=0"),
+                         ({"sample_batch_size": 0}, "sample_batch_size=0"),
+                         ({"steps": "many"}, "steps takes int values")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            synthesize.run(str(ddpm_workdir), **{**kwargs, **bad}, overwrite=True)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before, bad
+
+
 def test_a_folder_with_other_files_is_refused_naming_one(ddpm_workdir, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("keep me")

@@ -21,38 +21,37 @@ def load_dermamnist(path: str | pathlib.Path, split: str) -> tuple[np.ndarray, n
     if split not in splits.SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose one of {splits.SPLITS}.")
     names = ["train", "val", "test"] if split == "all" else [split]
-    with fileio.open_npz(path) as npz:
-        keys = [f"{s}_{kind}" for s in names for kind in ("images", "labels")]
-        missing = [k for k in keys if k not in npz.files]
-        if missing:
+    keys = [f"{s}_{kind}" for s in names for kind in ("images", "labels")]
+    fix = (
+        "A MedMNIST npz holds train_images, train_labels, val_images, val_labels, test_images "
+        "and test_labels; download dermamnist.npz from medmnist.com again and use it unchanged."
+    )
+    npz = fileio.read_npz(path, keys, fix)
+    images, labels = [], []
+    for s in names:
+        x, y = npz[f"{s}_images"], npz[f"{s}_labels"]
+        if x.ndim == 3:  # Grayscale MedMNIST sets store [N, H, W].
+            x = np.repeat(x[..., None], 3, axis=-1)
+        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+        if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
             raise ValueError(
-                f"{path}: missing key(s) {missing}; it has {sorted(npz.files)}. A MedMNIST npz "
-                "holds train_images, train_labels, val_images, val_labels, test_images and "
-                "test_labels; use the dermamnist file from medmnist.com unchanged."
+                f"{path}: {s}_images has shape {x.shape} and dtype {x.dtype}; expected uint8 "
+                "[N, H, W, 3] (or [N, H, W])."
             )
-        images, labels = [], []
-        for s in names:
-            x, y = npz[f"{s}_images"], npz[f"{s}_labels"]
-            if x.ndim == 3:  # Grayscale MedMNIST sets store [N, H, W].
-                x = np.repeat(x[..., None], 3, axis=-1)
-            y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-            if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
-                raise ValueError(
-                    f"{path}: {s}_images has shape {x.shape} and dtype {x.dtype}; expected uint8 "
-                    "[N, H, W, 3] (or [N, H, W])."
-                )
-            if y.ndim != 1 or len(y) != len(x):
-                raise ValueError(
-                    f"{path}: {s}_labels has shape {npz[f'{s}_labels'].shape}; expected [N] or "
-                    f"[N, 1] with N = {len(x)} (the number of {s}_images)."
-                )
-            if len(y) and (y.min() < 0 or y.max() >= len(ham10000.CLASS_NAMES)):
-                raise ValueError(
-                    f"{path}: {s}_labels range over [{y.min()}, {y.max()}]; DermaMNIST labels are "
-                    f"0..{len(ham10000.CLASS_NAMES) - 1} ({', '.join(ham10000.CLASS_NAMES)})."
-                )
-            images.append(x)
-            labels.append(y.astype(np.int32))
+        if not np.issubdtype(y.dtype, np.integer):  # 0.5 would be read as 0 silently.
+            raise ValueError(f"{path}: {s}_labels are {y.dtype}; DermaMNIST labels are integers.")
+        if y.ndim != 1 or len(y) != len(x):
+            raise ValueError(
+                f"{path}: {s}_labels has shape {npz[f'{s}_labels'].shape}; expected [N] or "
+                f"[N, 1] with N = {len(x)} (the number of {s}_images)."
+            )
+        if len(y) and (y.min() < 0 or y.max() >= len(ham10000.CLASS_NAMES)):
+            raise ValueError(
+                f"{path}: {s}_labels range over [{y.min()}, {y.max()}]; DermaMNIST labels are "
+                f"0..{len(ham10000.CLASS_NAMES) - 1} ({', '.join(ham10000.CLASS_NAMES)})."
+            )
+        images.append(x)
+        labels.append(y.astype(np.int32))
     return np.concatenate(images), np.concatenate(labels)
 
 

@@ -8,6 +8,7 @@ import collections
 import csv
 import dataclasses
 import hashlib
+import io
 import math
 import pathlib
 
@@ -98,13 +99,21 @@ def check_image(path: pathlib.Path) -> str | None:
         with Image.open(path) as image:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except imaging.DECODE_ERRORS as error:
         return f"cannot decode the image ({error})."
     return None
 
 
+# Ages a record may hold, in years (the upper bound excluded); empty reads as unknown.
+AGE_RANGE = (0, 200)
+
+
 def _parse_age(value: str) -> float:
-    return float(value) if value.strip() else math.nan
+    """The age in years, nan when empty; ValueError outside AGE_RANGE or not a number."""
+    age = float(value) if value.strip() else math.nan
+    if not (math.isnan(age) or AGE_RANGE[0] <= age < AGE_RANGE[1]):
+        raise ValueError(value)
+    return age
 
 
 # The ISIC 2018 Task 3 challenge's ground truth: `image` and one-hot class columns (MEL, NV, ...).
@@ -112,7 +121,11 @@ CHALLENGE_COLUMNS = ("image", *(dx.upper() for dx in CLASS_NAMES))
 
 
 def _metadata_fields(row: dict) -> tuple[dict | None, tuple[str, str] | None]:
-    """A HAM10000 metadata row -> (Record fields but path and row, None)."""
+    """A HAM10000 metadata row -> (Record fields but path and row, None), or (None, (what, fix))
+    for a row with fewer fields than the header (csv reads them as None)."""
+    short = [c for c in COLUMNS if row[c] is None]
+    if short:
+        return None, (f"the row ends before its {short} field(s).", "Complete or delete the row.")
     return {c: row[c] for c in COLUMNS}, None
 
 
@@ -182,6 +195,17 @@ def load_isic2018_test(
     return read_labelled_images(found[0], test_dir, skip_bad=skip_bad, check_images=check_images)
 
 
+def _utf8_text(path: pathlib.Path) -> io.StringIO:
+    """The text of the CSV at `path` (a byte-order mark dropped), or a DataError naming the file
+    when it is not UTF-8 (a spreadsheet's re-save in another encoding)."""
+    try:
+        return io.StringIO(path.read_bytes().decode("utf-8-sig"), newline="")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: not UTF-8 text ({error}); save it as UTF-8, as it was downloaded."
+        ) from error
+
+
 def read_labelled_images(
     csv_path: pathlib.Path, image_dir: pathlib.Path, *, skip_bad: bool, check_images: bool
 ) -> tuple[list[Record], list[Problem]]:
@@ -196,7 +220,7 @@ def read_labelled_images(
             raise DataError(found.message())
         problems.append(found)
 
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+    with _utf8_text(csv_path) as f:
         delimiter = "\t" if "\t" in f.readline() else ","
         f.seek(0)
         reader = csv.DictReader(f, delimiter=delimiter)
@@ -256,7 +280,8 @@ def read_labelled_images(
             try:
                 age = _parse_age(fields["age"])
             except ValueError:
-                problem(where, f"age {fields['age']!r} is not a number.", "Correct or empty it.")
+                problem(where, f"age {fields['age']!r} is not a number of years in "
+                        f"[{AGE_RANGE[0]}, {AGE_RANGE[1]}).", "Correct or empty it.")  # fmt: skip
                 continue
             seen[image_id] = row_number
             records.append(
@@ -395,7 +420,7 @@ def load_square(path: pathlib.Path, size: int) -> Image.Image:
     try:
         with Image.open(path) as image:
             return imaging.center_crop_resize(image, size)
-    except (OSError, SyntaxError, ValueError) as error:
+    except imaging.DECODE_ERRORS as error:
         raise DataError(
             f"{path}: cannot decode the image ({error}). Download it again, or delete its row from "
             f"the metadata CSV (or pass --skip_bad)."

@@ -191,7 +191,7 @@ AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-
 def age_band(age: float) -> str:
     if not np.isfinite(age):
         return "unknown"
-    return next(name for low, high, name in AGE_BANDS if low <= age < high)
+    return next((name for low, high, name in AGE_BANDS if low <= age < high), "unknown")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ class FolderSource:
         try:
             with Image.open(path) as image:
                 pixels = np.asarray(imaging.to_rgb(image))
-        except (OSError, SyntaxError, ValueError) as error:
+        except imaging.DECODE_ERRORS as error:
             raise ham10000.DataError(
                 f"{path}: cannot decode the image ({error}); delete or replace it."
             ) from error

@@ -4,6 +4,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 SIXTEEN_BIT_MAX = 65535
+# What PIL raises for a file that is missing, truncated, not an image, or declares more pixels
+# than PIL will decode (a decompression bomb).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -23,11 +23,7 @@ def make_mnist(data: ml_collections.ConfigDict) -> ArraySource:
         )
     if data.split not in splits.SPLITS:
         raise ValueError(f"Unknown split {data.split!r}; choose one of {splits.SPLITS}.")
-    with fileio.open_npz(path) as npz:
-        missing = [k for k in MNIST_KEYS if k not in npz.files]
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {missing}; it has {sorted(npz.files)}.")
-        arrays = {k: npz[k] for k in MNIST_KEYS}
+    arrays = fileio.read_npz(path, MNIST_KEYS, "Point data.path at keras.datasets.mnist's file.")
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.ndim != 3 or x.dtype != np.uint8 or y.shape != (len(x),):

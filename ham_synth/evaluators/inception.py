@@ -271,8 +271,8 @@ def load_variables(path: str | os.PathLike | None = None) -> dict:
             "or, offline, from a copy of pytorch-fid's pt_inception-2015-12-05-6726825d.pth:\n"
             "  ham-synth convert-inception --torch_weights=PATH_TO_THAT_PTH"
         )
-    with np.load(path, allow_pickle=False) as data:
-        variables = traverse_util.unflatten_dict({k: data[k] for k in data.files}, sep="/")
+    arrays = fileio.read_npz(path, fix=f"Make the weights again with\n  {CONVERT_COMMAND}")
+    variables = traverse_util.unflatten_dict(arrays, sep="/")
     check_variables(variables, str(path))
     return variables
 

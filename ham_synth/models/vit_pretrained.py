@@ -10,10 +10,11 @@ interpolation (a = -0.75, align_corners=False, edge pixels repeated), which `jax
 import dataclasses
 import math
 import pathlib
-import zipfile
 
 import numpy as np
 from flax import traverse_util
+
+from ham_synth import fileio
 
 POS_EMBEDDING = "Transformer/posembed_input/pos_embedding"
 HEAD_PREFIX = "head/"
@@ -48,13 +49,7 @@ def read_npz(path: str | pathlib.Path) -> dict[str, np.ndarray]:
             f"model.init_from_npz={str(path)!r}: no such file. Download an AugReg checkpoint "
             "(e.g. from gs://vit_models/augreg/) and give its local path."
         )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"model.init_from_npz={str(path)!r} is not a readable .npz: {error}"
-        ) from error
+    return fileio.read_npz(path, fix="Download the checkpoint again (model.init_from_npz).")
 
 
 def cubic_weights(in_size: int, out_size: int) -> np.ndarray:

@@ -93,6 +93,22 @@ def _break(directory, rows, how):
     if how == "unreadable_jpeg":
         fake_ham10000.image_path(directory, rows[5]["image_id"]).write_bytes(b"not a jpeg")
         return r"\(listed in row 7\): cannot decode the image.*Download this image again"
+    if how == "short_row":  # A row cut after four fields: csv reads the rest as None.
+        path = directory / ham10000.METADATA_FILE
+        lines = path.read_text().splitlines()
+        lines[5] = ",".join(lines[5].split(",")[:4])
+        path.write_text("\n".join(lines) + "\n")
+        return r"row 6: the row ends before its \['age', 'sex', 'localization'\] field"
+    if how == "age_out_of_range":
+        rows[4]["age"] = "-5"
+        fake_ham10000.write_metadata(directory, rows)
+        return r"row 6: age '-5' is not a number of years in \[0, 200\)"
+    if how == "not_utf8":  # Re-saved by a spreadsheet in Latin-1.
+        rows[4]["localization"] = "r\u00fccken"
+        fake_ham10000.write_metadata(directory, rows)
+        path = directory / ham10000.METADATA_FILE
+        path.write_bytes(path.read_text().encode("latin-1"))
+        return r"HAM10000_metadata.csv: not UTF-8 text .*save it as UTF-8"
     if how == "duplicate_image_id":
         rows.insert(8, dict(rows[1]))
         fake_ham10000.write_metadata(directory, rows)
@@ -108,6 +124,9 @@ BAD_INPUTS = (
     "truncated_jpeg",
     "unreadable_jpeg",
     "duplicate_image_id",
+    "short_row",
+    "age_out_of_range",
+    "not_utf8",
 )
 
 
@@ -119,7 +138,7 @@ def test_bad_input_raises_one_error_naming_the_file_or_row_and_the_fix(download,
         ham10000.load_records(directory)
 
 
-@pytest.mark.parametrize("how", ["unknown_dx", "missing_image", "truncated_jpeg"])
+@pytest.mark.parametrize("how", ["unknown_dx", "missing_image", "truncated_jpeg", "short_row"])
 def test_skip_bad_drops_only_the_bad_row(download, how):
     directory, rows = download
     _break(directory, rows, how)

@@ -106,6 +106,7 @@ def test_dermamnist_reads_each_split_resized_with_ham10000_label_order(tmp_path)
         ({"train_images": np.zeros((14, 28, 28, 4), np.uint8)}, r"train_images has shape"),
         ({"train_labels": np.zeros((13, 1), np.uint8)}, r"train_labels has shape \(13, 1\)"),
         ({"train_labels": np.full((14, 1), 9, np.uint8)}, r"range over \[9, 9\]"),
+        ({"train_labels": np.full((14, 1), 0.5)}, r"train_labels are float64; .* integers"),
     ],
 )
 def test_dermamnist_bad_npz_names_the_key_and_the_fix(tmp_path, replace, pattern):
@@ -122,6 +123,16 @@ def test_a_file_that_is_not_an_npz_is_named_as_such(tmp_path, name):
     with pytest.raises(ValueError, match=rf"{path} is not an \.npz archive") as raised:
         sources.get_source(_data(name=name, path=str(path), num_classes=7))
     assert "pickle" not in str(raised.value)
+
+
+def test_an_npz_whose_arrays_do_not_read_is_named_with_the_fix(tmp_path):
+    path = tmp_path / "dermamnist.npz"
+    _write_npz(path)
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 3] ^= 0xFF  # Inside an array: its checksum no longer matches.
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=rf"{path}: an array does not read .*medmnist\.com"):
+        sources.get_source(_data(name="dermamnist", path=str(path), num_classes=7))
 
 
 def test_dermamnist_missing_file_says_where_to_get_it(tmp_path):
@@ -154,11 +165,17 @@ def test_folder_labels_follow_sorted_folder_names_and_images_are_resized(tmp_pat
     assert record["label"] == 2 and record["image"][..., 2].mean() > 190
 
 
-@pytest.mark.parametrize("damage", ["zero_bytes", "truncated"])
-def test_a_broken_image_in_a_folder_is_an_error_naming_it_and_the_fix(tmp_path, damage):
+@pytest.mark.parametrize("damage", ["zero_bytes", "truncated", "decompression_bomb"])
+def test_a_broken_image_in_a_folder_is_an_error_naming_it_and_the_fix(
+    tmp_path, damage, monkeypatch
+):
     _write_folder(tmp_path, {"akiec": 2, "df": 2})
     broken = tmp_path / "df" / "001.png"
-    broken.write_bytes(b"" if damage == "zero_bytes" else broken.read_bytes()[:30])
+    if damage == "decompression_bomb":  # PIL refuses more than 2x this many pixels outright.
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+        Image.new("RGB", (100, 100)).save(broken)
+    else:
+        broken.write_bytes(b"" if damage == "zero_bytes" else broken.read_bytes()[:30])
     source = sources.get_source(_data(name="folder", path=str(tmp_path), split="all",
                                       num_classes=2))  # fmt: skip
     assert source[0]["image"].shape == (8, 8, 3)  # The others read.

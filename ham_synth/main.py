@@ -98,6 +98,10 @@ _FLAG_SPECS = {
     ),
     "run": (str, "One run of the study by name (e.g. generators/vae); its dependencies done."),
     "dry_run": (bool, "Print the plan (each run, its status and command) and stop."),
+    "rerun_changed": (
+        bool,
+        "Redo finished runs whose inputs changed, keeping the earlier ones in WORKDIR/replaced/.",
+    ),
     # convert-inception
     "torch_weights": (str, "pytorch-fid's Inception .pth; default: in the cache."),
     "download": (bool, "Fetch the .pth from pytorch-fid's release first (needs internet)."),
@@ -212,7 +216,7 @@ VERBS = {
         "generators -> synthetic sets -> classifiers over seeds -> WORKDIR/report.md; skips "
         "finished runs, resumes interrupted ones",
         "ham_synth.study.runner:run",
-        optional=("only", "dry_run", "run"),
+        optional=("only", "dry_run", "run", "rerun_changed"),
         uses_devices=False,
     ),
     "convert-inception": Verb(

@@ -96,6 +96,11 @@ def confidence_screen(workdir: str, min_confidence: float, class_names, tta: str
     return screen
 
 
+def default_csv(workdir, images: pathlib.Path) -> pathlib.Path:
+    """WORKDIR/predictions/<the images folder's own name>.csv (`.` named by where it is)."""
+    return pathlib.Path(workdir) / "predictions" / f"{images.resolve().name}.csv"
+
+
 def run(
     workdir: str,
     images: str,
@@ -127,7 +132,7 @@ def run(
     probs = np.zeros((0, len(classifier.class_names)), np.float32)
     if pixels:
         probs = classifier.probabilities(np.stack(pixels))
-    out = pathlib.Path(out_csv or pathlib.Path(workdir) / "predictions" / f"{root.name}.csv")
+    out = pathlib.Path(out_csv) if out_csv else default_csv(workdir, root)
     if jax.process_index() == 0:
         write_csv(out, root, paths, errors, probs, classifier.class_names)
         print(

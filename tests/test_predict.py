@@ -2,6 +2,7 @@
 
 import csv
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,14 @@ def test_classify_writes_the_evaluators_probabilities_and_names_a_bad_image(vit_
         probs = np.array([float(row[f"p_{name}"]) for name in names])
         np.testing.assert_allclose(probs, expected[index], atol=2e-6)
         assert row["predicted"] == names[int(np.argmax(expected[index]))]
+
+
+def test_the_default_csv_is_named_after_the_folder_even_when_given_as_a_dot(tmp_path, monkeypatch):
+    (tmp_path / "site_b").mkdir()
+    monkeypatch.chdir(tmp_path / "site_b")
+    assert predict.default_csv("run", pathlib.Path(".")) == pathlib.Path(
+        "run/predictions/site_b.csv"
+    )
 
 
 def test_classify_refuses_a_generator_run_and_an_empty_folder(tmp_path):

@@ -3,11 +3,13 @@
 Each run leaves a marker, W/markers/<run name>.json, with its key (plan.py), its command, and
 whether it finished. On the next invocation a run whose marker says done with the same key is
 skipped; one that started with the same key resumes (training from its last checkpoint, `sample`
-from the images it wrote); one whose key changed is deleted and run afresh. W/study.lock
-keeps a second study from writing the same workdir.
+from the images it wrote); one whose key changed is refused, naming what changed, unless
+`rerun_changed`, which keeps it in W/replaced/ and runs it afresh (a moved data file would
+otherwise cost every run). W/study.lock keeps a second study from writing the same workdir.
 """
 
 import pathlib
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -19,6 +21,9 @@ from ham_synth import config_lib, evaluate, fileio, memorization, predict, synth
 from ham_synth.evaluators import inception
 from ham_synth.study import markers, report, scheduler
 from ham_synth.study import plan as plan_lib
+
+# W/replaced/<run name>/<its old key>/: runs redone under --rerun_changed, kept.
+REPLACED = "replaced"
 
 DONE, RESUME, CHANGED, NEW = "done", "resume", "changed", "new"
 
@@ -47,6 +52,29 @@ def status(root: pathlib.Path, run: plan_lib.Run) -> str:
     if marker["key"] != run.key:
         return CHANGED
     return DONE if marker.get("done") else RESUME
+
+
+def what_changed(root: pathlib.Path, run: plan_lib.Run) -> str:
+    """The arguments of a changed run's command that differ from its marker's, or that a run it
+    reads changed."""
+    old = shlex.split(markers.read(root, run.name)["command"])
+    new = run.command(root)
+    gone, came = [a for a in old if a not in new], [a for a in new if a not in old]
+    if not (gone or came):
+        return f"{run.name}: a run it reads changed"
+    return f"{run.name}: {' '.join(gone) or '(none)'} -> {' '.join(came) or '(none)'}"
+
+
+def keep_replaced(root: pathlib.Path, run: plan_lib.Run) -> pathlib.Path | None:
+    """Moves a changed run's folder to W/replaced/<name>/<old key>; returns where (None if the
+    run left no folder)."""
+    if not (root / run.name).exists():
+        return None
+    target = root / REPLACED / run.name / markers.read(root, run.name)["key"]
+    shutil.rmtree(target, ignore_errors=True)  # The same old key redone twice: keep the last.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (root / run.name).rename(target)
+    return target
 
 
 def select(plan: list[plan_lib.Run], only: str, run_name: str = "") -> list[plan_lib.Run]:
@@ -129,6 +157,7 @@ def run(
     only: str = "",
     dry_run: bool = False,
     run: str = "",
+    rerun_changed: bool = False,
 ):
     """The `study` verb. Its runs share JAX's persistent compilation cache, so the seeds and
     conditions of one classifier compile once. `run` makes that one run only (its dependencies
@@ -141,7 +170,12 @@ def run(
     if config.study.parallel_runs > 1:  # The runs own the GPUs; this process only reports.
         jax.config.update("jax_platforms", "cpu")
     return run_study(
-        config, pathlib.Path(workdir).resolve(), only=only, dry_run=dry_run, run_name=run
+        config,
+        pathlib.Path(workdir).resolve(),
+        only=only,
+        dry_run=dry_run,
+        run_name=run,
+        rerun_changed=rerun_changed,
     )
 
 
@@ -171,8 +205,10 @@ class _Book:
             f"{elapsed:.1f} min | {_eta(self.durations, remaining)}",
             flush=True,
         )
-        if state == CHANGED:
+        if state == CHANGED and run.verb == "report":  # Derived from the runs alone.
             shutil.rmtree(self.root / run.name, ignore_errors=True)
+        elif state == CHANGED and (kept := keep_replaced(self.root, run)):
+            print(f"[study] {run.name}: the earlier run is kept in {kept}", flush=True)
         write_marker(self.root, run, stage=run.stage, done=False)
         self.started[run.name] = time.perf_counter()
 
@@ -193,6 +229,7 @@ def run_study(
     launcher: scheduler.Launch | None = None,
     poll_seconds: float = 2.0,
     run_name: str = "",
+    rerun_changed: bool = False,
 ) -> list[plan_lib.Run]:
     """Makes every selected run that is not done; returns the runs it made. With
     `study.parallel_runs` > 1 the runs other than the report are launched as processes, one per
@@ -208,6 +245,14 @@ def run_study(
         names = {r.name for r in selected}
         done = {r.name for r in plan if status(root, r) == DONE}
         todo = [r for r in selected if r.name not in done]
+        changed = [r for r in todo if r.verb != "report" and status(root, r) == CHANGED]
+        if changed and not rerun_changed:
+            shown = "\n  ".join(what_changed(root, r) for r in changed[:5])
+            raise StudyError(
+                f"{len(changed)} run(s) of this workdir ran with other inputs, e.g.\n  {shown}\n"
+                "Undo the change (a moved data file: put it back or link it), or pass "
+                f"--rerun_changed to redo them, keeping the earlier ones in {root / REPLACED}."
+            )
         missing = sorted({d for r in todo for d in r.deps if d not in names} - done)
         if missing:
             raise ValueError(

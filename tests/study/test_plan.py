@@ -11,8 +11,8 @@ from conftest import REPO
 from ml_collections import config_flags
 
 from ham_synth import config_lib, fileio, main
+from ham_synth.study import markers, runner
 from ham_synth.study import plan as plan_lib
-from ham_synth.study import runner
 
 
 @pytest.fixture(autouse=True)
@@ -201,9 +201,20 @@ def test_skip_resume_and_rerun_only_what_changed(tmp_path):
     assert third.made == []
 
     (tmp_path / "generators/vae/stale").write_text("from the old config")
+    old_key = markers.read(tmp_path, "generators/vae")["key"]
     changed = smoke(**{"generators.vae.config": "configs/vae.py:quickstart"})
+    # Finished work is never redone unasked: the error names what changed and the way on.
+    with pytest.raises(runner.StudyError) as refused:
+        runner.run_study(changed, tmp_path, executor=FakeExecutor())
+    message = str(refused.value)
+    assert "16 run(s) of this workdir ran with other inputs" in message
+    assert (
+        "generators/vae: --config=configs/vae.py:smoke -> --config=configs/vae.py:quickstart"
+        in (message)
+    )
+    assert "synthetic/vae: a run it reads changed" in message and "--rerun_changed" in message
     fourth = FakeExecutor()
-    runner.run_study(changed, tmp_path, executor=fourth)
+    runner.run_study(changed, tmp_path, executor=fourth, rerun_changed=True)
     assert fourth.made == [
         "generators/vae", "synthetic/vae", "synthetic/vae:filtered", "realism/vae/classifier",
         "realism/vae/recognised", "classifiers/real+vae/seed_0", "classifiers/real+vae/seed_1",
@@ -214,6 +225,8 @@ def test_skip_resume_and_rerun_only_what_changed(tmp_path):
         "memorization/vae", "report",
     ]  # fmt: skip
     assert not (tmp_path / "generators/vae/stale").exists(), "a changed run starts afresh"
+    kept = tmp_path / runner.REPLACED / "generators/vae" / old_key / "stale"
+    assert kept.read_text() == "from the old config", "and the earlier one is kept"
 
 
 def test_only_needs_finished_dependencies(tmp_path, capsys):

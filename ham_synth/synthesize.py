@@ -215,6 +215,18 @@ def _is_sample_file(relative: pathlib.Path) -> bool:
     return len(relative.parts) == 2 and bool(re.fullmatch(rf"{re.escape(cls)}_\d{{6}}\.png", name))
 
 
+def drop_unplanned(out_dir: pathlib.Path, planned: set[pathlib.Path]) -> None:
+    """Deletes the images a killed sample left that this one will not write (it asks for fewer,
+    or for other classes): a folder source reads every PNG, not the manifest."""
+    if jax.process_index() == 0 and out_dir.is_dir():
+        for path in out_dir.glob("*/*.png"):
+            if path not in planned:
+                path.unlink()
+        for folder in out_dir.iterdir():  # A class no longer asked for: an empty folder.
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def prepare_out_dir(out_dir: pathlib.Path, overwrite: bool = False) -> None:
     """Refuses a folder with files `sample` did not write, and a finished sample (its manifest
     written) unless `overwrite`, which deletes that sample's files. An unfinished sample stays,
@@ -300,6 +312,7 @@ def write_samples(
         raise ValueError(f"--sample_batch_size={sample_batch_size}; use 1 or more.")
     # Only now, with every argument checked: --overwrite deletes the finished sample there.
     prepare_out_dir(out_dir, overwrite)
+    drop_unplanned(out_dir, {_image_path(out_dir, class_names[c], i) for i, c in enumerate(labels)})
     logging.info("Sampling %d images (%s) from step %d of %s with %s.", len(labels),
                  ", ".join(f"{name} {count}" for name, count in counts.items()), restored.step,
                  restored.workdir, settings)  # fmt: skip

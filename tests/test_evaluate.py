@@ -21,7 +21,7 @@ from ham_synth.tasks import base
 def write_folder(root, images_per_class: int, seed: int):
     rng = np.random.default_rng(seed)
     for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
+        (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(images_per_class):
             pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
@@ -91,10 +91,14 @@ def test_evaluate_scores_a_folder_and_caches_the_reference(tmp_path, random_weig
     net = features.FeatureNet(
         features.INCEPTION, None, features.inception_cache_key(random_weights)
     )
-    assert features.reference_cache_path(config.data, net).exists()
+    cache = features.reference_cache_path(config.data, net, sources.get_source(config.data))
+    assert cache.exists()
     cached, labels, class_names = features.real_features(net, config.data, 8, mesh=None)
     assert cached.shape == (8, inception.FEATURE_DIM) and class_names == ("a", "b")
     np.testing.assert_array_equal(labels, [0, 0, 0, 0, 1, 1, 1, 1])
+    # Other images at the same path and config: another cache file, not the stale features.
+    write_folder(real_dir, images_per_class=4, seed=1)
+    assert features.reference_cache_path(config.data, net, sources.get_source(config.data)) != cache
 
 
 def test_evaluate_without_weights_names_the_convert_command(tmp_path):
@@ -173,7 +177,9 @@ def test_two_processes_each_read_their_share_and_get_every_feature_in_order(tmp_
     data = features_worker.digits_test_data()
     source = sources.get_source(data)
     stale = features.reference_cache_path(
-        data, features.FeatureNet(features.INCEPTION, None, features.inception_cache_key(weights))
+        data,
+        features.FeatureNet(features.INCEPTION, None, features.inception_cache_key(weights)),
+        source,
     )
     stale.parent.mkdir(parents=True)
     np.savez(stale, features=np.zeros((len(source), 1)), labels=source.labels)

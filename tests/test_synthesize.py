@@ -151,6 +151,16 @@ def test_overwrite_deletes_nothing_until_every_argument_is_checked(ddpm_workdir,
         assert sorted(p.relative_to(out) for p in out.rglob("*")) == before, bad
 
 
+def test_a_resume_that_asks_for_fewer_images_leaves_none_of_the_others(ddpm_workdir, tmp_path):
+    out = tmp_path / "s"
+    synthesize.run(str(ddpm_workdir), num_per_class="3=3,7=2", steps=2, out_dir=str(out))
+    (out / "manifest.csv").unlink()  # As if killed before the manifest.
+    synthesize.run(str(ddpm_workdir), num_per_class="7=1", steps=2, out_dir=str(out))
+    # The folder source reads every PNG: the killed run's others must not stay.
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["7/7_000000.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["7", "manifest.csv"]
+
+
 def test_a_folder_with_other_files_is_refused_naming_one(ddpm_workdir, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("keep me")

@@ -139,9 +139,19 @@ def source_features(net: FeatureNet, source, batch_size: int, mesh):
     return features, pipeline.source_labels(source)
 
 
-def reference_cache_path(data: ml_collections.ConfigDict, net: FeatureNet) -> pathlib.Path:
-    """Cache file for a real split's features, keyed by the data config and the network."""
-    key = json.dumps([data.to_dict(), net.name, net.cache_key])
+def content_digest(source, samples: int = 16) -> str:
+    """A digest of a source's labels and `samples` evenly spaced images: it changes when the
+    data behind one config changes (a file replaced at its path, a split prepared again)."""
+    digest = hashlib.sha256(np.asarray(pipeline.source_labels(source), np.int64).tobytes())
+    for i in np.linspace(0, len(source) - 1, min(samples, len(source))).astype(int):
+        digest.update(np.ascontiguousarray(source[int(i)]["image"]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def reference_cache_path(data: ml_collections.ConfigDict, net: FeatureNet, source) -> pathlib.Path:
+    """Cache file for a real split's features, keyed by the data config, what the source holds
+    (`content_digest`) and the network."""
+    key = json.dumps([data.to_dict(), content_digest(source), net.name, net.cache_key])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return (
         inception.default_cache_dir() / "fid_reference" / f"{data.name}_{data.split}_{digest}.npz"
@@ -153,7 +163,7 @@ def real_features(net: FeatureNet, data: ml_collections.ConfigDict, batch_size: 
     source = sources.get_source(data)
     if net.cache_key is None:
         return (*source_features(net, source, batch_size, mesh), source.class_names)
-    path = reference_cache_path(data, net)
+    path = reference_cache_path(data, net, source)
     # Extraction is collective: all processes read the cache, or none does.
     if parallel.every_process(path.exists()):
         logging.info("Reference features from %s", path)

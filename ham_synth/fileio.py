@@ -92,11 +92,11 @@ def read_npz(path: pathlib.Path, keys=None, fix: str = "") -> dict[str, np.ndarr
         )
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in keys or () if k not in npz.files]
-            if missing:
-                raise KeyError(f"missing key(s) {missing}; it has {sorted(npz.files)}")
-            return {k: npz[k] for k in (npz.files if keys is None else keys)}
-    except KeyError as error:
-        raise ValueError(f"{path}: {error.args[0]}. {fix}") from error
+            files = npz.files
+            missing = [k for k in keys or () if k not in files]
+            arrays = {} if missing else {k: npz[k] for k in (files if keys is None else keys)}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: an array does not read ({error}). {fix}") from error
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; it has {sorted(files)}. {fix}")
+    return arrays

@@ -327,10 +327,11 @@ def _verb_kwargs(verb_name: str, verb: Verb) -> dict:
         raise ValueError(f"{' '.join(stray)} do(es) not apply to `{verb_name}`.\n{_usage()}")
     if flags.FLAGS["config"].present:  # Checked here: reading the flag would raise a bare OSError.
         spec = flags.FLAGS["config"].config_filename
-        if not pathlib.Path(spec.split(":")[0]).is_file():
+        file = spec.split(":")[0]
+        if not pathlib.Path(file).is_file():
             raise FileNotFoundError(
-                f"--config={spec}: no config file at {spec.split(':')[0]}; the project's are in "
-                "configs/, e.g. --config=configs/vae.py:quickstart."
+                f"--config={spec}: no config file at {file}; the project's are in configs/, "
+                "e.g. --config=configs/vae.py:quickstart."
             )
     missing = [f"--{n}" for n in verb.required if flags.FLAGS[n].value is None]
     if missing:

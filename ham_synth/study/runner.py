@@ -243,9 +243,10 @@ def run_study(
     lock = f"{markers.FOLDER}/{run_name}.lock" if run_name else LOCK
     with fileio.exclusive_lock(root / lock, "study"):
         names = {r.name for r in selected}
-        done = {r.name for r in plan if status(root, r) == DONE}
+        states = {r.name: status(root, r) for r in plan}  # One marker read per run.
+        done = {name for name, state in states.items() if state == DONE}
         todo = [r for r in selected if r.name not in done]
-        changed = [r for r in todo if r.verb != "report" and status(root, r) == CHANGED]
+        changed = [r for r in todo if r.verb != "report" and states[r.name] == CHANGED]
         if changed and not rerun_changed:
             shown = "\n  ".join(what_changed(root, r) for r in changed[:5])
             raise StudyError(

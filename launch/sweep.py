@@ -55,11 +55,19 @@ def training_runs(config, spec: str, sweep: str, overrides: dict) -> list[plan_l
 
 
 def stages(runs: list[plan_lib.Run]) -> list[tuple[str, list[plan_lib.Run]]]:
-    """The runs grouped by stage, in order; a stage's runs depend only on earlier stages."""
-    grouped: dict[str, list] = {}
-    for run in runs:
-        grouped.setdefault(run.stage, []).append(run)
-    return list(grouped.items())
+    """The runs grouped by stage, in order, and each stage split into levels (`conditions`,
+    `conditions_2`, ...) so that a group's runs depend only on earlier groups: a SLURM job array
+    starts a group's runs side by side (a study's pre-training before its fine-tuning)."""
+    stage_order = list(dict.fromkeys(run.stage for run in runs))
+    stage_of = {run.name: run.stage for run in runs}
+    level: dict[str, int] = {}
+    grouped: dict[tuple[str, int], list] = {}
+    for run in runs:  # Plan order: a run's dependencies come before it.
+        same_stage = [level[d] + 1 for d in run.deps if stage_of.get(d) == run.stage]
+        level[run.name] = max(same_stage, default=0)
+        grouped.setdefault((run.stage, level[run.name]), []).append(run)
+    ordered = sorted(grouped, key=lambda key: (stage_order.index(key[0]), key[1]))
+    return [(f"{stage}_{n + 1}" if n else stage, grouped[stage, n]) for stage, n in ordered]
 
 
 def slurm_submission(
@@ -67,7 +75,8 @@ def slurm_submission(
 ) -> dict[str, str]:
     """{file name: content} for WORKDIR/slurm/: a commands file per stage and submit.sh. A
     study's runs go through `ham-synth study ... --run=NAME` (`study_argv`), so each leaves its
-    marker, and a last job writes the report."""
+    marker, and a last job writes the report. Jobs start in this script's working directory,
+    where the commands' relative config paths resolve, as they did here."""
 
     def command(run: plan_lib.Run) -> str:
         if study_argv:
@@ -76,7 +85,8 @@ def slurm_submission(
 
     files = {}
     lines = ["#!/usr/bin/env bash", "# Submits each stage as a job array; each waits for the last.",
-             "set -euo pipefail", 'cd "$(dirname "$0")"', "previous=''"]  # fmt: skip
+             "set -euo pipefail", "# Jobs start where sbatch runs: where the config paths resolve.",
+             f"cd {shlex.quote(str(pathlib.Path.cwd()))}", "previous=''"]  # fmt: skip
     for stage, members in stages(runs):
         name = f"{stage}.commands"
         files[name] = "".join(command(r) + "\n" for r in members)

@@ -2,6 +2,7 @@
 two processes joined by jax.distributed stop together."""
 
 import os
+import pathlib
 import shlex
 import signal
 import subprocess
@@ -11,7 +12,8 @@ import time
 import pytest
 from conftest import FAST_COMPILE, free_port
 
-from ham_synth import main, metric_writer
+from ham_synth import config_lib, main, metric_writer
+from ham_synth.study import plan as plan_lib
 
 SCRIPTS = ("run_local.sh", "run_multihost.sh", "slurm.sbatch")
 
@@ -84,6 +86,78 @@ def test_sweep_of_a_training_config_writes_a_slurm_array_per_stage(repo, tmp_pat
         ["--config.optim.lr=0.0003", "--config.seed=1"],
     ]
     assert "--array=0-3" in out and "launch/slurm.sbatch --commands=" in out
+
+
+@pytest.mark.slow
+def test_slurm_submission_starts_jobs_where_configs_resolve_and_after_their_dependencies(
+    repo, tmp_path, monkeypatch
+):
+    """submit.sh, run from elsewhere with a stand-in sbatch, submits from the directory sweep.py
+    ran in (where the runs' relative config paths resolve), and every run's job array comes
+    after those of the runs it depends on (the smoke study pre-trains, then fine-tunes)."""
+    env = dict(os.environ, HAM_SYNTH_CACHE_DIR=str(tmp_path / "cache"))
+    workdir = tmp_path / "w"
+    subprocess.run(
+        [sys.executable, "launch/sweep.py", "--config=configs/study.py:smoke", "--mode=slurm",
+         f"--workdir={workdir}"],
+        cwd=repo, env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    bin_dir, log = tmp_path / "bin", tmp_path / "sbatch.log"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$PWD|$*" >> {log}\necho 7\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    subprocess.run(["bash", str(workdir / "slurm" / "submit.sh")], cwd=tmp_path, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    calls = [line.split("|", 1) for line in log.read_text().splitlines()]
+    assert {cwd for cwd, _ in calls} == {str(repo)}
+    group_of = {}  # Run name -> index of the job array that runs it.
+    for group, (_, argv) in enumerate(calls[:-1]):
+        commands = pathlib.Path(argv.split("--commands=")[1])
+        for line in commands.read_text().splitlines():
+            group_of[line.split("--run=")[1]] = group
+    assert "--only=report" in calls[-1][1]
+    monkeypatch.setenv("HAM_SYNTH_CACHE_DIR", env["HAM_SYNTH_CACHE_DIR"])
+    monkeypatch.chdir(repo)
+    plan = plan_lib.make_plan(config_lib.load_config("configs/study.py:smoke"), workdir)
+    runs = [run for run in plan if run.verb != "report"]
+    assert sorted(group_of) == sorted(run.name for run in runs)
+    stage_of = {run.name: run.stage for run in runs}
+    assert any(stage_of[dep] == run.stage for run in runs for dep in run.deps)
+    for run in runs:
+        for dep in run.deps:
+            assert group_of[dep] < group_of[run.name], (dep, run.name)
+
+
+@pytest.mark.parametrize(("trainer_status", "requeued"), [(75, True), (1, False)])
+def test_near_the_time_limit_the_job_requeues_only_after_the_trainer_saved(
+    repo, tmp_path, trainer_status, requeued
+):
+    """SIGUSR1 to the batch shell (SLURM's warning before the limit): the trainer gets SIGTERM,
+    and the job is requeued after it exits as stopped (75, checkpoint saved), never before and
+    not when it failed. srun, scontrol and the trainer are stand-ins that log what they see."""
+    log, bin_dir = tmp_path / "log", tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "srun": 'while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"',
+        "ham-synth": f"trap 'echo stopped >> {log}; exit {trainer_status}' TERM\n"
+                     f"echo started >> {log}\nwhile true; do sleep 0.05; done",
+        "scontrol": f'echo "scontrol $*" >> {log}',
+    }  # fmt: skip
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="42")
+    job = subprocess.Popen(["bash", str(repo / "launch" / "slurm.sbatch"), "c.py:x", "w"],
+                           env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "started" in log.read_text()):
+        assert time.monotonic() < deadline and job.poll() is None
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=30) == trainer_status, job.stderr.read()
+    expected = ["started", "stopped"] + (["scontrol requeue 42"] if requeued else [])
+    assert log.read_text().splitlines() == expected
 
 
 def test_slurm_array_mode_runs_one_line_of_the_commands_file(repo, tmp_path):

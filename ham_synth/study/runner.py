@@ -256,9 +256,10 @@ def run_study(
             )
         missing = sorted({d for r in todo for d in r.deps if d not in names} - done)
         if missing:
+            asked = f"--run={run_name}" if run_name else f"--only={only}"
             raise ValueError(
-                f"--only={only}: these runs are needed first and are not done: {missing}; run "
-                "their stages too."
+                f"{asked}: these runs are needed first and are not done: {missing}; run "
+                "them (or their stages) first."
             )
         book = _Book(root, plan, todo)
         if study.study.parallel_runs > 1:

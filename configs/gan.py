@@ -20,8 +20,8 @@ cores. On dermamnist_dev the derma28 ViT labels 43% of its images as their class
 own recall on real images (docs/results.md).
 ham64: HAM10000 at 64² for a GPU, SNGAN/BigGAN-style widths (G 512-256-128-64-32 from 4x4, D
 64-128-256-512 down to 4x4; 14.5M parameters), DiffAugment + ADA, R1 gamma 0.1 every 16 steps,
-100k steps of batch 64 (640 epochs of HAM10000's 7k train images, StyleGAN2-ADA's regime for
-10k-image sets). 11.0 s per step on 2 CPU cores, about a tenth of a ddpm.py:ham64 step
+100k steps of batch 64 (about 910 epochs of HAM10000's 7k train images, StyleGAN2-ADA's regime
+for 10k-image sets). 11.0 s per step on 2 CPU cores, about a tenth of a ddpm.py:ham64 step
 (docs/results.md). Its GPU time is still to measure:
 `python tools/benchmark.py --cases=config --config=configs/gan.py:ham64`.
 """

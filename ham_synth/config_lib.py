@@ -9,7 +9,7 @@ import pathlib
 
 import ml_collections
 
-# A config variant's yes / no values (`vit.py:derma28,mini=true`); anything else is refused.
+# A config variant's yes / no values (`study.py:derma28,mini=true`); anything else is refused.
 BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from ham_synth import config_lib, metric_writer, parallel, train, workdir
 from ham_synth import state as state_lib
 from ham_synth.data import image_folder, pipeline, sources, synthetic
+from ham_synth.evaluators import classification
 from ham_synth.tasks import base, classify
 
 NAMES = [f"{d}:{name}" for d, name in enumerate(("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"))]
@@ -250,6 +251,24 @@ def test_resume_is_bit_exact_with_mixing(folder):
         got = next(resumed)
         for key in ("image", "label", "index", "synthetic"):
             np.testing.assert_array_equal(got[key], want[key])
+
+
+@pytest.mark.parametrize("policy", synthetic.POLICIES)
+def test_evaluation_splits_stay_real_while_training_draws_synthetic_images(folder, policy):
+    """With a live sample folder (the training stream draws from it), each split a classifier
+    evaluates holds the real split's images and labels, none flagged synthetic."""
+    config = _config(folder, policy=policy, ratio=0.5)
+    _, fake, config = _stream(config, num_batches=2)
+    assert fake.any()
+    mesh = parallel.make_mesh(1)
+    task = classify.make_task(config)
+    for split in ("val", "test"):
+        real = pipeline.eval_source(config_lib.with_values(config, {"data.split": split}).data)
+        evaluated = classification.SplitClassifier("t", config, task, mesh, split, 8).source
+        assert len(evaluated) == len(real), split
+        labels = pipeline.source_labels(evaluated)
+        np.testing.assert_array_equal(labels, pipeline.source_labels(real))
+        assert not any(evaluated[i].get("synthetic", False) for i in range(len(evaluated)))
 
 
 @pytest.mark.slow

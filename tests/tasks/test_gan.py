@@ -251,6 +251,26 @@ def test_the_statistics_ema_follows_the_params_ema_warmed_up_decay():
         np.testing.assert_allclose(averaged, decay * old + (1 - decay) * new, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize(("target", "p0"), [(2.0, 0.5), (2.0, 0.0), (1e-3, 0.5), (1e-3, 1.0)])
+def test_ada_moves_p_by_the_batch_over_ada_kimg_towards_the_target(target, p0):
+    """ADA (Karras et al. 2020): p += sign(r_t - target) * batch / (ada_kimg * 1000), in [0, 1],
+    with r_t = E[sign D(real)] of the step. Target 2 lies above any r_t, so p must fall."""
+    config = load_config("gan.py:smoke", **{"data.num_classes": 3, "gan.ada_target": target,
+                                            "gan.ada_kimg": 1})  # fmt: skip
+    task = gan.make_task(config)
+    _, _, state, labels = _smoke_state(batch=16)
+    state = state.replace(model_state={**state.model_state, "ada": {"p": jnp.float32(p0)}})
+    size = config.data.image_size
+    batch = {"image": jax.random.uniform(jax.random.key(2), (16, size, size, 3), minval=-1),
+             "label": labels}  # fmt: skip
+    after, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(3))
+    rt = float(metrics["train/rt"])
+    expected = np.clip(p0 + np.sign(rt - target) * 16 / 1000, 0.0, 1.0)
+    assert float(after.model_state["ada"]["p"]) == pytest.approx(expected, abs=1e-6)
+    if target == 2.0:
+        assert expected == pytest.approx(max(p0 - 0.016, 0.0))
+
+
 class _MLPGen(nn.Module):
     dtype: Any = None  # make_gan_task samples with generator.clone(dtype=...).
 

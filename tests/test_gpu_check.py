@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from conftest import FAST_COMPILE, REPO
@@ -66,7 +67,7 @@ def test_benchmark_rows_match_their_peers_and_closed_forms(gpu_check):
         for workers in sorted({0, 1, max(1, os.cpu_count() - 1)})
     }
     assert results["environment"]["versions"]["jax"]
-    table = (gpu_check / "benchmark.md").read_text()
+    table = (gpu_check / "bench" / "results.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # One line per row, plus the header.
 
 
@@ -87,5 +88,25 @@ def test_mini_study_compares_real_plus_ddpm_with_real(gpu_check):
     assert "## Benchmark" in tables and "## Mini-study" in tables
     assert "| real+ddpm | 1 |" in tables and "(no results" not in tables
     kept = sorted(p.name for p in gpu_check.iterdir())
-    assert kept == ["benchmark.md", "gpu_check.json", "gpu_check.log", "gpu_check.md",
-                    "study_report.md"]  # fmt: skip
+    assert kept == ["bench", "gpu_check.json", "gpu_check.log", "gpu_check.md", "study_report.md"]
+    assert sorted(p.name for p in (gpu_check / "bench").iterdir()) == ["results.json", "results.md"]
+    log = (gpu_check / "gpu_check.log").read_text()
+    assert "[gpu_check] preflight: exit 0" in log and "jax backend cpu" in log
+
+
+def test_the_report_keeps_one_part_when_the_other_is_unreadable(tmp_path):
+    """A results file cut off mid-write (or any unreadable part) is named in the report, and the
+    other part's results are still written."""
+    bench = tmp_path / "results.json"
+    bench.write_text('{"rows": [')
+    study = tmp_path / "study"  # No report.json: the study did not get that far.
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / "gpu_report.py"), f"--bench={bench}",
+         f"--study={study}", f"--out={tmp_path / 'out'}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert results["benchmark"]["error"].startswith(f"{bench}: JSONDecodeError")
+    assert results["study"] is None
+    text = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "## Benchmark\n\n(unreadable: " in text and "## Mini-study\n\n(no results" in text

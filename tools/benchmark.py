@@ -28,7 +28,6 @@ import dataclasses
 import datetime
 import functools
 import importlib.metadata
-import json
 import os
 import pathlib
 import platform
@@ -46,7 +45,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ham_synth import config_lib, parallel, tasks, train, workdir, xla_cpu
+from ham_synth import config_lib, fileio, parallel, tasks, train, workdir, xla_cpu
 from ham_synth import state as state_lib
 from ham_synth.data import ham10000, pipeline, prepare, sources
 from ham_synth.evaluators import convert_inception, fid, inception
@@ -57,14 +56,16 @@ import torch_reference as tr  # noqa: E402  (stubs torchvision's CUDA-only modul
 
 torch = tr.torch
 
-CASES = ("ddpm", "vit", "inception", "sampler", "pipeline", "config")
-DEFAULT_CASES = CASES[:-1]
+CASES = ("ddpm", "vit", "inception", "sampler", "pipeline", "ddpm_levers", "config")
+# ddpm_levers (three more compiles of the DDPM step on a GPU) and config run when asked.
+DEFAULT_CASES = ("ddpm", "vit", "inception", "sampler", "pipeline")
 
 # Shapes per preset. ddpm: the DDPM UNet (model fields of configs/ddpm.py); ddpm_levers: its
-# train step also timed, in the first of --dtypes, at `more_batches` and with k `steps_per_call`
-# (a lax.scan over k batches); vit: the ViT (fields of configs/vit.py); inception: batch and input
-# sizes; sampler: (sampler, steps) pairs and batch; pipeline: generated 600x450 JPEGs read at each
-# size as the named recipe stores and augments them.
+# train step also timed, in the first of --dtypes and after every other case, at `more_batches`
+# and with k `steps_per_call` (a lax.scan over k batches); vit: the ViT (fields of
+# configs/vit.py); inception: batch and input sizes; sampler: (sampler, steps) pairs and batch;
+# pipeline: generated 600x450 JPEGs read at each size as the named recipe stores and augments
+# them.
 PRESETS = {
     "tiny": dict(
         ddpm=dict(image_size=8, channels=16, channel_mults=(1, 2), num_res_blocks=1,
@@ -421,9 +422,8 @@ def torch_train_step(model, loss_fn, inputs, dtype: str) -> Callable[[], None]:
     return step
 
 
-def case_ddpm(preset: dict, dtype: str, *, levers: bool) -> list[Row]:
-    """The ham64 DDPM's train step against diffusers' UNet2DModel, and with `levers` the
-    batch sizes and steps per call of `ddpm_levers`."""
+def case_ddpm(preset: dict, dtype: str) -> list[Row]:
+    """The ham64 DDPM's train step against diffusers' UNet2DModel."""
     shape = preset["ddpm"]
     config = ddpm_config(shape, dtype)
     batch = random_batch(shape["batch"], shape["image_size"], 7)
@@ -455,10 +455,10 @@ def case_ddpm(preset: dict, dtype: str, *, levers: bool) -> list[Row]:
             image_size=size),
     ]  # fmt: skip
     measure([jax_side, torch_side], rows, *_timing(preset))
-    return rows + (ddpm_levers(preset, dtype) if levers else [])
+    return rows
 
 
-def ddpm_levers(preset: dict, dtype: str) -> list[Row]:
+def case_ddpm_levers(preset: dict, dtype: str) -> list[Row]:
     """The JAX DDPM step at the larger `more_batches` and with `steps_per_call` steps per call
     (at the preset's batch): its own rows, each with its own MFU."""
     shape, levers = preset["ddpm"], preset["ddpm_levers"]
@@ -564,7 +564,7 @@ def case_sampler(preset: dict, dtype: str) -> list[Row]:
         fn = functools.partial(task.predict_fns[base.SAMPLE], sampler=sampler, steps=steps)
         runner = jax_runner("JAX", jax.jit(fn), (variables, labels, jax.random.key(0)))
         row = Row(f"sample {sampler}-{steps}", "JAX", sampling["batch"], dtype=dtype)
-        measure([runner], [row], warmup=0, steps=1, repeats=max(1, _REPEATS.value - 1))
+        measure([runner], [row], warmup=1, steps=1, repeats=max(1, _REPEATS.value - 1))
         # XLA's cost analysis counts a loop body once: the sampler's scan runs it `steps` times.
         row.flops = row.flops and row.flops * steps
         minutes = 10_000 / row.images_per_s / 60
@@ -828,7 +828,7 @@ def write_results(out_dir: pathlib.Path, env: dict, peaks: dict, rows: list[Row]
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     text = header + "\n" + table(rows) + "\n"
-    (out_dir / "results.md").write_text(text)
+    fileio.write_text(out_dir / "results.md", text)  # Atomic: a run cut off keeps the last.
     results = {
         "environment": env,
         "preset": _PRESET.value,
@@ -836,7 +836,7 @@ def write_results(out_dir: pathlib.Path, env: dict, peaks: dict, rows: list[Row]
         "rows": [dataclasses.asdict(r) | {"images_per_s": r.images_per_s} for r in rows],
         **extra,
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    fileio.write_json(out_dir / "results.json", results)
     return text
 
 
@@ -853,37 +853,45 @@ def main(argv) -> None:
         config_lib.compute_dtype(dtype, "--dtypes")
     preset = PRESETS[_PRESET.value]
     out_dir = pathlib.Path(_OUT_DIR.value or f"runs/benchmark/{_PRESET.value}")
-    # TF32 for float32 matmuls and convs, as XLA uses on GPUs by default.
+    # TF32 for float32 matmuls and convs, as XLA uses on GPUs by default; cuDNN picks its
+    # convolution algorithms by timing them (in the warm-up calls), as XLA's autotuner does.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
     env = environment()
     peaks = {d: peak_matmul_flops(d, preset["matmul"]) for d in _DTYPES.value}
     print(f"{env['device']} ({env['backend']}); matmul peak " + ", ".join(
         f"{d} {p / 1e12:.2f} TFLOP/s" for d, p in peaks.items()), flush=True)  # fmt: skip
-    # The DDPM's levers in the first of --dtypes only: each is a compile of its own (tens of s
-    # on a GPU).
-    levers_dtype = _DTYPES.value[0]
-    cases = {"ddpm": lambda preset, dtype: case_ddpm(preset, dtype, levers=dtype == levers_dtype),
-             "vit": case_vit, "inception": case_inception, "sampler": case_sampler}  # fmt: skip
+    cases = {"ddpm": case_ddpm, "vit": case_vit, "inception": case_inception,
+             "sampler": case_sampler}  # fmt: skip
     rows, extra = [], {}
+
+    def run_case(case: str, dtype: str, fn) -> None:
+        """Runs one case, prints its rows and rewrites the results; a failure becomes a row."""
+        start = time.perf_counter()
+        try:
+            new = fn()
+        except Exception as error:  # noqa: BLE001  (one failing case must not lose the rest)
+            traceback.print_exc()
+            new = [Row(case, "failed", 0, dtype=dtype, note=f"{type(error).__name__}: "
+                       f"{str(error).splitlines()[0] if str(error) else ''}")]  # fmt: skip
+        rows.extend(new)
+        print(f"[{dtype}] {case}: {time.perf_counter() - start:.0f} s", flush=True)
+        finish(rows, peaks)
+        print(table(new), flush=True)
+        write_results(out_dir, env, peaks, rows, extra)
+
     for dtype in _DTYPES.value:
         for case in [c for c in _CASES.value if c in cases]:
-            start = time.perf_counter()
-            try:
-                rows += cases[case](preset, dtype)
-            except Exception as error:  # noqa: BLE001  (one failing case must not lose the rest)
-                traceback.print_exc()
-                rows.append(Row(case, "failed", 0, dtype=dtype, note=f"{type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else ''}"))  # fmt: skip
-            print(f"[{dtype}] {case}: {time.perf_counter() - start:.0f} s", flush=True)
-            write_results(out_dir, env, peaks, rows, extra)
+            run_case(case, dtype, functools.partial(cases[case], preset, dtype))
     if "config" in _CASES.value:
         print("config ...", flush=True)
         rows += case_config(preset)
         write_results(out_dir, env, peaks, rows, extra)
     if "pipeline" in _CASES.value:
-        print("pipeline ...", flush=True)
-        rows += case_pipeline(preset, rows)
-        write_results(out_dir, env, peaks, rows, extra)
+        run_case("pipeline", "float32", lambda: case_pipeline(preset, rows))
+    if "ddpm_levers" in _CASES.value:  # Last: each lever is a compile of its own (tens of s).
+        dtype = _DTYPES.value[0]
+        run_case("ddpm_levers", dtype, functools.partial(case_ddpm_levers, preset, dtype))
     if _FULL_10K.value:
         print("10k DDIM-50 samples + FID ...", flush=True)
         extra["full_10k"] = full_10k(preset, _DTYPES.value[-1])

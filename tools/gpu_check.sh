@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU: the benchmark's GPU preset (bfloat16 and float32), then a
-# recipe-length derma28 mini-study (the DDPM and the ViT, one seed, real vs real + ddpm), each
-# part under its own time limit, and one results file (gpu_check.json; gpu_check.md holds the
-# tables docs/benchmarks.md takes). Everything it keeps is in OUT (at most 8 files).
+# One prepared check for a lent GPU: a preflight (versions, the JAX backend, the imports; it
+# stops everything when JAX sees no GPU), the benchmark's GPU preset (bfloat16 and float32, the
+# DDPM's levers last), then a recipe-length derma28 mini-study (the DDPM and the ViT, one seed,
+# real vs real + ddpm), each part under its own time limit (together <= 9.5 min), and one
+# results file (gpu_check.json; gpu_check.md holds the tables docs/benchmarks.md takes).
+# Everything it keeps is in OUT, six files: bench/results.{json,md} (rewritten after every
+# case), study_report.md, gpu_check.{json,md} (written on any exit) and gpu_check.log.
 #
 #   tools/gpu_check.sh --out=DIR [--data=dermamnist.npz] [--work=DIR]   # on a GPU, <= 10 min
 #   tools/gpu_check.sh --out=DIR --parts=study                           # one part again
@@ -17,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-tiny=0 out="" work="" wheels="" parts="benchmark,study"
+tiny=0 out="" work="" wheels="" parts="preflight,benchmark,study"
 data="../shared/data/dermamnist_dev/dermamnist_dev.npz"
 for arg in "$@"; do
   case "$arg" in
@@ -47,39 +50,71 @@ fi
 if (( tiny )); then
   bench=(--preset=tiny --dtypes=float32 --repeats=1)
   study=(--config=configs/study.py:smoke,mini)
-  bench_limit=150 study_limit=150
+  preflight_limit=60 bench_limit=150 study_limit=150 want_gpu=0
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
   export OMP_NUM_THREADS=1  # Two spinning PyTorch threads on a busy 2-core CPU: 100x slower.
 else
   bench=(--preset=gpu --dtypes=bfloat16,float32 --repeats=3)  # bfloat16 first: the goals
   study=(--config=configs/study.py:derma28,mini "--config.data.path=$data")
-  bench_limit=240 study_limit=330  # With the installs: one 10-minute command.
-  [[ -f "$data" ]] || { echo "gpu_check.sh: no DermaMNIST npz at --data=$data" >&2; exit 2; }
+  # 45 + 190 + 280 s, 5 s each to exit after TERM, and ~30 s of installs and report: < 600 s.
+  preflight_limit=45 bench_limit=190 study_limit=280 want_gpu=1
+  # JAX takes 60% of the GPU's memory, leaving the PyTorch peers room on an 80 GB H100 too.
+  export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}"
 fi
 
 part() {  # part NAME LIMIT_S COMMAND...: runs it under its time limit, logs how it ended.
   local name="$1" limit="$2"; shift 2
   local start=$SECONDS
   echo "[gpu_check] $name: up to $limit s: $*" | tee -a "$log"
-  timeout --signal=TERM --kill-after=30 "$limit" "$@" >> "$log" 2>&1
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" >> "$log" 2>&1
   local rc=$?
   echo "[gpu_check] $name: exit $rc after $((SECONDS - start)) s" | tee -a "$log"
   return $rc
 }
 
+finish() {  # On any exit: the study's report and the one results file, from what was written.
+  cp "$work/study/report.md" "$out/study_report.md" 2>/dev/null
+  python3 tools/gpu_report.py --bench="$out/bench/results.json" --study="$work/study" \
+    --out="$out" > /dev/null || status=1
+  echo "[gpu_check] done (status $status): $out/gpu_check.md, gpu_check.json, $(basename "$log")" \
+    | tee -a "$log"
+  exit $status
+}
 status=0
+trap finish EXIT
+
+if [[ ",$parts," == *,preflight,* ]]; then
+  part preflight "$preflight_limit" python3 - "$want_gpu" <<'PY' || { status=1; exit; }
+import importlib.metadata, sys
+import jax
+print("python", sys.version.split()[0], "| jax backend", jax.default_backend(), jax.devices())
+for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax",
+             "orbax-checkpoint", "grain", "tensorflow-datasets", "protobuf", "torch", "timm",
+             "diffusers", "pytorch-fid"):
+    try:
+        print(f"  {name} {importlib.metadata.version(name)}")
+    except importlib.metadata.PackageNotFoundError:
+        print(f"  {name} absent")
+import torch  # What tools/benchmark.py and the study import, before either spends minutes.
+sys.path.insert(0, "tests/evaluators")
+import torch_reference  # noqa: F401  (stubs torchvision's CUDA-only modules, as the benchmark)
+import diffusers, grain, timm, tensorflow_datasets  # noqa: E401,F401
+import ham_synth.data.prepare, ham_synth.main  # noqa: E401,F401
+print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+if sys.argv[1] == "1" and (jax.default_backend() != "gpu" or not torch.cuda.is_available()):
+    sys.exit("preflight: JAX or PyTorch sees no GPU; measuring on the CPU would waste the lease.")
+PY
+fi
 if [[ ",$parts," == *,benchmark,* ]]; then
   part benchmark "$bench_limit" python3 tools/benchmark.py "${bench[@]}" \
-    --cases=ddpm,vit,inception,sampler,pipeline --out_dir="$work/bench" || status=1
+    --cases=ddpm,vit,inception,sampler,pipeline,ddpm_levers --out_dir="$out/bench" || status=1
 fi
 if [[ ",$parts," == *,study,* ]]; then
-  part mini-study "$study_limit" python3 -m ham_synth.main study "${study[@]}" \
-    --workdir="$work/study" || status=1
+  if (( tiny )) || [[ -f "$data" ]]; then
+    part mini-study "$study_limit" python3 -m ham_synth.main study "${study[@]}" \
+      --workdir="$work/study" || status=1
+  else
+    echo "[gpu_check] mini-study skipped: no DermaMNIST npz at --data=$data" | tee -a "$log"
+    status=1
+  fi
 fi
-cp "$work/bench/results.md" "$out/benchmark.md" 2>/dev/null
-cp "$work/study/report.md" "$out/study_report.md" 2>/dev/null
-python3 tools/gpu_report.py --bench="$work/bench/results.json" --study="$work/study" \
-  --out="$out" > /dev/null || status=1
-echo "[gpu_check] done (status $status): $out/gpu_check.md, gpu_check.json, $(basename "$log")" \
-  | tee -a "$log"
-exit $status

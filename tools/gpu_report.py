@@ -5,7 +5,8 @@ docs/benchmarks.md takes from it.
     python tools/gpu_report.py --results=O/gpu_check.json                # prints the tables again
 
 `--bench` is tools/benchmark.py's results.json, `--study` a study workdir (its report.json and
-run markers); either may be missing (a part that ran out of time), and the file says so.
+run markers); either may be missing (a part that ran out of time) or unreadable, and the file
+says so, keeping the other.
 """
 
 import json
@@ -16,6 +17,7 @@ import sys
 
 from absl import app, flags
 
+from ham_synth import fileio
 from ham_synth.study import markers
 
 _BENCH = flags.DEFINE_string("bench", "", "tools/benchmark.py's results.json.")
@@ -55,11 +57,18 @@ def study_summary(workdir: pathlib.Path) -> dict | None:
     }
 
 
+def readable(read, path: pathlib.Path | None) -> dict | None:
+    """read(path), None without a path, or {"error": ...} when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        return read(path)
+    except (OSError, ValueError, KeyError, StopIteration) as error:
+        return {"error": f"{path}: {type(error).__name__}: {error}"}
+
+
 def combine(bench: pathlib.Path | None, study: pathlib.Path | None) -> dict:
-    return {
-        "benchmark": read_json(bench) if bench else None,
-        "study": study_summary(study) if study else None,
-    }
+    return {"benchmark": readable(read_json, bench), "study": readable(study_summary, study)}
 
 
 def _cell(value, spec: str) -> str:
@@ -115,11 +124,21 @@ def study_tables(study: dict) -> str:
     return "\n".join(lines)
 
 
+def section(title: str, part: dict | None, tables) -> list[str]:
+    """A part's heading and its tables, or why it has none."""
+    if not part:
+        body = NO_RESULTS
+    elif "error" in part:
+        body = f"(unreadable: {part['error']})"
+    else:
+        body = tables(part)
+    return [f"## {title}", "", body]
+
+
 def render(results: dict) -> str:
-    bench, study = results["benchmark"], results["study"]
-    parts = ["## Benchmark", "", benchmark_table(bench) if bench else NO_RESULTS]
-    parts += ["", "## Mini-study", "", study_tables(study) if study else NO_RESULTS]
-    return "\n".join(parts) + "\n"
+    lines = section("Benchmark", results["benchmark"], benchmark_table)
+    lines += ["", *section("Mini-study", results["study"], study_tables)]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv) -> None:
@@ -136,9 +155,9 @@ def main(argv) -> None:
     )
     out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
+    fileio.write_json(out / "gpu_check.json", results)
     text = render(results)
-    (out / "gpu_check.md").write_text(text)
+    fileio.write_text(out / "gpu_check.md", text)
     sys.stdout.write(text)
 
 

@@ -44,6 +44,8 @@ def test_bfloat16_training_stays_close_to_float32(spec):
     assert {x.dtype for x in jax.tree.leaves(bf16)} == {np.dtype(np.float32)}
     np.testing.assert_array_equal(flat(initial), flat(initial_bf16))
     np.testing.assert_allclose(bf16_losses, fp32_losses, rtol=0.03, atol=1e-3)
+    # ... and bfloat16 did run: a compute dtype left unread would give float32's bits.
+    assert np.abs(flat(bf16) - flat(fp32)).max() > 0
     # The updates point the same way: cosine of the two parameter moves.
     move_fp32, move_bf16 = flat(fp32) - flat(initial), flat(bf16) - flat(initial)
     cosine = move_fp32 @ move_bf16 / (np.linalg.norm(move_fp32) * np.linalg.norm(move_bf16))

@@ -121,6 +121,33 @@ def test_zoom_op_scales_within_its_bounds_and_spans_them():
     assert min(ratios) < 0.9 and max(ratios) > 1.1
 
 
+def test_random_resized_crop_boxes_keep_their_area_share_and_aspect_and_spread(monkeypatch):
+    """Each box: inside the image, area share in [min_area, max_area] (down to sqrt(3/4) of
+    min_area where a side is capped to fit), aspect in [3/4, 4/3]; over draws they span the
+    range and move about; the output keeps the image's shape and dtype."""
+    boxes = []
+    resample = transforms.resample_box
+    monkeypatch.setattr(
+        transforms,
+        "resample_box",
+        lambda image, box, size: boxes.append(box) or resample(image, box, size),
+    )
+    op = transforms.RandomResizedCrop(0.3, 0.9)
+    image = _noise()
+    h, w = image.shape[:2]
+    for seed in range(300):
+        out = op.random_map(_record(image), np.random.default_rng(seed))["image"]
+        assert out.shape == image.shape and out.dtype == image.dtype
+    left, top, right, bottom = np.asarray(boxes).T
+    assert (left >= 0).all() and (top >= 0).all() and (right <= w).all() and (bottom <= h).all()
+    share = (right - left) * (bottom - top) / (h * w)
+    assert share.max() <= 0.9 + 1e-9 and share.min() >= 0.3 * np.sqrt(3 / 4) - 1e-9
+    assert share.min() < 0.35 and share.max() > 0.85
+    aspect = (right - left) / (bottom - top)
+    assert aspect.min() >= 3 / 4 - 1e-9 and aspect.max() <= 4 / 3 + 1e-9
+    assert left.std() > 0.5 and top.std() > 0.5
+
+
 def test_color_jitter_with_unit_factors_is_identity_and_stays_in_uint8():
     image = _noise()
     np.testing.assert_array_equal(transforms.jitter_colors(image, 1.0, 1.0, 1.0), image)

@@ -42,6 +42,23 @@ def test_tta_over_flips_leaves_a_flip_invariant_model_unchanged():
     assert np.abs(np.asarray(d4 - plain)).max() > 1e-3  # Rotations by 90 degrees do change it.
 
 
+def test_tta_averages_the_views_probabilities_not_their_logits():
+    """The mean of the softmax over the views (the issue's definition), returned as its log; for
+    a model that no view leaves unchanged, the mean of the logits would differ."""
+    weights = jax.random.normal(jax.random.key(0), (7 * 7 * 3, 4))
+
+    def logits_fn(images):
+        return 3.0 * images.reshape(len(images), -1) @ weights
+
+    images = jax.random.normal(jax.random.key(1), (5, 7, 7, 3))
+    views = tta.PRESETS["d4"]
+    probs = [jax.nn.softmax(logits_fn(tta.VIEWS[name](images))) for name in views]
+    expected = np.log(np.mean(np.asarray(probs), axis=0))
+    np.testing.assert_allclose(tta.averaged(logits_fn, views)(images), expected, atol=1e-5)
+    logit_mean = jax.nn.log_softmax(np.mean([logits_fn(tta.VIEWS[n](images)) for n in views], 0))
+    assert np.abs(np.asarray(logit_mean) - expected).max() > 1e-2
+
+
 @pytest.mark.slow
 def test_identity_tta_equals_plain_evaluation(tmp_path):
     config = load_config("vit.py:smoke", **{"train.num_devices": 1})

@@ -2,6 +2,7 @@
 devices, overfitting one batch, gradient accumulation equal to the full batch, AugReg .npz
 loading, the conv and shifted-patch stems, locality attention and fine-tuning knobs."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,6 +156,25 @@ def test_locality_attention_keeps_tokens_off_themselves_and_its_temperature_gets
     params["head"]["kernel"] = jax.random.normal(jax.random.key(2), (32, 7))  # zeros at init
     grads = jax.jit(jax.grad(loss))(params)["Transformer"]
     assert all(grads[f"encoderblock_{i}"]["attention_log_scale"] != 0 for i in range(2))
+
+
+class _DropPath(nn.Module):
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, train):
+        return vit.drop_path(self, x, self.rate, train)
+
+
+def test_drop_path_zeroes_whole_examples_at_its_rate_and_rescales_the_rest():
+    x = jnp.ones((4000, 3, 2))
+    out = np.asarray(_DropPath(0.3).apply({}, x, True, rngs={"dropout": jax.random.key(0)}))
+    per_example = out.reshape(len(out), -1)
+    assert (per_example == per_example[:, :1]).all()  # One draw per example, not per element.
+    dropped = per_example[:, 0] == 0
+    assert abs(dropped.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / len(out))
+    np.testing.assert_allclose(per_example[~dropped], 1 / 0.7, rtol=1e-6)  # Mean kept at 1.
+    np.testing.assert_array_equal(_DropPath(0.3).apply({}, x, False), x)  # Identity in eval.
 
 
 def test_a_tiny_vit_overfits_one_batch():

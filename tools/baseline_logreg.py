@@ -7,8 +7,8 @@ split a ViT config trains and is tested on, scored by the classification evaluat
 
 Pixels are read as evaluation reads them (data.eval_preprocess, no augmentation), scaled to
 [0, 1] and standardized on train; scikit-learn's LogisticRegression(class_weight="balanced")
-fits them. Writes `--out` (default runs/baselines/<config name>.json) and prints the metrics
-next to a ViT run's test metrics when `--vit_workdir` is given.
+fits them. Writes `--out` (default runs/baselines/<config name>_<split>.json) and prints the
+metrics next to a ViT run's test metrics when `--vit_workdir` is given (with --split=test).
 """
 
 import json
@@ -27,8 +27,10 @@ config_flags.DEFINE_config_file("config", None, "A classifier config, e.g. confi
 _SPLIT = flags.DEFINE_string("split", "test", "The split to score (fit on train).")
 _C = flags.DEFINE_float("C", 1.0, "Inverse L2 strength of the logistic regression.")
 _MAX_ITER = flags.DEFINE_integer("max_iter", 1000, "lbfgs iterations.")
-_OUT = flags.DEFINE_string("out", None, "JSON path; default runs/baselines/<config>.json.")
-_VIT_WORKDIR = flags.DEFINE_string("vit_workdir", None, "A ViT run to print beside it.")
+_OUT = flags.DEFINE_string("out", None, "JSON path; default runs/baselines/<config>_<split>.json.")
+_VIT_WORKDIR = flags.DEFINE_string(
+    "vit_workdir", None, "A ViT run whose test metrics to print beside it (--split=test only)."
+)
 
 SHOWN = ("accuracy", "balanced_accuracy", "f1_macro", "precision_macro", "recall_macro")
 
@@ -68,10 +70,13 @@ def main(argv):
     del argv
     xla_cpu.apply()  # Before the first computation starts JAX's backend.
     config = flags.FLAGS.config
+    if _VIT_WORKDIR.value and _SPLIT.value != "test":
+        raise app.UsageError("--vit_workdir prints a run's test metrics: use it with --split=test.")
     result = fit_and_score(config, _SPLIT.value, _C.value, _MAX_ITER.value)
-    result["data"] = config.data.to_dict()
+    result |= {"split": _SPLIT.value, "data": config.data.to_dict()}
     path, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
-    out = pathlib.Path(_OUT.value or f"runs/baselines/{pathlib.Path(path).stem}_{arg}.json")
+    default = f"runs/baselines/{pathlib.Path(path).stem}_{arg}_{_SPLIT.value}.json"
+    out = pathlib.Path(_OUT.value or default)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     columns = {"logistic regression (balanced)": result["scalars"]}

@@ -1,7 +1,7 @@
 """The balanced-accuracy / accuracy trade-off of one trained classifier, or of an ensemble of
 runs: post-hoc logit adjustment (Menon et al. 2021) over a range of tau, on val and test.
 
-    python tools/operating_points.py --workdir=runs/vit_derma28 [--step=best] [--tta=d4]
+    python tools/operating_points.py --workdir=runs/vit_derma28 [--step=best] [--tta=run]
     python tools/operating_points.py --workdir=runs/s0,runs/s1,runs/s2 --out=ensemble.json
 
 Each tau gives a classifier, argmax of log p(y|x) - tau * log(prior): tau > 0 favours the rare
@@ -11,6 +11,9 @@ training stream's draws (data.class_shares, after data.balance_alpha and any syn
 prior the model learned under, so that tau = 1 is Menon's balanced point. Real-only draws at
 balance_alpha a < 1 have stream shares proportional to split counts ** (1 - a): the two sweeps
 then trace the same points, the stream's tau being the split's divided by 1 - a.
+
+Each split is scored with the test-time augmentation the run's own evaluator of that split used
+(`--tta=run`, the default; `evals.<split>.tta`), so tau = 0 gives the run's own figures.
 
 Several runs (of one data config, e.g. one recipe over seeds) are scored as one classifier whose
 p(y|x) is the mean of their softmax.
@@ -41,7 +44,12 @@ _OUT = flags.DEFINE_string(
     "out", "", "The JSON written; default <workdir>/operating_points.json (one run only)."
 )
 _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
-_TTA = flags.DEFINE_string("tta", "none", "Test-time augmentation: none, flips, d4, ...")
+_TTA = flags.DEFINE_string(
+    "tta",
+    "run",
+    "Test-time augmentation: run (each split as the run's evaluator of that name: "
+    "evals.<split>.tta), none, flips, d4, ...",
+)
 _TAUS = flags.DEFINE_list("taus", "-1,-0.75,-0.5,-0.25,0,0.25,0.5,0.75,1", "The tau values.")
 _SPLITS = flags.DEFINE_list("splits", "val,test", "Splits to score.")
 _PRIOR = flags.DEFINE_enum(
@@ -68,14 +76,23 @@ def log_prior(config, prior: str) -> np.ndarray:
     return classify.log_prior(config.data[field], f"data.{field}", base.num_classes(config), user)
 
 
+def split_tta(config, split: str, tta: str) -> str:
+    """`tta`, or for "run" the views the run's own evaluator of `split` used (none without one),
+    so that tau = 0 scores the model as the run evaluated it."""
+    if tta != "run":
+        return tta
+    return config.evals.get(split, {}).get("tta", "none")
+
+
 def run_probs(workdir: pathlib.Path, step: str, tta: str, splits, mesh) -> tuple:
     """(the checkpoint's step, {split: (float[N, K] softmax, int[N] labels)}) for one run."""
     config = config_lib.load_workdir_config(workdir)
     restored = workdir_lib.load(workdir, workdir_lib.parse_step(step))
     probs = {}
     for split in splits:
+        views = split_tta(config, split, tta)
         classifier = classification.SplitClassifier(
-            "operating_points", config, restored.task, mesh, split, 256, tta
+            "operating_points", config, restored.task, mesh, split, 256, views
         )
         logits = classifier.logits(restored.state)
         probs[split] = (np.asarray(jax.nn.softmax(logits, axis=-1)), classifier.labels)
@@ -86,9 +103,18 @@ def operating_points(workdirs, step: str, tta: str, taus, splits, prior_name="sp
     """Each split's macro ROC AUC and, per tau, its accuracy and balanced accuracy, for the
     classifier whose p(y|x) is the runs' mean softmax (the run's own for one run)."""
     mesh = parallel.make_mesh()
-    prior = log_prior(config_lib.load_workdir_config(workdirs[0]), prior_name)
+    configs = [config_lib.load_workdir_config(w) for w in workdirs]
+    prior = log_prior(configs[0], prior_name)
+    for workdir, config in zip(workdirs[1:], configs[1:], strict=True):
+        if not np.allclose(log_prior(config, prior_name), prior):
+            raise ValueError(
+                f"{workdir} recorded another data.{PRIORS[prior_name]} than {workdirs[0]}: "
+                "an ensemble's members need one prior (one data config, e.g. one recipe over "
+                "seeds)."
+            )
     steps, members = zip(*(run_probs(w, step, tta, splits, mesh) for w in workdirs), strict=True)
-    result = {"workdirs": [str(w) for w in workdirs], "steps": list(steps), "tta": tta,
+    views = {split: split_tta(configs[0], split, tta) for split in splits}
+    result = {"workdirs": [str(w) for w in workdirs], "steps": list(steps), "tta": views,
               "prior": prior_name}  # fmt: skip
     scored = {}
     for split in splits:
@@ -96,8 +122,8 @@ def operating_points(workdirs, step: str, tta: str, taus, splits, prior_name="sp
         for workdir, member in zip(workdirs, members, strict=True):
             if not np.array_equal(member[split][1], labels):
                 raise ValueError(
-                    f"{workdir} reads other {split!r} images or labels than {workdirs[0]}: an "
-                    "ensemble needs runs of one data config (e.g. one recipe over seeds)."
+                    f"{workdir} reads other {split!r} labels than {workdirs[0]}: an ensemble "
+                    "needs runs of one data config (e.g. one recipe over seeds)."
                 )
         probs = np.mean([member[split][0] for member in members], axis=0)
         present = classification.present_classes(labels)

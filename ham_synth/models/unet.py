@@ -24,8 +24,10 @@ class UNet(nn.Module):
     num_heads: int = 4
     dropout: float = 0.0
     out_channels: int = 3
-    # Activations and matmuls (e.g. bfloat16); None: float32. Params, GroupNorm statistics,
-    # the softmax and the output are float32 whatever it is.
+    norm_groups: int = 8  # GroupNorm's groups (Ho et al.: 32), at most the width.
+    # Activations and matmuls (e.g. bfloat16); None: float32. Params, GroupNorm statistics and
+    # the softmax are float32 whatever it is; the output is returned as float32 (the last
+    # convolution computes it in this dtype).
     dtype: Any = None
 
     @nn.compact
@@ -33,8 +35,17 @@ class UNet(nn.Module):
         emb_dim = 4 * self.channels
         dense = functools.partial(nn.Dense, emb_dim, dtype=self.dtype)
         conv = functools.partial(layers.conv, dtype=self.dtype)
-        res_block = functools.partial(layers.ResBlock, dropout=self.dropout, dtype=self.dtype)
-        attention = functools.partial(layers.SelfAttention, self.num_heads, dtype=self.dtype)
+        res_block = functools.partial(layers.ResBlock, dropout=self.dropout,
+                                      groups=self.norm_groups, dtype=self.dtype)  # fmt: skip
+        attention = functools.partial(layers.SelfAttention, self.num_heads,
+                                      groups=self.norm_groups, dtype=self.dtype)  # fmt: skip
+        for width in (self.channels * mult for mult in self.channel_mults):
+            if width % min(self.norm_groups, width):
+                raise ValueError(
+                    f"model.norm_groups={self.norm_groups} does not divide the width {width} "
+                    f"(model.channels={self.channels} x channel_mults); make the widths "
+                    "multiples of it."
+                )
         cond = layers.timestep_embedding(t, self.channels)
         cond = dense()(nn.silu(dense()(cond)))
         cond = cond + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype)(labels)
@@ -71,6 +82,6 @@ class UNet(nn.Module):
             if level > 0:
                 h = layers.upsample_nearest(h)
                 h = conv(h.shape[-1], 3)(h)
-        h = nn.silu(nn.GroupNorm(min(8, h.shape[-1]), dtype=self.dtype)(h))
+        h = nn.silu(nn.GroupNorm(min(self.norm_groups, h.shape[-1]), dtype=self.dtype)(h))
         out = conv(self.out_channels, 3, kernel_init=nn.initializers.zeros)(h)
         return out.astype(jnp.float32)

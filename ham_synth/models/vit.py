@@ -67,6 +67,7 @@ class MlpBlock(nn.Module):
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(1e-6),
         )
+        # Exact GELU, as timm; big_vision's tanh approximation differs by < 5e-4 per activation.
         x = nn.gelu(nn.Dense(self.mlp_dim, **dense)(x), approximate=False)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.Dense(width, **dense)(x)
@@ -147,7 +148,8 @@ class Encoder1DBlock(nn.Module):
     `locality_attention`: locality self-attention (Lee et al. 2021): no token attends to itself,
     and the softmax's temperature is learned, so attention can sharpen onto other tokens on
     small data. `attention_log_scale` is the log of the query-key scale over its default
-    1 / sqrt(head width): 0 at init, and weight decay pulls it back to the default."""
+    1 / sqrt(head width): 0 at init, and weight decay (optim.decay=all) pulls it back to the
+    default."""
 
     num_heads: int
     mlp_dim: int
@@ -173,6 +175,7 @@ class Encoder1DBlock(nn.Module):
             dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
             dropout_rate=self.attention_dropout,
+            broadcast_dropout=False,  # A mask per example and head, as big_vision's ViT.
             deterministic=not train,
             force_fp32_for_softmax=True,
             attention_fn=attention_fn,
@@ -209,8 +212,9 @@ class ViT(nn.Module):
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
     locality_attention: bool = False
-    # Activations and matmuls (e.g. bfloat16); None: float32. Params, LayerNorm statistics, the
-    # softmax and the logits are float32 whatever it is.
+    # Activations and matmuls (e.g. bfloat16); None: float32. Params, LayerNorm statistics and
+    # the softmax are float32 whatever it is; the logits are returned as float32 (the head
+    # computes them in this dtype).
     dtype: Any = None
 
     def setup(self):

@@ -53,6 +53,23 @@ def test_unet_keeps_the_image_shape_and_scales_to_the_ham64_recipe():
     assert 30e6 < sum(x.size for x in jax.tree.leaves(shapes)) < 45e6
 
 
+def test_norm_groups_sets_every_groupnorm_and_must_divide_the_widths():
+    """model.norm_groups: the same parameters normalize over other groups (other outputs); a
+    width it does not divide is refused by name."""
+    fields = dict(num_classes=3, channels=16, channel_mults=(1, 2), attention_resolutions=(4,),
+                  num_heads=2)  # fmt: skip
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    t, labels = jnp.array([3, 900]), jnp.array([0, 2])
+    params = models.get_model("unet", **fields).init(jax.random.key(0), x, t, labels)
+    noise = jax.random.key(2)  # The output conv starts at zero: perturb so outputs differ.
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(noise, p.shape), params)
+    outputs = [models.get_model("unet", **fields, norm_groups=g).apply(params, x, t, labels)
+               for g in (8, 16)]  # fmt: skip
+    assert np.abs(np.asarray(outputs[0] - outputs[1])).max() > 1e-3
+    with pytest.raises(ValueError, match=r"model.norm_groups=8 does not divide the width 12"):
+        models.get_model("unet", **{**fields, "channels": 12}).init(jax.random.key(0), x, t, labels)
+
+
 def test_zero_predictor_has_eps_loss_one():
     # The UNet's output conv starts at zero, so at init it predicts ε = 0 and the MSE is E[ε²].
     _, task, batch, state = _setup(**{"diffusion.prediction": "eps", "train.batch_size": 64})

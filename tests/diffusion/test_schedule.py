@@ -90,6 +90,33 @@ def test_one_ddim_step_matches_diffusers(eta):
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+def test_clipped_ddim_sampling_matches_diffusers_clip_sample():
+    """clip_denoised: a whole DDIM-10 run of a model whose x̂_0 leaves [-1, 1] equals diffusers'
+    DDIMScheduler(clip_sample=True, trailing steps) with ε re-derived from the clipped x̂_0
+    (use_clipped_model_output), from the same x_T."""
+
+    def eps_model(x, t):
+        return 0.5 * x + 0.1 * jnp.sin(t / 100.0)  # x̂_0 far outside [-1, 1] at large t.
+
+    labels, rng = jnp.zeros(2, jnp.int32), jax.random.key(3)
+    ours = samplers.sample(lambda x, t, y: eps_model(x, t.reshape(-1, 1, 1, 1)), labels, rng,
+                           shape=(4, 4, 3), alphas_cumprod=_linear(), prediction="eps",
+                           sampler="ddim", num_steps=10, clip_denoised=True)  # fmt: skip
+    scheduler = diffusers.DDIMScheduler(T, 1e-4, 0.02, "linear", clip_sample=True,
+                                        timestep_spacing="trailing")  # fmt: skip
+    scheduler.set_timesteps(10)
+    np.testing.assert_array_equal(scheduler.timesteps.numpy(), samplers.timesteps(T, 10))
+    x = torch.from_numpy(np.asarray(jax.random.normal(jax.random.split(rng)[0], (2, 4, 4, 3))))
+    clipped = False
+    for t in scheduler.timesteps:
+        eps = torch.from_numpy(np.asarray(eps_model(jnp.asarray(x.numpy()), float(t))))
+        step = scheduler.step(eps, t, x, eta=0.0, use_clipped_model_output=True)
+        clipped |= bool(step.pred_original_sample.abs().max() == 1.0)
+        x = step.prev_sample
+    assert clipped
+    np.testing.assert_allclose(ours, x.numpy(), atol=1e-4)
+
+
 def test_q_sample_has_the_right_mean_and_variance():
     x0 = jnp.full((20_000, 1, 1, 1), 0.7)
     a = 0.3

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from ham_synth import models
+from ham_synth import config_lib, models
 from ham_synth.data import pipeline
+from ham_synth.diffusion import samplers
 from ham_synth.tasks import ddpm
 
 
@@ -75,6 +76,35 @@ def test_zero_predictor_has_eps_loss_one():
     _, task, batch, state = _setup(**{"diffusion.prediction": "eps", "train.batch_size": 64})
     _, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1))
     np.testing.assert_allclose(float(metrics["train/loss"]), 1.0, atol=0.05)
+
+
+def test_label_dropout_trains_the_null_class_that_guidance_samples_with(monkeypatch):
+    """diffusion.p_uncond=1 replaces every label by the null class num_classes: the loss no
+    longer depends on the labels and equals the loss of labels all num_classes; sampling asks
+    the guided model for that same null class."""
+    config, task, batch, state = _setup(**{"diffusion.p_uncond": 0.0})
+    noise = jax.random.key(5)  # The output conv starts at zero: perturb so labels matter.
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(noise, p.shape), state.params)
+    state = state.replace(params=params)
+    num_classes = config.data.num_classes
+
+    def loss(task, labels):
+        step = jax.jit(task.train_step)
+        return float(step(state, {**batch, "label": labels}, jax.random.key(1))[1]["train/loss"])
+
+    labels = batch["label"]
+    dropped = ddpm.make_task(config_lib.with_values(config, {"diffusion.p_uncond": 1.0}))
+    null = jnp.full_like(labels, num_classes)
+    assert loss(dropped, labels) == pytest.approx(loss(dropped, (labels + 1) % num_classes))
+    assert loss(dropped, labels) == pytest.approx(loss(task, null), rel=1e-6)
+    assert abs(loss(task, labels) - loss(task, null)) > 1e-4  # Labels matter without dropout.
+
+    seen = []
+    guided = samplers.guided
+    monkeypatch.setattr(samplers, "guided", lambda fn, w, null_label: seen.append(null_label)
+                        or guided(fn, w, null_label=null_label))  # fmt: skip
+    task.predict_fns["sample"]({"params": params}, labels[:2], jax.random.key(0), steps=2)
+    assert seen == [num_classes]
 
 
 @pytest.mark.slow

@@ -44,6 +44,17 @@ def test_metrics_equal_hand_computed_values_and_name_the_absent_class():
     assert details["confusion_matrix"][0] == [1, 1, 0, 0]
 
 
+def test_ece_weighs_each_bin_by_its_share_of_examples():
+    """Two occupied bins (Guo et al. 2017): 3 images at confidence 0.85, 2 right, and 1 at 0.55,
+    wrong: ECE = 3/4 |2/3 - 0.85| + 1/4 |0 - 0.55|."""
+    probs = np.array([[0.85, 0.15], [0.85, 0.15], [0.15, 0.85], [0.45, 0.55]])
+    labels = np.array([0, 0, 0, 0])
+    ece, rows = classification.expected_calibration_error(probs, labels, bins=10)
+    assert ece == pytest.approx(3 / 4 * abs(2 / 3 - 0.85) + 1 / 4 * 0.55)
+    occupied = [(r["low"], r["count"]) for r in rows if r["count"]]
+    assert occupied == [(pytest.approx(0.5), 1), (pytest.approx(0.8), 3)]
+
+
 def test_subgroup_balanced_accuracy_by_hand(monkeypatch):
     monkeypatch.setattr(classification, "MIN_SUBGROUP", 3)
     labels = np.array([0, 0, 1, 1, 0, 1, 2])

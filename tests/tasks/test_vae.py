@@ -46,6 +46,11 @@ def test_loss_falls_when_overfitting_one_batch():
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.4 * losses[0], (losses[0], losses[-1])
     assert set(metrics) >= {"train/loss", "train/reconstruction", "train/kl", "train/grad_norm"}
+    # The loss is reconstruction + beta(step) KL, beta from the warmup at the step it ran.
+    beta = float(vae.kl_weight(jnp.asarray(149), config.loss.beta, config.loss.kl_warmup_steps))
+    assert float(metrics["train/beta"]) == pytest.approx(beta)
+    expected = float(metrics["train/reconstruction"]) + beta * float(metrics["train/kl"])
+    assert float(metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
     # The step reports the lr it applied: the warmup's, then the cosine's.
     np.testing.assert_allclose(
         float(metrics["train/lr"]), float(optim.make_schedule(config.optim, 150)(149)), rtol=1e-6

@@ -181,6 +181,9 @@ def test_vae_samples_through_the_same_contract(vae_run, tmp_path):
     screened = synthesize.run(str(workdir), num_per_class=2, exclude_near_copies=True,
                               out_dir=str(tmp_path / "screened"))  # fmt: skip
     assert len(list(screened.glob("*/*.png"))) == 20
+    summary = json.loads((screened / synthesize.SCREENING).read_text())  # The screen ran.
+    assert len(summary) == 10 and all(s["wanted"] == s["kept"] == 2 <= s["drawn"]
+                                      for s in summary.values())  # fmt: skip
     with pytest.raises(ValueError, match=r"sampler takes no \[.sampler.\]"):
         synthesize.run(str(workdir), num_per_class=1, sampler="ddim", out_dir=str(tmp_path / "x"))
 

@@ -44,6 +44,20 @@ def test_slurm_script_without_arguments_prints_usage(repo):
     assert result.returncode == 2 and "usage:" in result.stderr
 
 
+def test_run_local_passes_config_workdir_and_overrides_to_train(repo, tmp_path):
+    """launch/run_local.sh with a stand-in ham-synth that prints its argv; no arguments: usage."""
+    (tmp_path / "ham-synth").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "ham-synth").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    script = str(repo / "launch" / "run_local.sh")
+    out = subprocess.run([script, "configs/vae.py:quickstart", "runs/a b", "--config.seed=3"],
+                         env=env, check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert out.splitlines() == ["train", "--config=configs/vae.py:quickstart",
+                                "--workdir=runs/a b", "--config.seed=3"]  # fmt: skip
+    usage = subprocess.run([script], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
 def _sweep(repo, tmp_path, *args):
     env = dict(os.environ, HAM_SYNTH_CACHE_DIR=str(tmp_path / "cache"))
     return subprocess.run(

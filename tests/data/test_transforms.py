@@ -3,6 +3,7 @@ zoom bounds, crops and resizing."""
 
 import numpy as np
 import pytest
+from PIL import Image, ImageEnhance
 
 from ham_synth.data import transforms
 
@@ -155,6 +156,19 @@ def test_color_jitter_with_unit_factors_is_identity_and_stays_in_uint8():
     assert bright.dtype == np.uint8 and bright.max() == 255
     gray = transforms.jitter_colors(image, 1.0, 1.0, 0.0)
     assert np.abs(gray.astype(int) - gray[..., :1]).max() <= 1
+
+
+@pytest.mark.parametrize("factor", [0.6, 1.4])
+@pytest.mark.parametrize(("which", "enhance"), [(0, "Brightness"), (1, "Contrast"), (2, "Color")])
+def test_color_jitter_matches_pils_enhancers_one_factor_at_a_time(which, enhance, factor):
+    """Brightness, contrast (about the mean gray) and saturation (about each pixel's gray) as
+    PIL's ImageEnhance (torchvision's ColorJitter) computes them, to the rounding of uint8."""
+    image = _noise()
+    factors = [1.0, 1.0, 1.0]
+    factors[which] = factor
+    ours = transforms.jitter_colors(image, *factors).astype(int)
+    pil = getattr(ImageEnhance, enhance)(Image.fromarray(image)).enhance(factor)
+    assert np.abs(ours - np.asarray(pil).astype(int)).max() <= 1
 
 
 def test_center_crop_takes_torchvisions_central_window():

@@ -84,6 +84,7 @@ def slurm_submission(
         return plan_lib.shell_command(run, root)
 
     files = {}
+    logs = shlex.quote(str(root / "slurm" / "%x-%A_%a.out"))  # Not where the jobs start.
     lines = ["#!/usr/bin/env bash", "# Submits each stage as a job array; each waits for the last.",
              "set -euo pipefail", "# Jobs start where sbatch runs: where the config paths resolve.",
              f"cd {shlex.quote(str(pathlib.Path.cwd()))}", "previous=''"]  # fmt: skip
@@ -94,7 +95,7 @@ def slurm_submission(
         lines += [
             f"# {stage}: {len(members)} run(s)",
             f"previous=$(sbatch --parsable --job-name=ham_synth_{stage} "
-            f"--array=0-{len(members) - 1} --gpus-per-node={gpus_per_run} "
+            f"--array=0-{len(members) - 1} --gpus-per-node={gpus_per_run} --output={logs} "
             f"${{previous:+--dependency=afterok:$previous}} {shlex.quote(str(SBATCH))} "
             f"--commands={commands})",
             'echo "submitted $previous"',
@@ -103,7 +104,7 @@ def slurm_submission(
         report = shlex.join([*study_argv, "--only=report"])
         lines += [
             "# report: the study's tables from the runs above",
-            f"sbatch --dependency=afterok:$previous --wrap={shlex.quote(report)}",
+            f"sbatch --dependency=afterok:$previous --output={logs} --wrap={shlex.quote(report)}",
         ]
     files["submit.sh"] = "\n".join(lines) + "\n"
     return files

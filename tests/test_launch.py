@@ -143,19 +143,24 @@ def test_slurm_submission_starts_jobs_where_configs_resolve_and_after_their_depe
             assert group_of[dep] < group_of[run.name], (dep, run.name)
 
 
-@pytest.mark.parametrize(("trainer_status", "requeued"), [(75, True), (1, False)])
-def test_near_the_time_limit_the_job_requeues_only_after_the_trainer_saved(
+@pytest.mark.parametrize(("trainer_status", "requeued"), [(75, True), (143, True), (1, False)])
+def test_near_the_time_limit_the_tasks_stop_then_the_job_requeues(
     repo, tmp_path, trainer_status, requeued
 ):
-    """SIGUSR1 to the batch shell (SLURM's warning before the limit): the trainer gets SIGTERM,
-    and the job is requeued after it exits as stopped (75, checkpoint saved), never before and
-    not when it failed. srun, scontrol and the trainer are stand-ins that log what they see."""
-    log, bin_dir = tmp_path / "log", tmp_path / "bin"
+    """SIGUSR1 to the batch shell (SLURM's warning before the limit): SLURM is asked to send the
+    tasks SIGTERM (scancel), not srun, which as SLURM's does turns a SIGTERM into SIGKILL for
+    its tasks; the job is requeued after the task exits as stopped (75) or of the signal (143),
+    never before, and not when it failed. srun, scancel, scontrol and the task are stand-ins
+    that log what they see."""
+    log, bin_dir, task_pid = tmp_path / "log", tmp_path / "bin", tmp_path / "task.pid"
     bin_dir.mkdir()
     scripts = {
-        "srun": 'while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"',
+        "srun": 'while [ "${1#--}" != "$1" ]; do shift; done\n'
+                f'"$@" & child=$!\necho $child > {task_pid}\n'
+                "trap 'kill -KILL $child' TERM\nwait $child",
         "ham-synth": f"trap 'echo stopped >> {log}; exit {trainer_status}' TERM\n"
                      f"echo started >> {log}\nwhile true; do sleep 0.05; done",
+        "scancel": f'echo "scancel $*" >> {log}\nkill -TERM "$(cat {task_pid})"',
         "scontrol": f'echo "scontrol $*" >> {log}',
     }  # fmt: skip
     for name, body in scripts.items():
@@ -165,13 +170,13 @@ def test_near_the_time_limit_the_job_requeues_only_after_the_trainer_saved(
     job = subprocess.Popen(["bash", str(repo / "launch" / "slurm.sbatch"), "c.py:x", "w"],
                            env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 30
-    while not (log.exists() and "started" in log.read_text()):
+    while not (log.exists() and "started" in log.read_text() and task_pid.exists()):
         assert time.monotonic() < deadline and job.poll() is None
         time.sleep(0.05)
     job.send_signal(signal.SIGUSR1)
     assert job.wait(timeout=30) == trainer_status, job.stderr.read()
-    expected = ["started", "stopped"] + (["scontrol requeue 42"] if requeued else [])
-    assert log.read_text().splitlines() == expected
+    expected = ["started", "scancel --signal=TERM 42", "stopped"]
+    assert log.read_text().splitlines() == expected + (["scontrol requeue 42"] * requeued)
 
 
 def test_slurm_array_mode_runs_one_line_of_the_commands_file(repo, tmp_path):

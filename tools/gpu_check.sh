@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU: a preflight (versions, the JAX backend, the imports; it
-# stops everything when JAX sees no GPU), the benchmark's GPU preset (bfloat16 and float32, the
+# stops everything when JAX or PyTorch sees no GPU, and only then), the benchmark's GPU preset (bfloat16 and float32, the
 # DDPM's levers last), then a recipe-length derma28 mini-study (the DDPM and the ViT, one seed,
 # real vs real + ddpm), each part under its own time limit (together <= 9.5 min), and one
 # results file (gpu_check.json; gpu_check.md holds the tables docs/benchmarks.md takes).
@@ -84,7 +84,7 @@ status=0
 trap finish EXIT
 
 if [[ ",$parts," == *,preflight,* ]]; then
-  part preflight "$preflight_limit" python3 - "$want_gpu" <<'PY' || { status=1; exit; }
+  part preflight "$preflight_limit" python3 - "$want_gpu" <<'PY'
 import importlib.metadata, sys
 import jax
 print("python", sys.version.split()[0], "| jax backend", jax.default_backend(), jax.devices())
@@ -95,15 +95,20 @@ for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", 
         print(f"  {name} {importlib.metadata.version(name)}")
     except importlib.metadata.PackageNotFoundError:
         print(f"  {name} absent")
-import torch  # What tools/benchmark.py and the study import, before either spends minutes.
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+if sys.argv[1] == "1" and (jax.default_backend() != "gpu" or not torch.cuda.is_available()):
+    print("preflight: JAX or PyTorch sees no GPU; measuring on the CPU would waste the lease.")
+    sys.exit(3)
+# What tools/benchmark.py and the study import: a failure here shows before they spend minutes.
 sys.path.insert(0, "tests/evaluators")
 import torch_reference  # noqa: F401  (stubs torchvision's CUDA-only modules, as the benchmark)
 import diffusers, grain, timm, tensorflow_datasets  # noqa: E401,F401
 import ham_synth.data.prepare, ham_synth.main  # noqa: E401,F401
-print("torch", torch.__version__, "cuda", torch.cuda.is_available())
-if sys.argv[1] == "1" and (jax.default_backend() != "gpu" or not torch.cuda.is_available()):
-    sys.exit("preflight: JAX or PyTorch sees no GPU; measuring on the CPU would waste the lease.")
 PY
+  rc=$?
+  (( rc == 3 )) && { status=1; exit; }  # No GPU: stop. Anything else: logged, the parts go on.
+  (( rc == 0 )) || status=1
 fi
 if [[ ",$parts," == *,benchmark,* ]]; then
   part benchmark "$bench_limit" python3 tools/benchmark.py "${bench[@]}" \

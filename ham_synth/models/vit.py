@@ -175,7 +175,7 @@ class Encoder1DBlock(nn.Module):
             dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
             dropout_rate=self.attention_dropout,
-            broadcast_dropout=False,  # A mask per example and head, as big_vision's ViT.
+            broadcast_dropout=False,  # Masks per example and head, as google-research's ViT.
             deterministic=not train,
             force_fp32_for_softmax=True,
             attention_fn=attention_fn,

@@ -31,7 +31,7 @@ def make_task(config: ml_collections.ConfigDict) -> base.Task:
         attention_resolutions=tuple(config.model.attention_resolutions),
         num_heads=config.model.num_heads,
         dropout=config.model.dropout,
-        norm_groups=config.model.norm_groups,
+        norm_groups=config.model.get("norm_groups", 8),  # Runs from before the knob: 8.
         dtype=config_lib.compute_dtype(config.train.compute_dtype),
     )
     optimizer = optim.make_optimizer(config.optim, config.train.total_steps)

@@ -159,8 +159,8 @@ def test_locality_attention_keeps_tokens_off_themselves_and_its_temperature_gets
 
 
 def test_attention_dropout_draws_a_mask_per_example():
-    """As big_vision's ViT (broadcast_dropout=False): two copies of one example in a batch get
-    different attention dropout (flax's default shares one mask over the batch)."""
+    """As google-research's vision_transformer (broadcast_dropout=False): two copies of one
+    example in a batch get different attention dropout (flax's default shares one mask)."""
     block = vit.Encoder1DBlock(num_heads=2, mlp_dim=16, attention_dropout=0.5)
     x = jnp.tile(jax.random.normal(jax.random.key(0), (1, 5, 8)), (2, 1, 1))
     variables = block.init(jax.random.key(1), x, train=False)

@@ -76,11 +76,12 @@ def predict_probs(model: torch.nn.Module, pixels: torch.Tensor, batch: int = 500
     return torch.softmax(torch.cat(logits), dim=1).double().numpy()
 
 
-def train(config, epochs: int, batch: int, lr: float, seed: int) -> tuple[torch.nn.Module, list]:
-    """The model at its best val macro ROC AUC, and one log row per epoch."""
+def train(splits: dict, epochs: int, batch: int, lr: float, seed: int) -> tuple:
+    """The model at its best val macro ROC AUC, and one log row per epoch; `splits` maps each
+    split to read_split's triple."""
     torch.manual_seed(seed)
-    x_train, y_train, class_names = read_split(config, "train")
-    x_val, y_val, _ = read_split(config, "val")
+    x_train, y_train, class_names = splits["train"]
+    x_val, y_val, _ = splits["val"]
     model = resnet18_cifar_stem(len(class_names), x_train.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     milestones = [int(0.5 * epochs), int(0.75 * epochs)]
@@ -114,33 +115,32 @@ def train(config, epochs: int, batch: int, lr: float, seed: int) -> tuple[torch.
     return model, log
 
 
-def score(model, config, taus) -> dict:
+def score(model, splits: dict, taus) -> dict:
     """Val and test: the evaluator's metrics at tau 0, and accuracy / balanced accuracy per tau
     against the training split's class shares."""
-    _, y_train, class_names = read_split(config, "train")
+    _, y_train, class_names = splits["train"]
     counts = np.bincount(y_train, minlength=len(class_names))
     log_prior = classify.log_prior(",".join(map(str, counts)), "train class counts",
                                    len(class_names), "tools/baseline_resnet.py")  # fmt: skip
     result = {"rows": [{"tau": tau} for tau in taus]}
     for split in ("val", "test"):
-        pixels, labels, _ = read_split(config, split)
+        pixels, labels, _ = splits[split]
         probs = predict_probs(model, pixels)
         result[split], result[f"{split}_details"] = classification.classification_metrics(
             labels, probs, list(class_names)
         )
-        log_probs = np.log(np.maximum(probs, np.finfo(np.float32).tiny))
-        for row in result["rows"]:
-            predicted = classification.adjusted_predictions(log_probs, log_prior, row["tau"])
-            row[f"{split}/accuracy"] = float(np.mean(predicted == labels))
-            row[f"{split}/balanced_accuracy"] = classification.balanced_accuracy(labels, predicted)
+        swept = classification.tau_scores(probs, labels, log_prior, taus)
+        for row, scores in zip(result["rows"], swept, strict=True):
+            row |= {f"{split}/{k}": v for k, v in scores.items()}
     return result
 
 
 def main(argv):
     del argv
     config = flags.FLAGS.config
-    model, log = train(config, _EPOCHS.value, _BATCH.value, _LR.value, _SEED.value)
-    result = score(model, config, [float(t) for t in _TAUS.value])
+    splits = {split: read_split(config, split) for split in ("train", "val", "test")}
+    model, log = train(splits, _EPOCHS.value, _BATCH.value, _LR.value, _SEED.value)
+    result = score(model, splits, [float(t) for t in _TAUS.value])
     best = max(log, key=lambda row: row["val/roc_auc_macro"])
     # The ResNet reads the config's data and splits only: not its augmentation or class draws.
     data = {k: v for k, v in config.data.to_dict().items() if k not in ("augment", "balance_alpha")}

@@ -61,14 +61,6 @@ _PRIOR = flags.DEFINE_enum(
 )
 
 
-def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    """Accuracy and balanced accuracy (mean recall over the classes present in `labels`)."""
-    return {
-        "accuracy": float(np.mean(predictions == labels)),
-        "balanced_accuracy": classification.balanced_accuracy(labels, predictions),
-    }
-
-
 def log_prior(config, prior: str) -> np.ndarray:
     """float[K]: log of the class shares `prior` names (PRIORS), as the run recorded them."""
     field = PRIORS[prior]
@@ -116,7 +108,8 @@ def operating_points(workdirs, step: str, tta: str, taus, splits, prior_name="sp
     views = {split: split_tta(configs[0], split, tta) for split in splits}
     result = {"workdirs": [str(w) for w in workdirs], "steps": list(steps), "tta": views,
               "prior": prior_name}  # fmt: skip
-    scored = {}
+    taus = [float(tau) for tau in taus]
+    result["rows"] = [{"tau": tau} for tau in taus]
     for split in splits:
         labels = members[0][split][1]
         for workdir, member in zip(workdirs, members, strict=True):
@@ -128,14 +121,9 @@ def operating_points(workdirs, step: str, tta: str, taus, splits, prior_name="sp
         probs = np.mean([member[split][0] for member in members], axis=0)
         present = classification.present_classes(labels)
         result[f"{split}/roc_auc_macro"] = classification.macro_roc_auc(labels, probs, present)
-        scored[split] = (np.log(np.maximum(probs, np.finfo(np.float32).tiny)), labels)
-    result["rows"] = []
-    for tau in map(float, taus):
-        row = {"tau": tau}
-        for split, (log_probs, labels) in scored.items():
-            predicted = classification.adjusted_predictions(log_probs, prior, tau)
-            row |= {f"{split}/{k}": v for k, v in scores(labels, predicted).items()}
-        result["rows"].append(row)
+        swept = classification.tau_scores(probs, labels, prior, taus)
+        for row, scores in zip(result["rows"], swept, strict=True):
+            row |= {f"{split}/{k}": v for k, v in scores.items()}
     return result
 
 

@@ -83,6 +83,18 @@ def adjusted_predictions(log_probs: np.ndarray, log_prior: np.ndarray, tau: floa
     return np.argmax(log_probs - tau * log_prior, axis=1)
 
 
+def tau_scores(probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, taus) -> list[dict]:
+    """Per tau, the accuracy and balanced accuracy of the logit-adjusted predictions of
+    probs[N, K] (a tau sweep: the balanced-accuracy / accuracy trade-off of one model)."""
+    log_probs = np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+    rows = []
+    for tau in taus:
+        predicted = adjusted_predictions(log_probs, log_prior, tau)
+        rows.append({"accuracy": float(np.mean(predicted == labels)),
+                     "balanced_accuracy": balanced_accuracy(labels, predicted)})  # fmt: skip
+    return rows
+
+
 def classification_metrics(
     labels: np.ndarray, probs: np.ndarray, class_names: list[str], calibration_bins: int = 15
 ) -> tuple[dict[str, float], dict]:
